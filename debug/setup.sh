@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Sets up what kvprobe needs on a fresh Debian machine with Rust, idempotently:
+#   - python3 with venv and pip (apt, when missing and running as root);
+#   - .venv/ in the checkout with the NIXL wheel (libraries only: --no-deps,
+#     the wheel's torch dependency is not needed by a Rust program);
+#   - iproute2 for the network-namespace helpers used by later tests.
+# kvprobe finds .venv by itself (docs/SETUP.md); nothing needs exporting.
+#
+# Environment: NIXL_WHEEL (default nixl-cu12), NIXL_VERSION (default 1.5.1),
+#              KVPROBE_VENV (default <checkout>/.venv).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${KVPROBE_VENV:-$root/.venv}
+wheel=${NIXL_WHEEL:-nixl-cu12}
+version=${NIXL_VERSION:-1.5.1}
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+need_apt=()
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+if command -v python3 >/dev/null 2>&1; then
+  # Debian splits venv and ensurepip out of python3.
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+fi
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing ${need_apt[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    say "missing: ${need_apt[*]}; install them (sudo apt-get install ${need_apt[*]}) and run again"
+    exit 1
+  fi
+fi
+
+pydir=${wheel//-/_}
+if [ -x "$venv/bin/python" ] && ls -d "$venv"/lib/python3*/site-packages/"$pydir"-"$version".dist-info >/dev/null 2>&1; then
+  say "$wheel $version already in $venv"
+else
+  if [ ! -x "$venv/bin/python" ]; then
+    say "creating $venv"
+    python3 -m venv "$venv"
+  fi
+  say "installing $wheel==$version (libraries only) into $venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$wheel==$version"
+fi
+
+lib=$(ls "$venv"/lib/python3*/site-packages/."$pydir".mesonpy.libs/libnixl_capi.so 2>/dev/null | head -n 1)
+if [ -z "$lib" ]; then
+  say "the $wheel wheel has no libnixl_capi.so (NIXL >= 1.0 is needed)"
+  exit 1
+fi
+say "NIXL C API: $lib"

@@ -1,0 +1,46 @@
+//! `kvprobe __initiator`: the initiator process of a sweep (started by `sweep`).
+//!
+//! Reads a [`SweepPlan`] as JSON on stdin and writes one JSON [`Event`] per
+//! line on stdout.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::CliError;
+use crate::engine::{Event, SweepPlan};
+use crate::nixl::Nixl;
+
+/// Arguments of `__initiator` (the plan comes on stdin).
+#[derive(Debug, clap::Args)]
+pub struct InitiatorArgs {}
+
+fn emit(out: &mut std::fs::File, e: &Event) {
+    if let Ok(mut line) = serde_json::to_string(e) {
+        line.push('\n');
+        // one write per event, so a line is never split
+        let _ = out.write_all(line.as_bytes());
+    }
+}
+
+/// Runs the initiator.
+pub fn run(_: InitiatorArgs) -> Result<ExitCode, CliError> {
+    let mut out = crate::child::private_stdout().context("setting up the event stream").map_err(CliError::usage)?;
+    let plan: SweepPlan = serde_json::from_reader(std::io::stdin().lock())
+        .context("reading the sweep plan from stdin")
+        .map_err(CliError::usage)?;
+    let result = Nixl::open(&plan.nixl_lib)
+        .map_err(crate::engine::EngineError::from)
+        .and_then(|nixl| crate::engine::initiator::run(&plan, &nixl, &mut |e| emit(&mut out, &e)));
+    match result {
+        Ok(()) => {
+            emit(&mut out, &Event::Done { drop_errors: crate::nixl::error::take_drop_errors() });
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            emit(&mut out, &Event::Failed { error: e.to_string() });
+            Ok(ExitCode::from(1))
+        }
+    }
+}

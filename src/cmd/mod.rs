@@ -1,0 +1,75 @@
+//! The command line: one file per subcommand; this file only dispatches.
+//!
+//! Exit codes: 0 success; 1 the measurement failed (data mismatch, transfer
+//! error, lost peer); 2 bad input or setup (bad flag, NIXL not found);
+//! 130 interrupted.
+
+pub mod info;
+pub mod initiator;
+pub mod sweep;
+pub mod target;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// kvprobe: is the KV-cache transfer path of a prefill/decode cluster healthy and fast?
+#[derive(Debug, Parser)]
+#[command(name = "kvprobe", version = crate::version(), about, long_about = None, max_term_width = 100)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Measure NIXL transfer bandwidth and latency between two processes on this host, READ and WRITE, 4 KiB .. 256 MiB (the main job)
+    Sweep(sweep::SweepArgs),
+    /// Show where NIXL was found, its version, plugins and backend parameters
+    Info(info::InfoArgs),
+    /// (internal) serve one initiator session as the target process
+    #[command(name = "__target", hide = true)]
+    Target(target::TargetArgs),
+    /// (internal) run a sweep plan read from stdin as the initiator process
+    #[command(name = "__initiator", hide = true)]
+    Initiator(initiator::InitiatorArgs),
+}
+
+/// An error with the exit code it should produce.
+#[derive(Debug)]
+pub struct CliError {
+    /// Process exit code.
+    pub code: u8,
+    /// What went wrong (printed with its causes).
+    pub error: anyhow::Error,
+}
+
+impl CliError {
+    /// Bad input or setup: exit 2.
+    pub fn usage(e: impl Into<anyhow::Error>) -> CliError {
+        CliError { code: 2, error: e.into() }
+    }
+
+    /// The run failed: exit 1.
+    pub fn failed(e: impl Into<anyhow::Error>) -> CliError {
+        CliError { code: 1, error: e.into() }
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> Self {
+        CliError::failed(e)
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.cmd {
+        Cmd::Sweep(a) => sweep::run(a),
+        Cmd::Info(a) => info::run(a),
+        Cmd::Target(a) => target::run(a),
+        Cmd::Initiator(a) => initiator::run(a),
+    }
+}

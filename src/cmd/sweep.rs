@@ -1,0 +1,526 @@
+//! `kvprobe sweep`: the main job.
+//!
+//! Starts a target process and an initiator process on this host (both this
+//! binary), watches them, and turns their events into `results.json`,
+//! `results.csv` (rewritten after every row) and a table. This process never
+//! loads NIXL itself: if NIXL or UCX crashes a child, the rows measured so far
+//! are on disk and the error names the child and its log.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, anyhow};
+
+use super::CliError;
+use crate::child::{self, Child};
+use crate::engine::{Event, SweepPlan, Timing};
+use crate::locate::{self, Inputs, NixlLocation};
+use crate::nixl::{AgentConfig, XferOp};
+use crate::report::schema::{Header, NixlInfo, RunStatus, SCHEMA, Settings, SweepResults, XferPath, units_legend};
+use crate::report::{self, progress, style::Style, table};
+use crate::units::{self, Bytes, SizeError};
+
+/// A parsed `--sizes` list.
+#[derive(Debug, Clone)]
+pub struct SizeList(pub Vec<u64>);
+
+fn parse_sizes(s: &str) -> Result<SizeList, SizeError> {
+    units::parse_size_list(s).map(SizeList)
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got '{s}'")),
+    }
+}
+
+/// Arguments of `kvprobe sweep`.
+#[derive(Debug, clap::Args)]
+pub struct SweepArgs {
+    /// Transfer sizes, comma-separated, binary units (4K = 4096) [default: 4K,16K,...,256M: every power of 4]
+    #[arg(long, value_name = "LIST", value_parser = parse_sizes)]
+    pub sizes: Option<SizeList>,
+    /// Operations, from the initiator's side (READ pulls, as vLLM's decode does; WRITE pushes)
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "READ,WRITE")]
+    pub ops: Vec<XferOp>,
+    /// Split every transfer into descriptors of this size (KV blocks are 4-32 KiB) [default: one descriptor]
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
+    pub block_size: Option<u64>,
+    /// How requests are built: prepped (prep_xfer_dlist + make_xfer_req, as vLLM) or create (create_xfer_req)
+    #[arg(long, value_enum, default_value = "prepped")]
+    pub xfer_path: XferPathArg,
+    /// NIXL backend plugin
+    #[arg(long, default_value = "UCX", value_name = "PLUGIN")]
+    pub nixl_backend: String,
+    /// Backend parameter, repeatable (e.g. num_threads=4, as vLLM sets for UCX)
+    #[arg(long = "backend-param", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    pub backend_params: Vec<(String, String)>,
+    /// Set UCX_TLS for both processes (e.g. shm, tcp, "^tcp") [default: as in the environment]
+    #[arg(long, value_name = "LIST")]
+    pub ucx_tls: Option<String>,
+    /// Timed loop length per point (at least --min-iters transfers)
+    #[arg(long, default_value = "1s", value_parser = units::parse_duration)]
+    pub duration: Duration,
+    /// Warm-up length per point (at least --warmup-iters transfers)
+    #[arg(long, default_value = "100ms", value_parser = units::parse_duration)]
+    pub warmup: Duration,
+    /// Fewest warm-up transfers per point
+    #[arg(long, default_value_t = 2)]
+    pub warmup_iters: u64,
+    /// Fewest timed transfers per point
+    #[arg(long, default_value_t = 5)]
+    pub min_iters: u64,
+    /// Most timed transfers per point
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_iters: u64,
+    /// Notifications only on the two checked transfers of each point (default: every transfer carries one, as in vLLM)
+    #[arg(long)]
+    pub no_notif: bool,
+    /// Run NIXL without its progress thread
+    #[arg(long)]
+    pub no_progress_thread: bool,
+    /// Do not ask NIXL to capture per-request telemetry
+    #[arg(long)]
+    pub no_telemetry: bool,
+    /// One transfer taking longer than this is an error
+    #[arg(long, default_value = "60s", value_parser = units::parse_duration)]
+    pub xfer_timeout: Duration,
+    /// A control request unanswered for this long is an error
+    #[arg(long, default_value = "120s", value_parser = units::parse_duration)]
+    pub peer_timeout: Duration,
+    /// Output folder [default: results/sweep-<UTC time>]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// NIXL C API library (libnixl_capi.so) or a folder holding it [env: KVPROBE_NIXL_LIB]
+    #[arg(long, value_name = "PATH")]
+    pub nixl_lib: Option<PathBuf>,
+    /// Print the results as JSON on stdout instead of the table
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// (self-test) flip one byte of the target buffer in the first point; the run must fail
+    #[arg(long, hide = true)]
+    pub inject_corruption: bool,
+}
+
+/// `--xfer-path` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum XferPathArg {
+    /// prep_xfer_dlist + make_xfer_req
+    Prepped,
+    /// create_xfer_req
+    Create,
+}
+
+/// Default sizes: every power of 4 from 4 KiB to 256 MiB.
+pub fn default_sizes() -> Vec<u64> {
+    units::powers_of_four(4 << 10, 256 << 20)
+}
+
+/// Runs the sweep.
+pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
+    let started = SystemTime::now();
+    let t_start = Instant::now();
+    let sizes = a.sizes.clone().map(|s| s.0).unwrap_or_else(default_sizes);
+    let mut ops = a.ops.clone();
+    ops.dedup();
+    if ops.is_empty() {
+        return Err(CliError::usage(anyhow!("--ops is empty")));
+    }
+    if a.min_iters == 0 || a.max_iters < a.min_iters {
+        return Err(CliError::usage(anyhow!(
+            "need 1 <= --min-iters ({}) <= --max-iters ({})",
+            a.min_iters,
+            a.max_iters
+        )));
+    }
+    if let Some(b) = a.block_size {
+        for &s in &sizes {
+            if s > b && s % b != 0 {
+                return Err(CliError::usage(anyhow!(
+                    "size {} is not a multiple of --block-size {}",
+                    Bytes(s),
+                    Bytes(b)
+                )));
+            }
+            if s / b > crate::engine::initiator::MAX_DESCS {
+                return Err(CliError::usage(anyhow!(
+                    "size {} in blocks of {} would need {} descriptors per transfer (at most {})",
+                    Bytes(s),
+                    Bytes(b),
+                    s / b,
+                    crate::engine::initiator::MAX_DESCS
+                )));
+            }
+        }
+    }
+    let max = sizes.iter().copied().max().unwrap_or(0);
+    if let Some(avail) = crate::hostinfo::mem_available() {
+        // each of the two processes holds one buffer of the largest size
+        if 2 * max + (256 << 20) > avail {
+            return Err(CliError::usage(anyhow!(
+                "the largest size, {}, needs {} of memory (one buffer in each process), but only {} is available",
+                Bytes(max),
+                Bytes(2 * max),
+                Bytes(avail)
+            )));
+        }
+    }
+    if a.xfer_timeout.is_zero() || a.peer_timeout.is_zero() {
+        return Err(CliError::usage(anyhow!("timeouts must be greater than zero")));
+    }
+
+    let loc = locate::locate(&Inputs::from_env(a.nixl_lib.clone())).map_err(CliError::usage)?;
+
+    let out_dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results").join(format!("sweep-{}", crate::hostinfo::stamp_utc(started))));
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create the output folder {}", out_dir.display()))
+        .map_err(CliError::usage)?;
+
+    let env = child_env(&loc, a.ucx_tls.as_deref());
+    let agent = AgentConfig {
+        progress_thread: !a.no_progress_thread,
+        capture_telemetry: !a.no_telemetry,
+        ..AgentConfig::default()
+    };
+    let backend_params: BTreeMap<String, String> = a.backend_params.iter().cloned().collect();
+    let xfer_path = match a.xfer_path {
+        XferPathArg::Prepped => XferPath::Prepped,
+        XferPathArg::Create => XferPath::Create,
+    };
+    let timing = Timing {
+        duration_s: a.duration.as_secs_f64(),
+        min_iters: a.min_iters,
+        max_iters: a.max_iters,
+        warmup_s: a.warmup.as_secs_f64(),
+        warmup_iters: a.warmup_iters,
+        xfer_timeout_s: a.xfer_timeout.as_secs_f64(),
+        peer_timeout_s: a.peer_timeout.as_secs_f64(),
+    };
+    let mut results = SweepResults {
+        schema: SCHEMA.into(),
+        header: Header {
+            kvprobe: crate::version().into(),
+            command_line: std::env::args().collect(),
+            started_at: crate::hostinfo::rfc3339_utc(started),
+            host: crate::hostinfo::host_info(),
+            nixl: NixlInfo {
+                location: loc.clone(),
+                library_version: None,
+                plugins: Vec::new(),
+                backend_params: BTreeMap::new(),
+            },
+            ucx_tls: env.iter().find(|(k, _)| k == "UCX_TLS").map(|(_, v)| v.clone()),
+            env: env.iter().filter(|(k, _)| k.starts_with("UCX_") || k.starts_with("NIXL_")).cloned().collect(),
+            settings: Settings {
+                ops: ops.clone(),
+                sizes: sizes.clone(),
+                block_bytes: a.block_size,
+                xfer_path,
+                backend: a.nixl_backend.clone(),
+                backend_params: backend_params.clone(),
+                agent: agent.clone(),
+                duration_s: timing.duration_s,
+                warmup_s: timing.warmup_s,
+                warmup_iters: timing.warmup_iters,
+                min_iters: timing.min_iters,
+                max_iters: timing.max_iters,
+                notif_every_transfer: !a.no_notif,
+                mem: "DRAM".into(),
+            },
+            initiator_pid: None,
+            target: None,
+            units: units_legend(),
+        },
+        rows: Vec::new(),
+        status: RunStatus::Running,
+        errors: Vec::new(),
+        total_seconds: None,
+    };
+    save(&out_dir, &results)?;
+
+    child::install_interrupt_handler();
+    let outcome = drive(
+        &a,
+        &mut results,
+        &out_dir,
+        &loc,
+        &env,
+        SweepPlanParts { ops, sizes, agent, backend_params, xfer_path, timing },
+    );
+    if let Err(e) = outcome {
+        if results.status == RunStatus::Running {
+            results.status = RunStatus::Failed;
+        }
+        results.errors.push(format!("{e:#}"));
+    } else if results.status == RunStatus::Running {
+        results.status = RunStatus::Complete;
+    }
+    results.total_seconds = Some(t_start.elapsed().as_secs_f64());
+    save(&out_dir, &results)?;
+
+    let mut stdout = std::io::stdout().lock();
+    if a.json {
+        let _ = writeln!(stdout, "{}", serde_json::to_string_pretty(&results).unwrap_or_default());
+    } else {
+        let _ = write!(stdout, "{}", table::render(&results, Style::for_stdout()));
+        let _ = writeln!(
+            stdout,
+            "results: {}  ({:.1} s)",
+            out_dir.join("results.json").display(),
+            t_start.elapsed().as_secs_f64()
+        );
+    }
+    Ok(match results.status {
+        RunStatus::Complete => ExitCode::SUCCESS,
+        RunStatus::Interrupted => ExitCode::from(130),
+        _ => ExitCode::from(1),
+    })
+}
+
+struct SweepPlanParts {
+    ops: Vec<XferOp>,
+    sizes: Vec<u64>,
+    agent: AgentConfig,
+    backend_params: BTreeMap<String, String>,
+    xfer_path: XferPath,
+    timing: Timing,
+}
+
+fn save(dir: &std::path::Path, r: &SweepResults) -> Result<(), CliError> {
+    report::write_all(dir, r)
+        .with_context(|| format!("cannot write results into {}", dir.display()))
+        .map_err(CliError::failed)
+}
+
+/// Environment for both children: the plugin folder (unless the user set
+/// NIXL_PLUGIN_DIR), UCX_TLS when asked, and the UCX_*/NIXL_* already set.
+fn child_env(loc: &NixlLocation, ucx_tls: Option<&str>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> =
+        std::env::vars().filter(|(k, _)| k.starts_with("UCX_") || k.starts_with("NIXL_")).collect();
+    if !loc.plugin_dir_from_env {
+        if let Some(d) = &loc.plugin_dir {
+            env.retain(|(k, _)| k != "NIXL_PLUGIN_DIR");
+            env.push(("NIXL_PLUGIN_DIR".into(), d.display().to_string()));
+        }
+    }
+    if let Some(t) = ucx_tls {
+        env.retain(|(k, _)| k != "UCX_TLS");
+        env.push(("UCX_TLS".into(), t.to_string()));
+    }
+    env.sort();
+    env
+}
+
+fn drive(
+    a: &SweepArgs,
+    results: &mut SweepResults,
+    out_dir: &std::path::Path,
+    loc: &NixlLocation,
+    env: &[(String, String)],
+    parts: SweepPlanParts,
+) -> anyhow::Result<()> {
+    let lib = loc.lib.display().to_string();
+    let token = crate::peer::new_token();
+
+    // The target.
+    let mut tenv = env.to_vec();
+    tenv.push(("KVPROBE_TOKEN".into(), token.clone()));
+    let idle = format!("{}s", (a.peer_timeout.as_secs_f64() + a.xfer_timeout.as_secs_f64() * 4.0 + 60.0).ceil());
+    let targs: Vec<String> = ["__target", "--listen", "127.0.0.1:0", "--nixl-lib", &lib, "--idle-timeout", &idle]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let tlog = out_dir.join("target.log");
+    let mut target =
+        child::spawn("target", &targs, &tenv, false, Some(&tlog)).context("cannot start the target process")?;
+    let tlines = target.stdout_lines().ok_or_else(|| anyhow!("no stdout from the target"))?;
+    let addr = wait_listening(&mut target, &tlines, Duration::from_secs(60))?;
+
+    // The initiator.
+    let plan = SweepPlan {
+        target_addr: addr,
+        token,
+        nixl_lib: loc.lib.clone(),
+        ops: parts.ops,
+        sizes: parts.sizes,
+        block: a.block_size,
+        xfer_path: parts.xfer_path,
+        backend: a.nixl_backend.clone(),
+        backend_params: parts.backend_params,
+        agent: parts.agent,
+        timing: parts.timing,
+        notif_every_transfer: !a.no_notif,
+        inject_corruption: a.inject_corruption,
+    };
+    let ilog = out_dir.join("initiator.log");
+    let mut init = child::spawn("initiator", &["__initiator".to_string()], env, true, Some(&ilog))
+        .context("cannot start the initiator process")?;
+    {
+        let mut stdin = init.take_stdin().ok_or_else(|| anyhow!("no stdin for the initiator"))?;
+        serde_json::to_writer(&mut stdin, &plan).context("sending the plan")?;
+    }
+    let events = init.stdout_lines().ok_or_else(|| anyhow!("no stdout from the initiator"))?;
+
+    let total = (plan.ops.len() * plan.sizes.len()) as u64;
+    let pb = progress::bar(total, a.quiet || a.json);
+    // A hung NIXL call emits nothing; anything slower than one transfer timeout
+    // plus one control timeout (with margin) without a heartbeat is a hang.
+    let watchdog = a.xfer_timeout + a.peer_timeout + Duration::from_secs(30);
+    let mut last_event = Instant::now();
+    let mut current = String::from("setup");
+    let mut finished = false;
+    let mut failure: Option<String> = None;
+    loop {
+        if child::interrupted() {
+            results.status = RunStatus::Interrupted;
+            results.errors.push(format!("interrupted by the user during {current}; rows measured so far are kept"));
+            break;
+        }
+        match events.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                last_event = Instant::now();
+                let ev: Event = match serde_json::from_str(&line) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        // Only kvprobe writes to this stream (libraries' stdout goes to the log).
+                        failure = Some(format!("garbled message from the initiator ({e}): {line:.200}"));
+                        break;
+                    }
+                };
+                match ev {
+                    Event::Started(s) => {
+                        results.header.nixl.library_version = s.library_version;
+                        results.header.nixl.plugins = s.plugins;
+                        results.header.nixl.backend_params = s.backend_params;
+                        results.header.target = Some(s.target);
+                        results.header.initiator_pid = Some(s.initiator_pid);
+                        report::write_all(out_dir, results)?;
+                    }
+                    Event::Point { op, size, .. } => {
+                        current = format!("{op} {}", Bytes(size));
+                        pb.set_message(current.clone());
+                    }
+                    Event::Heartbeat => {}
+                    Event::Row(row) => {
+                        results.rows.push(*row);
+                        report::write_all(out_dir, results)?;
+                        pb.inc(1);
+                    }
+                    Event::Done { drop_errors } => {
+                        for e in drop_errors {
+                            results.errors.push(format!("releasing NIXL objects: {e}"));
+                        }
+                        finished = true;
+                    }
+                    Event::Failed { error } => {
+                        failure = Some(error);
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if last_event.elapsed() > watchdog {
+                    failure = Some(format!(
+                        "no progress for {:?} while measuring {current}: the initiator is stuck (a NIXL/UCX call that never returns?); both processes were stopped",
+                        watchdog
+                    ));
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    pb.finish_and_clear();
+
+    if results.status == RunStatus::Interrupted || failure.is_some() && !finished {
+        init.kill();
+    }
+    let istatus = init.wait_timeout(Duration::from_secs(30)).or_else(|| init.kill());
+    // After the initiator said goodbye (or died), the target has nothing left to do.
+    let tstatus = target.wait_timeout(Duration::from_secs(10)).or_else(|| target.kill());
+
+    if results.status == RunStatus::Interrupted {
+        return Ok(());
+    }
+    if let Some(f) = failure {
+        results.status = RunStatus::Failed;
+        let mut msg = format!("during {current}: {f}");
+        if let Some(s) = tstatus.filter(|s| !s.success()) {
+            msg.push_str(&format!(
+                "\n  the target {}; last lines of {}:\n{}",
+                child::describe(s),
+                tlog.display(),
+                indent(&target.log_tail(8))
+            ));
+        }
+        return Err(anyhow!(msg));
+    }
+    if finished && results.rows.len() as u64 != total {
+        results.status = RunStatus::Failed;
+        return Err(anyhow!("the initiator finished but reported {} of {total} rows", results.rows.len()));
+    }
+    if !finished {
+        results.status = RunStatus::Failed;
+        let how = istatus.map(child::describe).unwrap_or_else(|| "did not exit".into());
+        return Err(anyhow!(
+            "the initiator process {how} during {current}; last lines of {}:\n{}",
+            ilog.display(),
+            indent(&init.log_tail(12))
+        ));
+    }
+    Ok(())
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+fn wait_listening(
+    target: &mut Child,
+    lines: &std::sync::mpsc::Receiver<String>,
+    limit: Duration,
+) -> anyhow::Result<String> {
+    let start = Instant::now();
+    loop {
+        match lines.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["event"] == "listening" {
+                        if let Some(a) = v["addr"].as_str() {
+                            return Ok(a.to_string());
+                        }
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let how = target
+                    .wait_timeout(Duration::from_secs(5))
+                    .map(child::describe)
+                    .unwrap_or_else(|| "closed its output".into());
+                return Err(anyhow!(
+                    "the target process {how} before it was ready; last lines of {}:\n{}",
+                    target.log.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    indent(&target.log_tail(12))
+                ));
+            }
+        }
+        if start.elapsed() > limit {
+            target.kill();
+            return Err(anyhow!("the target process was not ready within {limit:?}"));
+        }
+        if child::interrupted() {
+            return Err(anyhow!("interrupted while starting the target"));
+        }
+    }
+}

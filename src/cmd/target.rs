@@ -1,0 +1,66 @@
+//! `kvprobe __target`: the target process of a sweep (started by `sweep`).
+//!
+//! Loads NIXL, binds the control address, prints one JSON line
+//! `{"event":"listening","addr":"IP:PORT"}` on stdout, serves one session and
+//! exits. The session token comes from `KVPROBE_TOKEN`.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+
+use super::CliError;
+use crate::nixl::Nixl;
+use crate::peer::Channel;
+
+/// Arguments of `__target`.
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    /// Control address to bind (only this address).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// NIXL C API library to load.
+    #[arg(long)]
+    pub nixl_lib: PathBuf,
+    /// Give up when no initiator connects, or it sends nothing, for this long.
+    #[arg(long, default_value = "300s", value_parser = crate::units::parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+/// Runs the target.
+pub fn run(a: TargetArgs) -> Result<ExitCode, CliError> {
+    let mut out = crate::child::private_stdout().context("setting up the event stream").map_err(CliError::usage)?;
+    let token = std::env::var("KVPROBE_TOKEN").map_err(|_| CliError::usage(anyhow!("KVPROBE_TOKEN is not set")))?;
+    let nixl = Nixl::open(&a.nixl_lib).map_err(CliError::usage)?;
+    let listener = TcpListener::bind(&a.listen)
+        .with_context(|| format!("cannot bind the control address {}", a.listen))
+        .map_err(CliError::usage)?;
+    let addr = listener.local_addr().context("local address")?;
+    writeln!(out, "{}", serde_json::json!({"event": "listening", "addr": addr.to_string()})).context("stdout")?;
+    drop(out);
+    listener.set_nonblocking(true).context("listener")?;
+    let start = Instant::now();
+    let stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if start.elapsed() > a.idle_timeout {
+                    return Err(CliError::failed(anyhow!("no initiator connected within {:?}", a.idle_timeout)));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(CliError::failed(anyhow!("accept: {e}"))),
+        }
+    };
+    drop(listener);
+    stream.set_nonblocking(false).context("stream")?;
+    let mut ch = Channel::new(stream);
+    crate::engine::target::serve(&mut ch, &token, &nixl, a.idle_timeout).map_err(CliError::failed)?;
+    for e in crate::nixl::error::take_drop_errors() {
+        eprintln!("kvprobe target: while releasing NIXL objects: {e}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,470 @@
+//! The initiator side: connects, sets the target up, measures every row.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::mem::{HostBuffer, Region, Verify};
+use crate::nixl::{
+    Agent, Backend, MemType, Nixl, OptArgs, RegDescList, Registration, Status, XferDescList, XferOp, XferReq,
+};
+use crate::peer::{Channel, PROTOCOL, Request, Response, TargetReady, TargetSetup, from_hex};
+use crate::report::schema::{Check, PeerInfo, Row, XferPath, stats_from_ns};
+
+use super::{EngineError, Event, Started, SweepPlan, seed_for, ucx_tls_env};
+
+/// Most descriptors one transfer may have (indices are C ints).
+pub const MAX_DESCS: u64 = 1 << 22;
+
+struct Session<'a> {
+    plan: &'a SweepPlan,
+    emit: &'a mut dyn FnMut(Event),
+    last_beat: Instant,
+    ch: Channel,
+    peer_timeout: Duration,
+    xfer_timeout: Duration,
+    target: TargetReady,
+    // drop order: registration, buffer, backend, agent
+    _reg: Registration,
+    buf: Rc<HostBuffer>,
+    backend: Backend,
+    agent: Agent,
+    remote_name: String,
+}
+
+/// Runs the whole plan, reporting through `emit`. Returns after the last row,
+/// or at the first error (rows already emitted stay valid).
+pub fn run(plan: &SweepPlan, nixl: &Nixl, emit: &mut dyn FnMut(Event)) -> Result<(), EngineError> {
+    validate(plan)?;
+    let peer_timeout = Duration::from_secs_f64(plan.timing.peer_timeout_s);
+    let mut ch = Channel::connect(&plan.target_addr, Duration::from_secs(10))?;
+    let hello = Request::Hello { token: plan.token.clone(), protocol: PROTOCOL, kvprobe: crate::version().to_string() };
+    let (thost, tpid) = match ch.call(&hello, peer_timeout, "the target's hello") {
+        Ok(Response::Hello { host, pid, .. }) => (host, pid),
+        Ok(other) => {
+            return Err(EngineError::Handshake(format!("unexpected answer {other:?}")));
+        }
+        Err(crate::peer::PeerError::Remote(m)) => return Err(EngineError::Handshake(m)),
+        Err(e) => return Err(e.into()),
+    };
+
+    let max = plan.sizes.iter().copied().max().unwrap_or(0);
+    let setup = TargetSetup {
+        agent: plan.agent.clone(),
+        backend: plan.backend.clone(),
+        backend_params: plan.backend_params.clone(),
+        buffer_bytes: max,
+    };
+    let target = match ch.call(&Request::Setup(setup), peer_timeout, "the target's setup")? {
+        Response::SetupDone(r) => r,
+        other => {
+            return Err(EngineError::Invalid(format!("unexpected answer to setup: {other:?}")));
+        }
+    };
+
+    let agent = Agent::new(nixl, &format!("kvprobe-initiator-{}", std::process::id()), &plan.agent)?;
+    let plugins = agent.available_plugins()?;
+    if !plugins.iter().any(|p| p == &plan.backend) {
+        return Err(EngineError::Invalid(format!(
+            "NIXL backend plugin '{}' is not available (NIXL can load: {}). Check the plugin directory (NIXL_PLUGIN_DIR) and the plugin's dependencies.",
+            plan.backend,
+            if plugins.is_empty() { "none".to_string() } else { plugins.join(", ") }
+        )));
+    }
+    let backend = agent.create_backend(&plan.backend, &plan.backend_params)?;
+    let backend_params = agent.backend_params(&backend).map(|p| p.params).unwrap_or_default();
+    let buf =
+        Rc::new(HostBuffer::new(usize::try_from(max).map_err(|_| EngineError::Invalid("size too large".into()))?)?);
+    let mut dl = RegDescList::new(nixl, MemType::Dram)?;
+    dl.add(buf.addr(), buf.len(), 0)?;
+    let reg = agent.register_owned(Rc::clone(&buf), dl, Some(&backend))?;
+    let md = from_hex(&target.metadata_hex).map_err(|e| EngineError::Invalid(format!("target metadata: {e}")))?;
+    let remote_name = agent.load_remote_metadata(&md)?;
+    if remote_name != target.agent_name {
+        return Err(EngineError::Invalid(format!(
+            "metadata names agent '{remote_name}', expected '{}'",
+            target.agent_name
+        )));
+    }
+
+    emit(Event::Started(Started {
+        initiator_pid: std::process::id(),
+        library_version: nixl.version(),
+        plugins,
+        backend_params,
+        target: PeerInfo {
+            addr: plan.target_addr.clone(),
+            host: thost,
+            pid: tpid,
+            nixl_lib: target.nixl_lib.clone(),
+            ucx_tls: target.ucx_tls.clone(),
+            backend_params: target.backend_params.clone(),
+        },
+    }));
+
+    let mut s = Session {
+        plan,
+        emit,
+        last_beat: Instant::now(),
+        ch,
+        peer_timeout,
+        xfer_timeout: Duration::from_secs_f64(plan.timing.xfer_timeout_s),
+        target,
+        _reg: reg,
+        buf,
+        backend,
+        agent,
+        remote_name,
+    };
+    let total = plan.ops.len() * plan.sizes.len();
+    let mut index = 0;
+    for &op in &plan.ops {
+        for &size in &plan.sizes {
+            (s.emit)(Event::Point { index, total, op, size });
+            let row = s.measure(index, op, size)?;
+            let verified = row.verified;
+            let notifs_ok = row.notifs_received == row.notifs_expected;
+            let what = format!("{op} {size} B: {:?}", row.checks.iter().filter(|c| !c.ok).collect::<Vec<_>>());
+            let notif_msg = format!(
+                "{op} {size} B: target received {} of {} notifications",
+                row.notifs_received, row.notifs_expected
+            );
+            (s.emit)(Event::Row(Box::new(row)));
+            if !verified {
+                return Err(EngineError::Verification(what));
+            }
+            if !notifs_ok {
+                return Err(EngineError::Verification(notif_msg));
+            }
+            index += 1;
+        }
+    }
+    let _ = s.ch.call(&Request::Bye, s.peer_timeout, "the target's goodbye");
+    Ok(())
+}
+
+fn validate(plan: &SweepPlan) -> Result<(), EngineError> {
+    if plan.sizes.is_empty() || plan.ops.is_empty() {
+        return Err(EngineError::Invalid("nothing to measure: no sizes or no ops".into()));
+    }
+    if let Some(b) = plan.block {
+        if b == 0 {
+            return Err(EngineError::Invalid("block size must be greater than zero".into()));
+        }
+        for &s in &plan.sizes {
+            if s > b && s % b != 0 {
+                return Err(EngineError::Invalid(format!("size {s} is not a multiple of the block size {b}")));
+            }
+            if s / b > MAX_DESCS {
+                return Err(EngineError::Invalid(format!(
+                    "size {s} in blocks of {b} needs {} descriptors (limit {MAX_DESCS})",
+                    s / b
+                )));
+            }
+        }
+    }
+    let t = &plan.timing;
+    if !(t.duration_s >= 0.0 && t.warmup_s >= 0.0 && t.xfer_timeout_s > 0.0 && t.peer_timeout_s > 0.0) {
+        return Err(EngineError::Invalid("timings must be non-negative and timeouts positive".into()));
+    }
+    if t.min_iters == 0 || t.max_iters < t.min_iters {
+        return Err(EngineError::Invalid(format!(
+            "need 1 <= min-iters ({}) <= max-iters ({})",
+            t.min_iters, t.max_iters
+        )));
+    }
+    Ok(())
+}
+
+impl Session<'_> {
+    /// Tells the watcher this process is alive, at most about once a second.
+    #[inline]
+    fn beat(&mut self) {
+        if self.last_beat.elapsed() >= Duration::from_secs(1) {
+            (self.emit)(Event::Heartbeat);
+            self.last_beat = Instant::now();
+        }
+    }
+
+    fn call(&mut self, req: Request, what: &str) -> Result<Response, EngineError> {
+        Ok(self.ch.call(&req, self.peer_timeout, what)?)
+    }
+
+    fn target_verify(&mut self, len: u64, seed: u64) -> Result<Verify, EngineError> {
+        match self.call(Request::Verify { off: 0, len, seed }, "the target's data check")? {
+            Response::Verified(v) => Ok(v),
+            other => Err(EngineError::Invalid(format!("unexpected answer to verify: {other:?}"))),
+        }
+    }
+
+    fn target_notifs(&mut self, tag: &str, count: u64) -> Result<u64, EngineError> {
+        let timeout_ms = (self.xfer_timeout.as_millis() as u64).max(1000);
+        let r = self.ch.call(
+            &Request::WaitNotifs { tag: tag.to_string(), count, timeout_ms },
+            self.peer_timeout + Duration::from_millis(timeout_ms),
+            "the target's notification count",
+        )?;
+        match r {
+            Response::Notifs { received, .. } => Ok(received),
+            other => Err(EngineError::Invalid(format!("unexpected answer to notification wait: {other:?}"))),
+        }
+    }
+
+    /// Posts once and waits for completion.
+    fn once(&self, req: &XferReq) -> Result<(), EngineError> {
+        if req.post()? == Status::InProgress {
+            req.wait(self.xfer_timeout)?;
+        }
+        Ok(())
+    }
+
+    /// Moves data with `req` and checks it: the owner writes a fresh pattern,
+    /// the destination is poisoned first, the reader checks every byte.
+    fn checked_transfer(
+        &mut self,
+        req: &XferReq,
+        op: XferOp,
+        size: u64,
+        seed: u64,
+        when: &str,
+        tag: &str,
+        notifs_so_far: u64,
+        inject: bool,
+    ) -> Result<Check, EngineError> {
+        let n = size as usize;
+        match op {
+            XferOp::Read => {
+                self.call(Request::Fill { off: 0, len: size, seed }, "the target's fill")?;
+                if inject {
+                    self.call(Request::Corrupt { off: size / 2 }, "the target's fault injection")?;
+                }
+                self.buf.poison(0, n)?;
+                self.once(req)?;
+                let v = self.buf.verify(0, n, seed)?;
+                Ok(check(when, "initiator", v))
+            }
+            XferOp::Write => {
+                self.buf.fill(0, n, seed)?;
+                self.call(Request::Poison { off: 0, len: size }, "the target's poison")?;
+                self.once(req)?;
+                // The notification arrives after the data: once the target has
+                // it, the bytes are in place.
+                let got = self.target_notifs(tag, notifs_so_far)?;
+                if got < notifs_so_far {
+                    return Err(EngineError::Verification(format!(
+                        "WRITE {size} B: the target saw {got} of {notifs_so_far} notifications before its data check"
+                    )));
+                }
+                if inject {
+                    self.call(Request::Corrupt { off: size / 2 }, "the target's fault injection")?;
+                }
+                let v = self.target_verify(size, seed)?;
+                Ok(check(when, "target", v))
+            }
+        }
+    }
+
+    fn measure(&mut self, index: usize, op: XferOp, size: u64) -> Result<Row, EngineError> {
+        let plan = self.plan;
+        let block = plan.block.map_or(size, |b| b.min(size));
+        let descs = size / block;
+        let tag = format!("kvprobe:{index}:{op}:{size}");
+        let nixl = self.agent.nixl().clone();
+
+        // Build the request(s).
+        let t0 = Instant::now();
+        let mut local = XferDescList::new(&nixl, MemType::Dram)?;
+        local.add_strided(self.buf.addr(), block as usize, descs as usize, 0)?;
+        let mut remote = XferDescList::new(&nixl, MemType::Dram)?;
+        remote.add_strided(self.target.buffer_addr as usize, block as usize, descs as usize, 0)?;
+        let with_notif = Rc::new(OptArgs::with_backend(&nixl, &self.backend)?);
+        with_notif.set_notification(tag.as_bytes())?;
+        let plain = Rc::new(OptArgs::with_backend(&nixl, &self.backend)?);
+        let t_lists = t0.elapsed();
+        let (check_req, timed_req, prep, make) = match plan.xfer_path {
+            XferPath::Prepped => {
+                let t = Instant::now();
+                let lp = self.agent.prep_local(&local, Some(&self.backend))?;
+                let rp = self.agent.prep_remote(&self.remote_name, &remote, Some(&self.backend))?;
+                let prep = t.elapsed();
+                let idx: Vec<i32> = (0..descs as i32).collect();
+                let t = Instant::now();
+                let c = self.agent.make_xfer_req(op, &lp, &idx, &rp, &idx, size, Some(Rc::clone(&with_notif)))?;
+                let make = t.elapsed();
+                let timed = if plan.notif_every_transfer {
+                    None
+                } else {
+                    Some(self.agent.make_xfer_req(op, &lp, &idx, &rp, &idx, size, Some(Rc::clone(&plain)))?)
+                };
+                (c, timed, prep, make)
+            }
+            XferPath::Create => {
+                let t = Instant::now();
+                let c =
+                    self.agent.create_xfer_req(op, &local, &remote, &self.remote_name, Some(Rc::clone(&with_notif)))?;
+                let make = t.elapsed();
+                let timed = if plan.notif_every_transfer {
+                    None
+                } else {
+                    Some(self.agent.create_xfer_req(op, &local, &remote, &self.remote_name, Some(Rc::clone(&plain)))?)
+                };
+                (c, timed, Duration::ZERO, make)
+            }
+        };
+        let timed: &XferReq = timed_req.as_ref().unwrap_or(&check_req);
+
+        // First checked transfer.
+        let mut notifs: u64 = 1;
+        let inject = plan.inject_corruption && index == 0;
+        let first = self.checked_transfer(&check_req, op, size, seed_for(index, 1), "first", &tag, notifs, inject)?;
+        if !first.ok {
+            // Stop here: the numbers of a path that corrupts data mean nothing.
+            let received = self.target_notifs(&tag, notifs).unwrap_or(0);
+            return Ok(self.row(
+                op,
+                size,
+                descs,
+                block,
+                0,
+                0,
+                Duration::ZERO,
+                &mut [],
+                &mut [],
+                t_lists + prep,
+                make,
+                None,
+                vec![first],
+                notifs,
+                received,
+            ));
+        }
+
+        // Warm-up.
+        let timing = &plan.timing;
+        let warm_start = Instant::now();
+        let mut warm = 0u64;
+        while warm < timing.warmup_iters || warm_start.elapsed().as_secs_f64() < timing.warmup_s {
+            self.once(timed)?;
+            self.beat();
+            warm += 1;
+            if warm >= timing.max_iters {
+                break;
+            }
+        }
+
+        // Timed loop: one transfer in flight, back to back.
+        let cap = timing.max_iters.min(1 << 20) as usize;
+        let mut lat: Vec<u64> = Vec::with_capacity(cap);
+        let mut post: Vec<u64> = Vec::with_capacity(cap);
+        let limit = self.xfer_timeout;
+        let start = Instant::now();
+        loop {
+            let s = Instant::now();
+            let st = timed.post()?;
+            let p = Instant::now();
+            if st == Status::InProgress {
+                let mut spins: u32 = 0;
+                while timed.status()? == Status::InProgress {
+                    spins = spins.wrapping_add(1);
+                    if spins % 4096 == 0 && s.elapsed() > limit {
+                        return Err(EngineError::Invalid(format!(
+                            "{op} of {size} B did not complete within {limit:?}"
+                        )));
+                    }
+                }
+            }
+            let e = Instant::now();
+            lat.push((e - s).as_nanos() as u64);
+            post.push((p - s).as_nanos() as u64);
+            let n = lat.len() as u64;
+            if n % 64 == 0 || e - s > Duration::from_millis(100) {
+                self.beat();
+            }
+            if n >= timing.max_iters || (n >= timing.min_iters && start.elapsed().as_secs_f64() >= timing.duration_s) {
+                break;
+            }
+        }
+        let elapsed = start.elapsed();
+        let iters = lat.len() as u64;
+        if plan.notif_every_transfer {
+            notifs += warm + iters;
+        }
+
+        // Last checked transfer, with a new pattern.
+        notifs += 1;
+        let last = self.checked_transfer(&check_req, op, size, seed_for(index, 2), "last", &tag, notifs, false)?;
+        let telemetry = check_req.telemetry().ok().flatten();
+        let received = self.target_notifs(&tag, notifs)?;
+        Ok(self.row(
+            op,
+            size,
+            descs,
+            block,
+            iters,
+            warm,
+            elapsed,
+            &mut lat,
+            &mut post,
+            t_lists + prep,
+            make,
+            telemetry,
+            vec![first, last],
+            notifs,
+            received,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &self,
+        op: XferOp,
+        size: u64,
+        descs: u64,
+        block: u64,
+        iterations: u64,
+        warmup: u64,
+        elapsed: Duration,
+        lat: &mut [u64],
+        post: &mut [u64],
+        prep: Duration,
+        make: Duration,
+        telemetry: Option<crate::nixl::Telemetry>,
+        checks: Vec<Check>,
+        notifs_expected: u64,
+        notifs_received: u64,
+    ) -> Row {
+        let secs = elapsed.as_secs_f64();
+        Row {
+            backend: "nixl".into(),
+            plugin: self.plan.backend.clone(),
+            op,
+            size_bytes: size,
+            descs,
+            block_bytes: block,
+            xfer_path: self.plan.xfer_path,
+            iterations,
+            warmup_iterations: warmup,
+            elapsed_s: secs,
+            gbps: crate::units::gbps(size as f64 * iterations as f64, secs),
+            latency_us: stats_from_ns(lat),
+            post_us: stats_from_ns(post),
+            prep_us: prep.as_secs_f64() * 1e6,
+            make_us: make.as_secs_f64() * 1e6,
+            telemetry,
+            ucx_tls: ucx_tls_env(),
+            verified: checks.iter().all(|c| c.ok) && checks.len() == 2,
+            checks,
+            notifs_expected,
+            notifs_received,
+        }
+    }
+}
+
+fn check(when: &str, side: &str, v: Verify) -> Check {
+    Check {
+        when: when.into(),
+        side: side.into(),
+        ok: v.ok(),
+        mismatched_bytes: v.mismatched_bytes,
+        first_bad_offset: v.first_bad_offset,
+    }
+}

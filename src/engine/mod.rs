@@ -1,0 +1,159 @@
+//! The two-process transfer engine.
+//!
+//! - [`target`]: owns a registered buffer, answers control requests, counts
+//!   notifications. It never initiates a transfer.
+//! - [`initiator`]: connects to a target, loads its NIXL metadata and measures
+//!   READ/WRITE rows, checking the data of the first and last transfer of
+//!   every row with a fresh pattern.
+//!
+//! Both run in processes of their own (`kvprobe __target`, `kvprobe
+//! __initiator`) that the `sweep` command starts and watches, so a crash inside
+//! NIXL or UCX cannot take the results already measured with it.
+
+pub mod initiator;
+pub mod target;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mem::MemError;
+use crate::nixl::{AgentConfig, NixlError, XferOp};
+use crate::peer::PeerError;
+use crate::report::schema::{Row, XferPath};
+
+/// Everything an initiator needs; the `sweep` command builds it and hands it
+/// to `kvprobe __initiator` on stdin as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepPlan {
+    /// Control address of the target.
+    pub target_addr: String,
+    /// Session token the target expects.
+    pub token: String,
+    /// NIXL library to load.
+    pub nixl_lib: PathBuf,
+    /// Operations, in order.
+    pub ops: Vec<XferOp>,
+    /// Sizes, bytes, in order.
+    pub sizes: Vec<u64>,
+    /// Bytes per descriptor (None: one descriptor per transfer).
+    pub block: Option<u64>,
+    /// Request-building path.
+    pub xfer_path: XferPath,
+    /// NIXL backend plugin.
+    pub backend: String,
+    /// Extra backend parameters.
+    pub backend_params: BTreeMap<String, String>,
+    /// Agent settings (both sides).
+    pub agent: AgentConfig,
+    /// Measurement timing.
+    pub timing: Timing,
+    /// Whether timed transfers carry notifications.
+    pub notif_every_transfer: bool,
+    /// Fault injection for self-tests: flip one target byte in the first row.
+    #[serde(default)]
+    pub inject_corruption: bool,
+}
+
+/// How long to measure.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Timing {
+    /// Timed loop runs at least this long (seconds) ...
+    pub duration_s: f64,
+    /// ... and at least this many transfers ...
+    pub min_iters: u64,
+    /// ... but never more than this many.
+    pub max_iters: u64,
+    /// Warm-up lasts at least this long (seconds) ...
+    pub warmup_s: f64,
+    /// ... and at least this many transfers.
+    pub warmup_iters: u64,
+    /// One transfer taking longer than this (seconds) is an error.
+    pub xfer_timeout_s: f64,
+    /// A control request unanswered for this long (seconds) is an error.
+    pub peer_timeout_s: f64,
+}
+
+/// What the initiator reports to the `sweep` command, one JSON line each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Connected and set up.
+    Started(Started),
+    /// About to measure a point.
+    Point {
+        /// 0-based index.
+        index: usize,
+        /// Number of points.
+        total: usize,
+        /// Operation.
+        op: XferOp,
+        /// Size.
+        size: u64,
+    },
+    /// Still alive (sent about once a second while a point is measured).
+    Heartbeat,
+    /// A measured row.
+    Row(Box<Row>),
+    /// Finished; errors met while releasing NIXL objects, if any.
+    Done {
+        /// Recorded destructor errors.
+        drop_errors: Vec<String>,
+    },
+    /// Stopped by an error.
+    Failed {
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// Facts the initiator learns at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Started {
+    /// Initiator pid.
+    pub initiator_pid: u32,
+    /// Version the library reports (releases after 1.5.1).
+    pub library_version: Option<String>,
+    /// Plugins available to the initiator's agent.
+    pub plugins: Vec<String>,
+    /// Effective backend parameters on the initiator.
+    pub backend_params: BTreeMap<String, String>,
+    /// The target as it described itself.
+    pub target: crate::report::schema::PeerInfo,
+}
+
+/// Engine failures.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// NIXL call failed.
+    #[error(transparent)]
+    Nixl(#[from] NixlError),
+    /// Control channel failed.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// Memory.
+    #[error(transparent)]
+    Mem(#[from] MemError),
+    /// Data did not match.
+    #[error("data verification failed: {0}")]
+    Verification(String),
+    /// The target refused the session.
+    #[error("handshake refused: {0}")]
+    Handshake(String),
+    /// Bad plan.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The value of `UCX_TLS` in this process, `None` when unset.
+pub fn ucx_tls_env() -> Option<String> {
+    std::env::var("UCX_TLS").ok().filter(|s| !s.is_empty())
+}
+
+/// The pattern seed for (row, check): distinct for every row and check, so
+/// data left over from an earlier transfer never passes.
+pub fn seed_for(row: usize, check: u64) -> u64 {
+    let x = (row as u64).wrapping_mul(0x2545_F491_4F6C_DD1D) ^ check.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x | 1
+}

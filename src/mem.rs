@@ -1,0 +1,325 @@
+//! Memory kvprobe transfers from and to, and the data pattern that proves a
+//! transfer moved the right bytes.
+//!
+//! Host buffers are anonymous `mmap`s: page-aligned (what NIXL/UCX register
+//! best), pre-faulted with `MAP_POPULATE` so first-touch page faults do not
+//! land inside timed transfers.
+//!
+//! The pattern is a function of (seed, absolute byte offset), so a transfer
+//! that lands at the wrong offset, moves stale data (a different seed) or
+//! misses bytes (the poison value stays) is caught.
+
+use std::ptr::NonNull;
+
+/// Something NIXL can register: a contiguous range of addresses.
+pub trait Region {
+    /// Start address.
+    fn addr(&self) -> usize;
+    /// Length in bytes.
+    fn len(&self) -> usize;
+    /// True when empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Memory allocation failures.
+#[derive(Debug, thiserror::Error)]
+pub enum MemError {
+    /// mmap refused.
+    #[error("cannot allocate {len} bytes of host memory: {source}")]
+    Alloc {
+        /// Requested length.
+        len: usize,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A range outside the buffer.
+    #[error("range {off}+{len} is outside the {size}-byte buffer")]
+    Range {
+        /// Offset asked for.
+        off: usize,
+        /// Length asked for.
+        len: usize,
+        /// Buffer size.
+        size: usize,
+    },
+}
+
+/// A page-aligned, pre-faulted host buffer.
+///
+/// Its bytes are also written by NIXL (local READ destinations) and by the
+/// peer (remote WRITEs), so it is never exposed as a long-lived `&mut [u8]`;
+/// the methods below touch it only between transfers, which the engine's
+/// protocol guarantees.
+#[derive(Debug)]
+pub struct HostBuffer {
+    ptr: NonNull<u8>,
+    len: usize,
+    map_len: usize,
+}
+
+impl HostBuffer {
+    /// Allocates `len` bytes (rounded up to whole pages), zero-filled, asking
+    /// for transparent huge pages (see [`HostBuffer::with_options`]).
+    pub fn new(len: usize) -> Result<HostBuffer, MemError> {
+        HostBuffer::with_options(len, true)
+    }
+
+    /// Allocates `len` bytes. With `hugepages`, the range is `madvise`d
+    /// `MADV_HUGEPAGE` before it is touched, as numpy and many allocators do
+    /// for large buffers; the kernel honours it when THP is `always` or
+    /// `madvise`. Pages are faulted in here, never inside a timed transfer.
+    pub fn with_options(len: usize, hugepages: bool) -> Result<HostBuffer, MemError> {
+        if len == 0 {
+            return Err(MemError::Alloc { len, source: std::io::Error::from(std::io::ErrorKind::InvalidInput) });
+        }
+        let page = page_size();
+        let map_len = len.div_ceil(page) * page;
+        // SAFETY: anonymous private mapping with no address hint; the result is
+        // checked against MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if hugepages { 0 } else { libc::MAP_POPULATE },
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(MemError::Alloc { len, source: std::io::Error::last_os_error() });
+        }
+        let ptr = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| MemError::Alloc { len, source: std::io::Error::last_os_error() })?;
+        if hugepages {
+            // SAFETY: advice on the mapping just created; failure only means
+            // the kernel keeps small pages.
+            unsafe { libc::madvise(p, map_len, libc::MADV_HUGEPAGE) };
+            // Fault every page in now (writing zeros to fresh anonymous memory
+            // changes nothing but the page tables).
+            // SAFETY: the whole mapping is ours and nothing else uses it yet.
+            unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, map_len) };
+        }
+        Ok(HostBuffer { ptr, len, map_len })
+    }
+
+    fn check(&self, off: usize, len: usize) -> Result<(), MemError> {
+        match off.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(MemError::Range { off, len, size: self.len }),
+        }
+    }
+
+    /// Writes the pattern for `seed` into `[off, off+len)`.
+    pub fn fill(&self, off: usize, len: usize, seed: u64) -> Result<(), MemError> {
+        self.check(off, len)?;
+        // SAFETY: the range is inside the mapping (checked) and no transfer
+        // touches it now (the engine fills only between transfers).
+        let bytes = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(off), len) };
+        fill_pattern(bytes, off as u64, seed);
+        Ok(())
+    }
+
+    /// Fills `[off, off+len)` with the poison byte.
+    pub fn poison(&self, off: usize, len: usize) -> Result<(), MemError> {
+        self.check(off, len)?;
+        // SAFETY: as in fill.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(off), POISON, len) };
+        Ok(())
+    }
+
+    /// Checks `[off, off+len)` against the pattern for `seed`.
+    pub fn verify(&self, off: usize, len: usize, seed: u64) -> Result<Verify, MemError> {
+        self.check(off, len)?;
+        // SAFETY: as in fill; read-only view while no transfer is in flight.
+        let bytes = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) };
+        Ok(verify_pattern(bytes, off as u64, seed))
+    }
+
+    /// Flips every bit of the byte at `off` (fault injection for self-tests).
+    pub fn corrupt(&self, off: usize) -> Result<(), MemError> {
+        self.check(off, 1)?;
+        // SAFETY: in range (checked), no transfer in flight.
+        unsafe {
+            let p = self.ptr.as_ptr().add(off);
+            *p ^= 0xFF;
+        }
+        Ok(())
+    }
+}
+
+impl Region for HostBuffer {
+    fn addr(&self) -> usize {
+        self.ptr.as_ptr() as usize
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for HostBuffer {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in new(); nothing refers to it
+        // afterwards (registrations keep an Rc to this buffer).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.map_len) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as usize } else { 4096 }
+}
+
+/// The byte written by [`HostBuffer::poison`].
+pub const POISON: u8 = 0x5A;
+
+/// The pattern word for the 8-byte-aligned word at absolute word index `w`.
+#[inline(always)]
+fn word(w: u64, seed: u64) -> u64 {
+    let x = (w ^ seed.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^ (x >> 31) ^ seed
+}
+
+#[inline(always)]
+fn byte_at(pos: u64, seed: u64) -> u8 {
+    word(pos / 8, seed).to_le_bytes()[(pos % 8) as usize]
+}
+
+/// Writes the pattern into `buf`, whose first byte is at absolute offset `base`.
+pub fn fill_pattern(buf: &mut [u8], base: u64, seed: u64) {
+    let head = ((8 - base % 8) % 8).min(buf.len() as u64) as usize;
+    for (i, b) in buf[..head].iter_mut().enumerate() {
+        *b = byte_at(base + i as u64, seed);
+    }
+    let body_start = head;
+    let words = (buf.len() - head) / 8;
+    let w0 = (base + head as u64) / 8;
+    for (i, chunk) in buf[body_start..body_start + words * 8].chunks_exact_mut(8).enumerate() {
+        chunk.copy_from_slice(&word(w0 + i as u64, seed).to_le_bytes());
+    }
+    let tail_start = body_start + words * 8;
+    for (i, b) in buf[tail_start..].iter_mut().enumerate() {
+        *b = byte_at(base + (tail_start + i) as u64, seed);
+    }
+}
+
+/// The outcome of a pattern check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Verify {
+    /// Bytes that differ from the pattern.
+    pub mismatched_bytes: u64,
+    /// Absolute offset of the first differing byte.
+    pub first_bad_offset: Option<u64>,
+    /// Expected and found byte there.
+    pub first_bad: Option<(u8, u8)>,
+}
+
+impl Verify {
+    /// True when every byte matched.
+    pub fn ok(&self) -> bool {
+        self.mismatched_bytes == 0
+    }
+}
+
+/// Checks `buf` (first byte at absolute offset `base`) against the pattern.
+pub fn verify_pattern(buf: &[u8], base: u64, seed: u64) -> Verify {
+    let mut v = Verify { mismatched_bytes: 0, first_bad_offset: None, first_bad: None };
+    let note = |pos: u64, want: u8, got: u8, v: &mut Verify| {
+        v.mismatched_bytes += 1;
+        if v.first_bad_offset.is_none() {
+            v.first_bad_offset = Some(pos);
+            v.first_bad = Some((want, got));
+        }
+    };
+    let head = ((8 - base % 8) % 8).min(buf.len() as u64) as usize;
+    for (i, &b) in buf[..head].iter().enumerate() {
+        let pos = base + i as u64;
+        let want = byte_at(pos, seed);
+        if b != want {
+            note(pos, want, b, &mut v);
+        }
+    }
+    let words = (buf.len() - head) / 8;
+    let w0 = (base + head as u64) / 8;
+    for (i, chunk) in buf[head..head + words * 8].chunks_exact(8).enumerate() {
+        let want = word(w0 + i as u64, seed).to_le_bytes();
+        if chunk != want {
+            for k in 0..8 {
+                if chunk[k] != want[k] {
+                    note(base + (head + i * 8 + k) as u64, want[k], chunk[k], &mut v);
+                }
+            }
+        }
+    }
+    let tail_start = head + words * 8;
+    for (i, &b) in buf[tail_start..].iter().enumerate() {
+        let pos = base + (tail_start + i) as u64;
+        let want = byte_at(pos, seed);
+        if b != want {
+            note(pos, want, b, &mut v);
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_page_aligned_and_zeroed() {
+        let b = HostBuffer::new(10_000).unwrap();
+        assert_eq!(b.addr() % 4096, 0);
+        assert_eq!(b.len(), 10_000);
+        assert!(b.verify(0, 10, 1).unwrap().mismatched_bytes > 0);
+    }
+
+    #[test]
+    fn pattern_roundtrips_at_any_offset_and_length() {
+        let b = HostBuffer::new(1 << 16).unwrap();
+        for (off, len) in [(0, 4096), (3, 1000), (7, 1), (8, 8), (1, 65534), (65535, 1)] {
+            b.fill(off, len, 42).unwrap();
+            assert!(b.verify(off, len, 42).unwrap().ok(), "{off}+{len}");
+        }
+    }
+
+    #[test]
+    fn stale_data_wrong_offset_and_missing_bytes_are_caught() {
+        let b = HostBuffer::new(8192).unwrap();
+        b.fill(0, 8192, 1).unwrap();
+        // stale: a different seed
+        assert!(!b.verify(0, 8192, 2).unwrap().ok());
+        // wrong place: copy shifted by 8 bytes
+        let mut shifted = vec![0u8; 4096];
+        fill_pattern(&mut shifted, 8, 1);
+        let v = verify_pattern(&shifted, 0, 1);
+        assert!(!v.ok());
+        // missing: poison stays
+        b.poison(100, 10).unwrap();
+        let v = b.verify(0, 8192, 1).unwrap();
+        assert_eq!(v.mismatched_bytes, 10);
+        assert_eq!(v.first_bad_offset, Some(100));
+        assert_eq!(v.first_bad.unwrap().1, POISON);
+    }
+
+    #[test]
+    fn one_corrupted_byte_is_found_exactly() {
+        let b = HostBuffer::new(1 << 20).unwrap();
+        b.fill(0, 1 << 20, 7).unwrap();
+        b.corrupt(123_457).unwrap();
+        let v = b.verify(0, 1 << 20, 7).unwrap();
+        assert_eq!(v.mismatched_bytes, 1);
+        assert_eq!(v.first_bad_offset, Some(123_457));
+    }
+
+    #[test]
+    fn out_of_range_is_an_error() {
+        let b = HostBuffer::new(4096).unwrap();
+        assert!(matches!(b.fill(4000, 200, 1), Err(MemError::Range { .. })));
+        assert!(matches!(b.verify(usize::MAX, 2, 1), Err(MemError::Range { .. })));
+        assert!(HostBuffer::new(0).is_err());
+    }
+}

@@ -1,0 +1,359 @@
+//! The control channel between an initiator and a target.
+//!
+//! Bytes move through NIXL; this channel only coordinates: the handshake
+//! (session token, versions), target setup (its agent metadata travels here),
+//! filling / poisoning / verifying the target's buffer between transfers, and
+//! counting the notifications the target received.
+//!
+//! Wire format: a 4-byte big-endian length, then one JSON message. Every read
+//! has a timeout; a closed or silent peer is an error that says which step
+//! was waiting.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::mem::Verify;
+use crate::nixl::AgentConfig;
+
+/// Protocol version; both sides must agree.
+pub const PROTOCOL: u32 = 1;
+
+/// Largest message accepted (metadata of a big registration is a few MB at most).
+const MAX_MESSAGE: u32 = 64 << 20;
+
+/// Requests the initiator sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// First message: authenticate and compare versions.
+    Hello {
+        /// The session token the target printed or was given.
+        token: String,
+        /// [`PROTOCOL`].
+        protocol: u32,
+        /// kvprobe version of the initiator.
+        kvprobe: String,
+    },
+    /// Create the agent and backend, allocate and register the buffer.
+    Setup(TargetSetup),
+    /// Write the pattern for `seed` into the target buffer.
+    Fill {
+        /// Offset in the target buffer.
+        off: u64,
+        /// Length.
+        len: u64,
+        /// Pattern seed.
+        seed: u64,
+    },
+    /// Fill a range with the poison byte.
+    Poison {
+        /// Offset.
+        off: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Flip one byte (fault injection used by kvprobe's self-tests).
+    Corrupt {
+        /// Offset.
+        off: u64,
+    },
+    /// Check a range against the pattern.
+    Verify {
+        /// Offset.
+        off: u64,
+        /// Length.
+        len: u64,
+        /// Pattern seed.
+        seed: u64,
+    },
+    /// Wait until `count` notifications carrying `tag` have arrived.
+    WaitNotifs {
+        /// The message the transfers carry.
+        tag: String,
+        /// How many are expected in total for this tag.
+        count: u64,
+        /// Give up after this long.
+        timeout_ms: u64,
+    },
+    /// End of session: the target releases everything and exits.
+    Bye,
+}
+
+/// What the target must build.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetSetup {
+    /// Agent settings.
+    pub agent: AgentConfig,
+    /// Backend plugin (UCX).
+    pub backend: String,
+    /// Backend parameters beyond NIXL's defaults.
+    pub backend_params: BTreeMap<String, String>,
+    /// Bytes to allocate and register.
+    pub buffer_bytes: u64,
+}
+
+/// Responses from the target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    /// Handshake accepted.
+    Hello {
+        /// Target's kvprobe version.
+        kvprobe: String,
+        /// Target's host name.
+        host: String,
+        /// Target's process id.
+        pid: u32,
+    },
+    /// Setup finished.
+    SetupDone(TargetReady),
+    /// Done.
+    Ok,
+    /// Result of a verify.
+    Verified(Verify),
+    /// Notification count.
+    Notifs {
+        /// Notifications carrying the tag, in total.
+        received: u64,
+        /// Other messages seen since the last call (should be none).
+        unexpected: Vec<String>,
+    },
+    /// The request failed on the target.
+    Error {
+        /// What went wrong there.
+        message: String,
+    },
+}
+
+/// What the target tells the initiator after setup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetReady {
+    /// Agent name.
+    pub agent_name: String,
+    /// NIXL metadata, hex-encoded.
+    pub metadata_hex: String,
+    /// Address of the registered buffer in the target's address space.
+    pub buffer_addr: u64,
+    /// Its length.
+    pub buffer_len: u64,
+    /// Path of the NIXL library the target loaded.
+    pub nixl_lib: String,
+    /// Effective backend parameters on the target.
+    pub backend_params: BTreeMap<String, String>,
+    /// UCX_TLS in the target's environment (None: unset).
+    pub ucx_tls: Option<String>,
+}
+
+/// Control-channel failures, each naming what was being waited for.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// Could not connect.
+    #[error("cannot connect to the target at {addr}: {source}")]
+    Connect {
+        /// Address tried.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The peer closed the connection.
+    #[error(
+        "the peer closed the control connection while kvprobe was waiting for {what} (the peer process exited or crashed; see its log)"
+    )]
+    Closed {
+        /// The step that was waiting.
+        what: String,
+    },
+    /// Nothing arrived in time.
+    #[error("no answer from the peer within {timeout:?} while waiting for {what}")]
+    Timeout {
+        /// The step.
+        what: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// Other I/O errors.
+    #[error("control channel I/O error while {what}: {source}")]
+    Io {
+        /// The step.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A malformed message.
+    #[error("malformed control message ({what}): {detail}")]
+    Protocol {
+        /// The step.
+        what: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The peer reported a failure.
+    #[error("the target failed: {0}")]
+    Remote(String),
+}
+
+/// One end of the control channel.
+#[derive(Debug)]
+pub struct Channel {
+    stream: TcpStream,
+}
+
+impl Channel {
+    /// Wraps an accepted or connected stream.
+    pub fn new(stream: TcpStream) -> Channel {
+        let _ = stream.set_nodelay(true);
+        Channel { stream }
+    }
+
+    /// Connects with a timeout.
+    pub fn connect(addr: &str, timeout: Duration) -> Result<Channel, PeerError> {
+        let err = |source| PeerError::Connect { addr: addr.to_string(), source };
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(err)?.collect();
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, timeout) {
+                Ok(s) => return Ok(Channel::new(s)),
+                Err(e) => last = e,
+            }
+        }
+        Err(err(last))
+    }
+
+    /// Sends one message.
+    pub fn send<T: Serialize>(&mut self, msg: &T, what: &str) -> Result<(), PeerError> {
+        let body =
+            serde_json::to_vec(msg).map_err(|e| PeerError::Protocol { what: what.into(), detail: e.to_string() })?;
+        let len = u32::try_from(body.len()).ok().filter(|&l| l <= MAX_MESSAGE).ok_or_else(|| PeerError::Protocol {
+            what: what.into(),
+            detail: format!("message of {} bytes is too large", body.len()),
+        })?;
+        let io = |source| PeerError::Io { what: format!("sending {what}"), source };
+        self.stream.write_all(&len.to_be_bytes()).map_err(io)?;
+        self.stream.write_all(&body).map_err(io)?;
+        self.stream.flush().map_err(io)
+    }
+
+    /// Receives one message, waiting at most `timeout` (None: forever).
+    pub fn recv<T: DeserializeOwned>(&mut self, timeout: Option<Duration>, what: &str) -> Result<T, PeerError> {
+        self.stream.set_read_timeout(timeout).map_err(|source| PeerError::Io { what: what.into(), source })?;
+        let mut len = [0u8; 4];
+        self.read_exact(&mut len, what, timeout)?;
+        let len = u32::from_be_bytes(len);
+        if len > MAX_MESSAGE {
+            return Err(PeerError::Protocol {
+                what: what.into(),
+                detail: format!("announced length {len} is too large"),
+            });
+        }
+        let mut body = vec![0u8; len as usize];
+        self.read_exact(&mut body, what, timeout)?;
+        serde_json::from_slice(&body).map_err(|e| PeerError::Protocol { what: what.into(), detail: e.to_string() })
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8], what: &str, timeout: Option<Duration>) -> Result<(), PeerError> {
+        match self.stream.read_exact(buf) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(PeerError::Closed { what: what.into() }),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(PeerError::Timeout { what: what.into(), timeout: timeout.unwrap_or_default() })
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) => {
+                Err(PeerError::Closed { what: what.into() })
+            }
+            Err(source) => Err(PeerError::Io { what: format!("waiting for {what}"), source }),
+        }
+    }
+
+    /// Sends a request and waits for its response; a target-side error
+    /// becomes [`PeerError::Remote`].
+    pub fn call(&mut self, req: &Request, timeout: Duration, what: &str) -> Result<Response, PeerError> {
+        self.send(req, what)?;
+        match self.recv::<Response>(Some(timeout), what)? {
+            Response::Error { message } => Err(PeerError::Remote(message)),
+            r => Ok(r),
+        }
+    }
+}
+
+/// Hex encoding for metadata blobs.
+pub fn to_hex(b: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for &x in b {
+        s.push(DIGITS[(x >> 4) as usize] as char);
+        s.push(DIGITS[(x & 15) as usize] as char);
+    }
+    s
+}
+
+/// Inverse of [`to_hex`].
+pub fn from_hex(s: &str) -> Result<Vec<u8>, String> {
+    if s.len() % 2 != 0 {
+        return Err("odd length".into());
+    }
+    let val = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        b'A'..=b'F' => Ok(c - b'A' + 10),
+        _ => Err(format!("bad hex digit {:?}", c as char)),
+    };
+    s.as_bytes().chunks(2).map(|p| Ok(val(p[0])? << 4 | val(p[1])?)).collect()
+}
+
+/// A random session token (16 bytes from the kernel, hex).
+pub fn new_token() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // Fall back to time and pid: the token guards against accidents, the
+        // listener binds only the address it is given.
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        b.copy_from_slice(&(t ^ u128::from(std::process::id()) << 64).to_le_bytes());
+    }
+    to_hex(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn hex_roundtrip() {
+        let v: Vec<u8> = (0..=255).collect();
+        assert_eq!(from_hex(&to_hex(&v)).unwrap(), v);
+        assert!(from_hex("abc").is_err());
+        assert!(from_hex("zz").is_err());
+        assert_ne!(new_token(), new_token());
+        assert_eq!(new_token().len(), 32);
+    }
+
+    #[test]
+    fn messages_cross_a_real_socket_and_a_silent_peer_times_out() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut ch = Channel::new(s);
+            let r: Request = ch.recv(Some(Duration::from_secs(5)), "hello").unwrap();
+            assert!(matches!(r, Request::Hello { protocol: PROTOCOL, .. }));
+            ch.send(&Response::Ok, "ok").unwrap();
+            // then stay silent until the client gives up, and close
+            std::thread::sleep(Duration::from_millis(400));
+        });
+        let mut ch = Channel::connect(&addr, Duration::from_secs(2)).unwrap();
+        let hello = Request::Hello { token: "t".into(), protocol: PROTOCOL, kvprobe: "x".into() };
+        assert!(matches!(ch.call(&hello, Duration::from_secs(5), "hello").unwrap(), Response::Ok));
+        let e = ch.call(&Request::Bye, Duration::from_millis(100), "bye").unwrap_err();
+        assert!(matches!(e, PeerError::Timeout { .. }), "{e}");
+        server.join().unwrap();
+        let e = ch.recv::<Response>(Some(Duration::from_secs(2)), "after close").unwrap_err();
+        assert!(matches!(e, PeerError::Closed { .. }), "{e}");
+        assert!(e.to_string().contains("after close"));
+    }
+}

@@ -1,0 +1,315 @@
+//! The results schema: `results.json` is exactly these structs serialized.
+//! Documented field by field in `docs/SCHEMA.md`; bump [`SCHEMA`] on any
+//! incompatible change.
+//!
+//! Units: sizes in bytes; rates in GB/s = 1e9 bytes per second; times in
+//! microseconds unless the field name says otherwise.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::locate::NixlLocation;
+use crate::nixl::{Telemetry, XferOp};
+
+/// Schema identifier written into every results file.
+pub const SCHEMA: &str = "kvprobe.sweep/1";
+
+/// A whole sweep: header, one row per (backend, op, size), and the run status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepResults {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// Where and how the sweep ran.
+    pub header: Header,
+    /// Measured rows, in the order they were measured.
+    pub rows: Vec<Row>,
+    /// `running` while in progress; `complete`, `failed` or `interrupted` at the end.
+    pub status: RunStatus,
+    /// What went wrong, when `status` is not `complete`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Wall time of the whole sweep, seconds (set at the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_seconds: Option<f64>,
+}
+
+/// State of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Still measuring (a file left in this state means the process died).
+    Running,
+    /// Every planned row measured and verified.
+    Complete,
+    /// Stopped by an error or a verification failure.
+    Failed,
+    /// Stopped by the user (Ctrl-C).
+    Interrupted,
+}
+
+/// Everything needed to reproduce or compare a sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Header {
+    /// kvprobe version and git revision.
+    pub kvprobe: String,
+    /// The command line, as typed.
+    pub command_line: Vec<String>,
+    /// Start time, RFC 3339 UTC.
+    pub started_at: String,
+    /// The machine.
+    pub host: HostInfo,
+    /// The NIXL library used (path, version, how it was found).
+    pub nixl: NixlInfo,
+    /// UCX_TLS given to both processes; `null` when unset (UCX picks).
+    pub ucx_tls: Option<String>,
+    /// UCX_* and NIXL_* variables in force for both processes.
+    pub env: BTreeMap<String, String>,
+    /// The settings of the sweep.
+    pub settings: Settings,
+    /// PID of the initiator process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator_pid: Option<u32>,
+    /// The target process (peer) as it described itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<PeerInfo>,
+    /// Unit conventions, spelled out for readers of the file.
+    pub units: BTreeMap<String, String>,
+}
+
+/// Facts about the host.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct HostInfo {
+    /// Host name.
+    pub hostname: String,
+    /// `uname -r`.
+    pub kernel: String,
+    /// CPU model name.
+    pub cpu: String,
+    /// Online CPUs.
+    pub cpus: usize,
+    /// Physical memory, bytes.
+    pub mem_bytes: u64,
+}
+
+/// The NIXL in use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NixlInfo {
+    /// Where it was found and how.
+    pub location: NixlLocation,
+    /// Version reported by the library itself (releases after 1.5.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library_version: Option<String>,
+    /// Backend plugins the initiator's agent can load.
+    #[serde(default)]
+    pub plugins: Vec<String>,
+    /// Effective parameters of the backend on the initiator.
+    #[serde(default)]
+    pub backend_params: BTreeMap<String, String>,
+}
+
+/// The peer process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Control address.
+    pub addr: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// NIXL library it loaded.
+    pub nixl_lib: String,
+    /// Its UCX_TLS (None: unset).
+    pub ucx_tls: Option<String>,
+    /// Its effective backend parameters.
+    pub backend_params: BTreeMap<String, String>,
+}
+
+/// How transfer requests are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XferPath {
+    /// `prep_xfer_dlist` for both sides once per size, then `make_xfer_req`
+    /// by index: the path vLLM's NixlConnector uses.
+    #[default]
+    Prepped,
+    /// `create_xfer_req` from two descriptor lists.
+    Create,
+}
+
+impl std::fmt::Display for XferPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XferPath::Prepped => "prepped",
+            XferPath::Create => "create",
+        })
+    }
+}
+
+/// Sweep settings as resolved (defaults filled in).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    /// Operations, in order.
+    pub ops: Vec<XferOp>,
+    /// Transfer sizes, bytes.
+    pub sizes: Vec<u64>,
+    /// Bytes per descriptor (None: one descriptor per transfer).
+    pub block_bytes: Option<u64>,
+    /// Request-building path.
+    pub xfer_path: XferPath,
+    /// NIXL backend plugin.
+    pub backend: String,
+    /// Backend parameters given by the user.
+    pub backend_params: BTreeMap<String, String>,
+    /// Agent settings.
+    pub agent: crate::nixl::AgentConfig,
+    /// Timed-loop target duration per row, seconds.
+    pub duration_s: f64,
+    /// Minimum warm-up time per row, seconds.
+    pub warmup_s: f64,
+    /// Minimum warm-up transfers per row.
+    pub warmup_iters: u64,
+    /// Minimum timed transfers per row.
+    pub min_iters: u64,
+    /// Maximum timed transfers per row.
+    pub max_iters: u64,
+    /// Whether every timed transfer carries a notification (as in vLLM).
+    pub notif_every_transfer: bool,
+    /// Memory type on both sides.
+    pub mem: String,
+}
+
+/// Summary statistics of a set of durations, microseconds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq)]
+pub struct Stats {
+    /// Median (nearest rank).
+    pub p50: f64,
+    /// 99th percentile (nearest rank).
+    pub p99: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+    /// Arithmetic mean.
+    pub mean: f64,
+}
+
+/// One check of the data pattern.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Check {
+    /// `first` (before the timed loop) or `last` (after it).
+    pub when: String,
+    /// Which side read the data back: `initiator` (READ) or `target` (WRITE).
+    pub side: String,
+    /// True when every byte matched.
+    pub ok: bool,
+    /// Bytes that differed.
+    pub mismatched_bytes: u64,
+    /// First differing offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_bad_offset: Option<u64>,
+}
+
+/// One measured point.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    /// `nixl` (later also `ucx`).
+    pub backend: String,
+    /// NIXL backend plugin that moved the bytes (`UCX`).
+    pub plugin: String,
+    /// READ or WRITE, from the initiator's side.
+    pub op: XferOp,
+    /// Bytes per transfer.
+    pub size_bytes: u64,
+    /// Descriptors per transfer.
+    pub descs: u64,
+    /// Bytes per descriptor.
+    pub block_bytes: u64,
+    /// Request-building path.
+    pub xfer_path: XferPath,
+    /// Timed transfers.
+    pub iterations: u64,
+    /// Warm-up transfers before them.
+    pub warmup_iterations: u64,
+    /// Wall time of the timed loop, seconds.
+    pub elapsed_s: f64,
+    /// size_bytes x iterations / elapsed_s / 1e9 (decimal GB/s).
+    pub gbps: f64,
+    /// Per-transfer latency, post to observed completion, microseconds.
+    pub latency_us: Stats,
+    /// Duration of the post call alone, microseconds.
+    pub post_us: Stats,
+    /// Time to build both descriptor lists and, on the prepped path, to
+    /// `prep_xfer_dlist` them (vLLM does this once, at registration), microseconds.
+    pub prep_us: f64,
+    /// Time of the `make_xfer_req` (prepped path) or `create_xfer_req` (create
+    /// path) call: the per-request cost, microseconds.
+    pub make_us: f64,
+    /// NIXL's own telemetry of the last checked transfer (None when off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<Telemetry>,
+    /// UCX_TLS in force (None: unset, UCX chooses).
+    pub ucx_tls: Option<String>,
+    /// True when every data check passed.
+    pub verified: bool,
+    /// The data checks.
+    pub checks: Vec<Check>,
+    /// Notifications the target should have received for this row.
+    pub notifs_expected: u64,
+    /// Notifications it did receive.
+    pub notifs_received: u64,
+}
+
+/// The unit legend written into every header.
+pub fn units_legend() -> BTreeMap<String, String> {
+    [
+        ("gbps", "GB/s = 1e9 bytes per second (decimal). ucx_perftest's MB/s is MiB/s: x1.048576e-3 to compare."),
+        ("*_us", "microseconds"),
+        ("size_bytes", "bytes"),
+        ("latency_us", "per transfer, from the post call to the status poll that saw it complete"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Nearest-rank statistics of durations given in nanoseconds.
+pub fn stats_from_ns(samples: &mut [u64]) -> Stats {
+    if samples.is_empty() {
+        return Stats::default();
+    }
+    samples.sort_unstable();
+    let n = samples.len();
+    let rank = |p: f64| {
+        let r = ((p / 100.0) * n as f64).ceil() as usize;
+        samples[r.clamp(1, n) - 1] as f64 / 1e3
+    };
+    let sum: u128 = samples.iter().map(|&x| u128::from(x)).sum();
+    Stats {
+        p50: rank(50.0),
+        p99: rank(99.0),
+        min: samples[0] as f64 / 1e3,
+        max: samples[n - 1] as f64 / 1e3,
+        mean: sum as f64 / n as f64 / 1e3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut v: Vec<u64> = (1..=100).map(|x| x * 1000).collect();
+        let s = stats_from_ns(&mut v);
+        assert_eq!(s.p50, 50.0);
+        assert_eq!(s.p99, 99.0);
+        assert_eq!(s.min, 1.0);
+        assert_eq!(s.max, 100.0);
+        assert!((s.mean - 50.5).abs() < 1e-9);
+        let mut one = vec![7000];
+        let s = stats_from_ns(&mut one);
+        assert_eq!((s.p50, s.p99), (7.0, 7.0));
+        assert_eq!(stats_from_ns(&mut []), Stats::default());
+    }
+}
