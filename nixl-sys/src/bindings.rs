@@ -141,10 +141,8 @@ pub struct nixl_capi_agent_config_s {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of nixl_capi_agent_config_s"]
-        [::std::mem::size_of::<nixl_capi_agent_config_s>() - 40usize];
-    ["Alignment of nixl_capi_agent_config_s"]
-        [::std::mem::align_of::<nixl_capi_agent_config_s>() - 8usize];
+    ["Size of nixl_capi_agent_config_s"][::std::mem::size_of::<nixl_capi_agent_config_s>() - 40usize];
+    ["Alignment of nixl_capi_agent_config_s"][::std::mem::align_of::<nixl_capi_agent_config_s>() - 8usize];
     ["Offset of field: nixl_capi_agent_config_s::enable_prog_thread"]
         [::std::mem::offset_of!(nixl_capi_agent_config_s, enable_prog_thread) - 0usize];
     ["Offset of field: nixl_capi_agent_config_s::enable_listen_thread"]
@@ -183,10 +181,8 @@ pub struct nixl_capi_xfer_telemetry_s {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of nixl_capi_xfer_telemetry_s"]
-        [::std::mem::size_of::<nixl_capi_xfer_telemetry_s>() - 40usize];
-    ["Alignment of nixl_capi_xfer_telemetry_s"]
-        [::std::mem::align_of::<nixl_capi_xfer_telemetry_s>() - 8usize];
+    ["Size of nixl_capi_xfer_telemetry_s"][::std::mem::size_of::<nixl_capi_xfer_telemetry_s>() - 40usize];
+    ["Alignment of nixl_capi_xfer_telemetry_s"][::std::mem::align_of::<nixl_capi_xfer_telemetry_s>() - 8usize];
     ["Offset of field: nixl_capi_xfer_telemetry_s::start_time_us"]
         [::std::mem::offset_of!(nixl_capi_xfer_telemetry_s, start_time_us) - 0usize];
     ["Offset of field: nixl_capi_xfer_telemetry_s::post_duration_us"]
@@ -210,16 +206,11 @@ pub struct NixlCapi {
         ::libloading::Error,
     >,
     pub nixl_capi_create_agent: Result<
-        unsafe extern "C" fn(
-            name: *const ::std::os::raw::c_char,
-            agent: *mut nixl_capi_agent_t,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(name: *const ::std::os::raw::c_char, agent: *mut nixl_capi_agent_t) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_destroy_agent: Result<
-        unsafe extern "C" fn(agent: nixl_capi_agent_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_destroy_agent:
+        Result<unsafe extern "C" fn(agent: nixl_capi_agent_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_get_local_md: Result<
         unsafe extern "C" fn(
             agent: nixl_capi_agent_t,
@@ -255,10 +246,7 @@ pub struct NixlCapi {
         ::libloading::Error,
     >,
     pub nixl_capi_invalidate_local_md: Result<
-        unsafe extern "C" fn(
-            agent: nixl_capi_agent_t,
-            opt_args: nixl_capi_opt_args_t,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(agent: nixl_capi_agent_t, opt_args: nixl_capi_opt_args_t) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
     pub nixl_capi_check_remote_md: Result<
@@ -270,10 +258,7 @@ pub struct NixlCapi {
         ::libloading::Error,
     >,
     pub nixl_capi_send_local_md: Result<
-        unsafe extern "C" fn(
-            agent: nixl_capi_agent_t,
-            opt_args: nixl_capi_opt_args_t,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(agent: nixl_capi_agent_t, opt_args: nixl_capi_opt_args_t) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
     pub nixl_capi_send_local_partial_md: Result<
@@ -301,16 +286,11 @@ pub struct NixlCapi {
         ::libloading::Error,
     >,
     pub nixl_capi_get_available_plugins: Result<
-        unsafe extern "C" fn(
-            agent: nixl_capi_agent_t,
-            plugins: *mut nixl_capi_string_list_t,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(agent: nixl_capi_agent_t, plugins: *mut nixl_capi_string_list_t) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_destroy_string_list: Result<
-        unsafe extern "C" fn(list: nixl_capi_string_list_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_destroy_string_list:
+        Result<unsafe extern "C" fn(list: nixl_capi_string_list_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_string_list_size: Result<
         unsafe extern "C" fn(list: nixl_capi_string_list_t, size: *mut usize) -> nixl_capi_status_t,
         ::libloading::Error,
@@ -332,14 +312,10 @@ pub struct NixlCapi {
         ) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_destroy_mem_list: Result<
-        unsafe extern "C" fn(list: nixl_capi_mem_list_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
-    pub nixl_capi_destroy_params: Result<
-        unsafe extern "C" fn(params: nixl_capi_params_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_destroy_mem_list:
+        Result<unsafe extern "C" fn(list: nixl_capi_mem_list_t) -> nixl_capi_status_t, ::libloading::Error>,
+    pub nixl_capi_destroy_params:
+        Result<unsafe extern "C" fn(params: nixl_capi_params_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_create_backend: Result<
         unsafe extern "C" fn(
             agent: nixl_capi_agent_t,
@@ -349,10 +325,8 @@ pub struct NixlCapi {
         ) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_destroy_backend: Result<
-        unsafe extern "C" fn(backend: nixl_capi_backend_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_destroy_backend:
+        Result<unsafe extern "C" fn(backend: nixl_capi_backend_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_get_backend_params: Result<
         unsafe extern "C" fn(
             agent: nixl_capi_agent_t,
@@ -362,10 +336,8 @@ pub struct NixlCapi {
         ) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_create_params: Result<
-        unsafe extern "C" fn(params: *mut nixl_capi_params_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_create_params:
+        Result<unsafe extern "C" fn(params: *mut nixl_capi_params_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_params_add: Result<
         unsafe extern "C" fn(
             params: nixl_capi_params_t,
@@ -379,10 +351,7 @@ pub struct NixlCapi {
         ::libloading::Error,
     >,
     pub nixl_capi_params_create_iterator: Result<
-        unsafe extern "C" fn(
-            params: nixl_capi_params_t,
-            iter: *mut nixl_capi_param_iter_t,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(params: nixl_capi_params_t, iter: *mut nixl_capi_param_iter_t) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
     pub nixl_capi_params_iterator_next: Result<
@@ -394,10 +363,8 @@ pub struct NixlCapi {
         ) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_params_destroy_iterator: Result<
-        unsafe extern "C" fn(iter: nixl_capi_param_iter_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_params_destroy_iterator:
+        Result<unsafe extern "C" fn(iter: nixl_capi_param_iter_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_mem_list_is_empty: Result<
         unsafe extern "C" fn(list: nixl_capi_mem_list_t, is_empty: *mut bool) -> nixl_capi_status_t,
         ::libloading::Error,
@@ -421,19 +388,12 @@ pub struct NixlCapi {
         ) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_create_opt_args: Result<
-        unsafe extern "C" fn(args: *mut nixl_capi_opt_args_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
-    pub nixl_capi_destroy_opt_args: Result<
-        unsafe extern "C" fn(args: nixl_capi_opt_args_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_create_opt_args:
+        Result<unsafe extern "C" fn(args: *mut nixl_capi_opt_args_t) -> nixl_capi_status_t, ::libloading::Error>,
+    pub nixl_capi_destroy_opt_args:
+        Result<unsafe extern "C" fn(args: nixl_capi_opt_args_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_opt_args_add_backend: Result<
-        unsafe extern "C" fn(
-            args: nixl_capi_opt_args_t,
-            backend: nixl_capi_backend_t,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(args: nixl_capi_opt_args_t, backend: nixl_capi_backend_t) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
     pub nixl_capi_opt_args_set_notif_msg: Result<
@@ -457,10 +417,7 @@ pub struct NixlCapi {
         ::libloading::Error,
     >,
     pub nixl_capi_opt_args_get_has_notif: Result<
-        unsafe extern "C" fn(
-            args: nixl_capi_opt_args_t,
-            has_notif: *mut bool,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(args: nixl_capi_opt_args_t, has_notif: *mut bool) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
     pub nixl_capi_opt_args_set_skip_desc_merge: Result<
@@ -468,23 +425,15 @@ pub struct NixlCapi {
         ::libloading::Error,
     >,
     pub nixl_capi_opt_args_get_skip_desc_merge: Result<
-        unsafe extern "C" fn(
-            args: nixl_capi_opt_args_t,
-            skip_merge: *mut bool,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(args: nixl_capi_opt_args_t, skip_merge: *mut bool) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
     pub nixl_capi_opt_args_set_ip_addr: Result<
-        unsafe extern "C" fn(
-            args: nixl_capi_opt_args_t,
-            ip_addr: *const ::std::os::raw::c_char,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(args: nixl_capi_opt_args_t, ip_addr: *const ::std::os::raw::c_char) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_opt_args_set_port: Result<
-        unsafe extern "C" fn(args: nixl_capi_opt_args_t, port: u16) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_opt_args_set_port:
+        Result<unsafe extern "C" fn(args: nixl_capi_opt_args_t, port: u16) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_opt_args_set_custom_param: Result<
         unsafe extern "C" fn(
             args: nixl_capi_opt_args_t,
@@ -537,10 +486,7 @@ pub struct NixlCapi {
         ::libloading::Error,
     >,
     pub nixl_capi_release_xfer_dlist_handle: Result<
-        unsafe extern "C" fn(
-            agent: nixl_capi_agent_t,
-            dlist_hndl: nixl_capi_xfer_dlist_handle_t,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(agent: nixl_capi_agent_t, dlist_hndl: nixl_capi_xfer_dlist_handle_t) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
     pub nixl_capi_make_xfer_req: Result<
@@ -590,10 +536,7 @@ pub struct NixlCapi {
         ::libloading::Error,
     >,
     pub nixl_capi_get_xfer_status: Result<
-        unsafe extern "C" fn(
-            agent: nixl_capi_agent_t,
-            req_hndl: nixl_capi_xfer_req_t,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(agent: nixl_capi_agent_t, req_hndl: nixl_capi_xfer_req_t) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
     pub nixl_capi_query_xfer_backend: Result<
@@ -605,16 +548,11 @@ pub struct NixlCapi {
         ::libloading::Error,
     >,
     pub nixl_capi_release_xfer_req: Result<
-        unsafe extern "C" fn(
-            agent: nixl_capi_agent_t,
-            req: nixl_capi_xfer_req_t,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(agent: nixl_capi_agent_t, req: nixl_capi_xfer_req_t) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_destroy_xfer_req: Result<
-        unsafe extern "C" fn(req: nixl_capi_xfer_req_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_destroy_xfer_req:
+        Result<unsafe extern "C" fn(req: nixl_capi_xfer_req_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_get_xfer_telemetry: Result<
         unsafe extern "C" fn(
             agent: nixl_capi_agent_t,
@@ -631,14 +569,10 @@ pub struct NixlCapi {
         ) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_create_notif_map: Result<
-        unsafe extern "C" fn(notif_map: *mut nixl_capi_notif_map_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
-    pub nixl_capi_destroy_notif_map: Result<
-        unsafe extern "C" fn(notif_map: nixl_capi_notif_map_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_create_notif_map:
+        Result<unsafe extern "C" fn(notif_map: *mut nixl_capi_notif_map_t) -> nixl_capi_status_t, ::libloading::Error>,
+    pub nixl_capi_destroy_notif_map:
+        Result<unsafe extern "C" fn(notif_map: nixl_capi_notif_map_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_gen_notif: Result<
         unsafe extern "C" fn(
             agent: nixl_capi_agent_t,
@@ -679,42 +613,24 @@ pub struct NixlCapi {
         ) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_notif_map_clear: Result<
-        unsafe extern "C" fn(map: nixl_capi_notif_map_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_notif_map_clear:
+        Result<unsafe extern "C" fn(map: nixl_capi_notif_map_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_create_xfer_dlist: Result<
-        unsafe extern "C" fn(
-            mem_type: nixl_capi_mem_type_t,
-            dlist: *mut nixl_capi_xfer_dlist_t,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(mem_type: nixl_capi_mem_type_t, dlist: *mut nixl_capi_xfer_dlist_t) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_destroy_xfer_dlist: Result<
-        unsafe extern "C" fn(dlist: nixl_capi_xfer_dlist_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_destroy_xfer_dlist:
+        Result<unsafe extern "C" fn(dlist: nixl_capi_xfer_dlist_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_xfer_dlist_get_type: Result<
-        unsafe extern "C" fn(
-            dlist: nixl_capi_xfer_dlist_t,
-            mem_type: *mut nixl_capi_mem_type_t,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(dlist: nixl_capi_xfer_dlist_t, mem_type: *mut nixl_capi_mem_type_t) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
     pub nixl_capi_xfer_dlist_add_desc: Result<
-        unsafe extern "C" fn(
-            dlist: nixl_capi_xfer_dlist_t,
-            addr: usize,
-            len: usize,
-            dev_id: u64,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(dlist: nixl_capi_xfer_dlist_t, addr: usize, len: usize, dev_id: u64) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
     pub nixl_capi_xfer_dlist_desc_count: Result<
-        unsafe extern "C" fn(
-            dlist: nixl_capi_xfer_dlist_t,
-            count: *mut usize,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(dlist: nixl_capi_xfer_dlist_t, count: *mut usize) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
     pub nixl_capi_xfer_dlist_len: Result<
@@ -722,51 +638,31 @@ pub struct NixlCapi {
         ::libloading::Error,
     >,
     pub nixl_capi_xfer_dlist_is_empty: Result<
-        unsafe extern "C" fn(
-            dlist: nixl_capi_xfer_dlist_t,
-            is_empty: *mut bool,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(dlist: nixl_capi_xfer_dlist_t, is_empty: *mut bool) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_xfer_dlist_trim: Result<
-        unsafe extern "C" fn(dlist: nixl_capi_xfer_dlist_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_xfer_dlist_trim:
+        Result<unsafe extern "C" fn(dlist: nixl_capi_xfer_dlist_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_xfer_dlist_rem_desc: Result<
-        unsafe extern "C" fn(
-            dlist: nixl_capi_xfer_dlist_t,
-            index: ::std::os::raw::c_int,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(dlist: nixl_capi_xfer_dlist_t, index: ::std::os::raw::c_int) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_xfer_dlist_clear: Result<
-        unsafe extern "C" fn(dlist: nixl_capi_xfer_dlist_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_xfer_dlist_clear:
+        Result<unsafe extern "C" fn(dlist: nixl_capi_xfer_dlist_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_xfer_dlist_resize: Result<
         unsafe extern "C" fn(dlist: nixl_capi_xfer_dlist_t, new_size: usize) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_xfer_dlist_print: Result<
-        unsafe extern "C" fn(dlist: nixl_capi_xfer_dlist_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_xfer_dlist_print:
+        Result<unsafe extern "C" fn(dlist: nixl_capi_xfer_dlist_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_create_reg_dlist: Result<
-        unsafe extern "C" fn(
-            mem_type: nixl_capi_mem_type_t,
-            dlist: *mut nixl_capi_reg_dlist_t,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(mem_type: nixl_capi_mem_type_t, dlist: *mut nixl_capi_reg_dlist_t) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_destroy_reg_dlist: Result<
-        unsafe extern "C" fn(dlist: nixl_capi_reg_dlist_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_destroy_reg_dlist:
+        Result<unsafe extern "C" fn(dlist: nixl_capi_reg_dlist_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_reg_dlist_get_type: Result<
-        unsafe extern "C" fn(
-            dlist: nixl_capi_reg_dlist_t,
-            mem_type: *mut nixl_capi_mem_type_t,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(dlist: nixl_capi_reg_dlist_t, mem_type: *mut nixl_capi_mem_type_t) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
     pub nixl_capi_reg_dlist_add_desc: Result<
@@ -785,48 +681,29 @@ pub struct NixlCapi {
         ::libloading::Error,
     >,
     pub nixl_capi_reg_dlist_is_empty: Result<
-        unsafe extern "C" fn(
-            dlist: nixl_capi_reg_dlist_t,
-            is_empty: *mut bool,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(dlist: nixl_capi_reg_dlist_t, is_empty: *mut bool) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_reg_dlist_trim: Result<
-        unsafe extern "C" fn(dlist: nixl_capi_reg_dlist_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_reg_dlist_trim:
+        Result<unsafe extern "C" fn(dlist: nixl_capi_reg_dlist_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_reg_dlist_rem_desc: Result<
-        unsafe extern "C" fn(
-            dlist: nixl_capi_reg_dlist_t,
-            index: ::std::os::raw::c_int,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(dlist: nixl_capi_reg_dlist_t, index: ::std::os::raw::c_int) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_reg_dlist_clear: Result<
-        unsafe extern "C" fn(dlist: nixl_capi_reg_dlist_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_reg_dlist_clear:
+        Result<unsafe extern "C" fn(dlist: nixl_capi_reg_dlist_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_reg_dlist_resize: Result<
         unsafe extern "C" fn(dlist: nixl_capi_reg_dlist_t, new_size: usize) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_reg_dlist_print: Result<
-        unsafe extern "C" fn(dlist: nixl_capi_reg_dlist_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
-    pub nixl_capi_create_query_resp_list: Result<
-        unsafe extern "C" fn(list: *mut nixl_capi_query_resp_list_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
-    pub nixl_capi_destroy_query_resp_list: Result<
-        unsafe extern "C" fn(list: nixl_capi_query_resp_list_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_reg_dlist_print:
+        Result<unsafe extern "C" fn(dlist: nixl_capi_reg_dlist_t) -> nixl_capi_status_t, ::libloading::Error>,
+    pub nixl_capi_create_query_resp_list:
+        Result<unsafe extern "C" fn(list: *mut nixl_capi_query_resp_list_t) -> nixl_capi_status_t, ::libloading::Error>,
+    pub nixl_capi_destroy_query_resp_list:
+        Result<unsafe extern "C" fn(list: nixl_capi_query_resp_list_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_query_resp_list_size: Result<
-        unsafe extern "C" fn(
-            list: nixl_capi_query_resp_list_t,
-            size: *mut usize,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(list: nixl_capi_query_resp_list_t, size: *mut usize) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
     pub nixl_capi_query_resp_list_has_value: Result<
@@ -852,10 +729,8 @@ pub struct NixlCapi {
         ) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
-    pub nixl_capi_destroy_remote_dlist: Result<
-        unsafe extern "C" fn(dlist: nixl_capi_remote_dlist_t) -> nixl_capi_status_t,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_destroy_remote_dlist:
+        Result<unsafe extern "C" fn(dlist: nixl_capi_remote_dlist_t) -> nixl_capi_status_t, ::libloading::Error>,
     pub nixl_capi_remote_dlist_add_desc: Result<
         unsafe extern "C" fn(
             dlist: nixl_capi_remote_dlist_t,
@@ -885,10 +760,7 @@ pub struct NixlCapi {
         ::libloading::Error,
     >,
     pub nixl_capi_release_mem_view: Result<
-        unsafe extern "C" fn(
-            agent: nixl_capi_agent_t,
-            mvh: nixl_capi_mem_view_t,
-        ) -> nixl_capi_status_t,
+        unsafe extern "C" fn(agent: nixl_capi_agent_t, mvh: nixl_capi_mem_view_t) -> nixl_capi_status_t,
         ::libloading::Error,
     >,
     pub nixl_capi_is_stub: Result<unsafe extern "C" fn() -> bool, ::libloading::Error>,
@@ -900,14 +772,11 @@ pub struct NixlCapi {
         ),
         ::libloading::Error,
     >,
-    pub nixl_capi_status_string: Result<
-        unsafe extern "C" fn(status: nixl_capi_status_t) -> *const ::std::os::raw::c_char,
-        ::libloading::Error,
-    >,
+    pub nixl_capi_status_string:
+        Result<unsafe extern "C" fn(status: nixl_capi_status_t) -> *const ::std::os::raw::c_char, ::libloading::Error>,
     pub nixl_capi_last_error_message:
         Result<unsafe extern "C" fn() -> *const ::std::os::raw::c_char, ::libloading::Error>,
-    pub nixl_capi_mem_free:
-        Result<unsafe extern "C" fn(ptr: *mut ::std::os::raw::c_void), ::libloading::Error>,
+    pub nixl_capi_mem_free: Result<unsafe extern "C" fn(ptr: *mut ::std::os::raw::c_void), ::libloading::Error>,
 }
 impl NixlCapi {
     pub unsafe fn new<P>(path: P) -> Result<Self, ::libloading::Error>
@@ -924,74 +793,50 @@ impl NixlCapi {
         let __library = library.into();
         let nixl_capi_create_configured_agent =
             unsafe { __library.get(b"nixl_capi_create_configured_agent\0") }.map(|sym| *sym);
-        let nixl_capi_create_agent =
-            unsafe { __library.get(b"nixl_capi_create_agent\0") }.map(|sym| *sym);
-        let nixl_capi_destroy_agent =
-            unsafe { __library.get(b"nixl_capi_destroy_agent\0") }.map(|sym| *sym);
-        let nixl_capi_get_local_md =
-            unsafe { __library.get(b"nixl_capi_get_local_md\0") }.map(|sym| *sym);
+        let nixl_capi_create_agent = unsafe { __library.get(b"nixl_capi_create_agent\0") }.map(|sym| *sym);
+        let nixl_capi_destroy_agent = unsafe { __library.get(b"nixl_capi_destroy_agent\0") }.map(|sym| *sym);
+        let nixl_capi_get_local_md = unsafe { __library.get(b"nixl_capi_get_local_md\0") }.map(|sym| *sym);
         let nixl_capi_get_local_partial_md =
             unsafe { __library.get(b"nixl_capi_get_local_partial_md\0") }.map(|sym| *sym);
-        let nixl_capi_load_remote_md =
-            unsafe { __library.get(b"nixl_capi_load_remote_md\0") }.map(|sym| *sym);
+        let nixl_capi_load_remote_md = unsafe { __library.get(b"nixl_capi_load_remote_md\0") }.map(|sym| *sym);
         let nixl_capi_invalidate_remote_md =
             unsafe { __library.get(b"nixl_capi_invalidate_remote_md\0") }.map(|sym| *sym);
         let nixl_capi_invalidate_local_md =
             unsafe { __library.get(b"nixl_capi_invalidate_local_md\0") }.map(|sym| *sym);
-        let nixl_capi_check_remote_md =
-            unsafe { __library.get(b"nixl_capi_check_remote_md\0") }.map(|sym| *sym);
-        let nixl_capi_send_local_md =
-            unsafe { __library.get(b"nixl_capi_send_local_md\0") }.map(|sym| *sym);
+        let nixl_capi_check_remote_md = unsafe { __library.get(b"nixl_capi_check_remote_md\0") }.map(|sym| *sym);
+        let nixl_capi_send_local_md = unsafe { __library.get(b"nixl_capi_send_local_md\0") }.map(|sym| *sym);
         let nixl_capi_send_local_partial_md =
             unsafe { __library.get(b"nixl_capi_send_local_partial_md\0") }.map(|sym| *sym);
-        let nixl_capi_fetch_remote_md =
-            unsafe { __library.get(b"nixl_capi_fetch_remote_md\0") }.map(|sym| *sym);
+        let nixl_capi_fetch_remote_md = unsafe { __library.get(b"nixl_capi_fetch_remote_md\0") }.map(|sym| *sym);
         let nixl_capi_agent_make_connection =
             unsafe { __library.get(b"nixl_capi_agent_make_connection\0") }.map(|sym| *sym);
         let nixl_capi_get_available_plugins =
             unsafe { __library.get(b"nixl_capi_get_available_plugins\0") }.map(|sym| *sym);
         let nixl_capi_destroy_string_list =
             unsafe { __library.get(b"nixl_capi_destroy_string_list\0") }.map(|sym| *sym);
-        let nixl_capi_string_list_size =
-            unsafe { __library.get(b"nixl_capi_string_list_size\0") }.map(|sym| *sym);
-        let nixl_capi_string_list_get =
-            unsafe { __library.get(b"nixl_capi_string_list_get\0") }.map(|sym| *sym);
-        let nixl_capi_get_plugin_params =
-            unsafe { __library.get(b"nixl_capi_get_plugin_params\0") }.map(|sym| *sym);
-        let nixl_capi_destroy_mem_list =
-            unsafe { __library.get(b"nixl_capi_destroy_mem_list\0") }.map(|sym| *sym);
-        let nixl_capi_destroy_params =
-            unsafe { __library.get(b"nixl_capi_destroy_params\0") }.map(|sym| *sym);
-        let nixl_capi_create_backend =
-            unsafe { __library.get(b"nixl_capi_create_backend\0") }.map(|sym| *sym);
-        let nixl_capi_destroy_backend =
-            unsafe { __library.get(b"nixl_capi_destroy_backend\0") }.map(|sym| *sym);
-        let nixl_capi_get_backend_params =
-            unsafe { __library.get(b"nixl_capi_get_backend_params\0") }.map(|sym| *sym);
-        let nixl_capi_create_params =
-            unsafe { __library.get(b"nixl_capi_create_params\0") }.map(|sym| *sym);
-        let nixl_capi_params_add =
-            unsafe { __library.get(b"nixl_capi_params_add\0") }.map(|sym| *sym);
-        let nixl_capi_params_is_empty =
-            unsafe { __library.get(b"nixl_capi_params_is_empty\0") }.map(|sym| *sym);
+        let nixl_capi_string_list_size = unsafe { __library.get(b"nixl_capi_string_list_size\0") }.map(|sym| *sym);
+        let nixl_capi_string_list_get = unsafe { __library.get(b"nixl_capi_string_list_get\0") }.map(|sym| *sym);
+        let nixl_capi_get_plugin_params = unsafe { __library.get(b"nixl_capi_get_plugin_params\0") }.map(|sym| *sym);
+        let nixl_capi_destroy_mem_list = unsafe { __library.get(b"nixl_capi_destroy_mem_list\0") }.map(|sym| *sym);
+        let nixl_capi_destroy_params = unsafe { __library.get(b"nixl_capi_destroy_params\0") }.map(|sym| *sym);
+        let nixl_capi_create_backend = unsafe { __library.get(b"nixl_capi_create_backend\0") }.map(|sym| *sym);
+        let nixl_capi_destroy_backend = unsafe { __library.get(b"nixl_capi_destroy_backend\0") }.map(|sym| *sym);
+        let nixl_capi_get_backend_params = unsafe { __library.get(b"nixl_capi_get_backend_params\0") }.map(|sym| *sym);
+        let nixl_capi_create_params = unsafe { __library.get(b"nixl_capi_create_params\0") }.map(|sym| *sym);
+        let nixl_capi_params_add = unsafe { __library.get(b"nixl_capi_params_add\0") }.map(|sym| *sym);
+        let nixl_capi_params_is_empty = unsafe { __library.get(b"nixl_capi_params_is_empty\0") }.map(|sym| *sym);
         let nixl_capi_params_create_iterator =
             unsafe { __library.get(b"nixl_capi_params_create_iterator\0") }.map(|sym| *sym);
         let nixl_capi_params_iterator_next =
             unsafe { __library.get(b"nixl_capi_params_iterator_next\0") }.map(|sym| *sym);
         let nixl_capi_params_destroy_iterator =
             unsafe { __library.get(b"nixl_capi_params_destroy_iterator\0") }.map(|sym| *sym);
-        let nixl_capi_mem_list_is_empty =
-            unsafe { __library.get(b"nixl_capi_mem_list_is_empty\0") }.map(|sym| *sym);
-        let nixl_capi_mem_list_size =
-            unsafe { __library.get(b"nixl_capi_mem_list_size\0") }.map(|sym| *sym);
-        let nixl_capi_mem_list_get =
-            unsafe { __library.get(b"nixl_capi_mem_list_get\0") }.map(|sym| *sym);
-        let nixl_capi_mem_type_to_string =
-            unsafe { __library.get(b"nixl_capi_mem_type_to_string\0") }.map(|sym| *sym);
-        let nixl_capi_create_opt_args =
-            unsafe { __library.get(b"nixl_capi_create_opt_args\0") }.map(|sym| *sym);
-        let nixl_capi_destroy_opt_args =
-            unsafe { __library.get(b"nixl_capi_destroy_opt_args\0") }.map(|sym| *sym);
+        let nixl_capi_mem_list_is_empty = unsafe { __library.get(b"nixl_capi_mem_list_is_empty\0") }.map(|sym| *sym);
+        let nixl_capi_mem_list_size = unsafe { __library.get(b"nixl_capi_mem_list_size\0") }.map(|sym| *sym);
+        let nixl_capi_mem_list_get = unsafe { __library.get(b"nixl_capi_mem_list_get\0") }.map(|sym| *sym);
+        let nixl_capi_mem_type_to_string = unsafe { __library.get(b"nixl_capi_mem_type_to_string\0") }.map(|sym| *sym);
+        let nixl_capi_create_opt_args = unsafe { __library.get(b"nixl_capi_create_opt_args\0") }.map(|sym| *sym);
+        let nixl_capi_destroy_opt_args = unsafe { __library.get(b"nixl_capi_destroy_opt_args\0") }.map(|sym| *sym);
         let nixl_capi_opt_args_add_backend =
             unsafe { __library.get(b"nixl_capi_opt_args_add_backend\0") }.map(|sym| *sym);
         let nixl_capi_opt_args_set_notif_msg =
@@ -1008,104 +853,67 @@ impl NixlCapi {
             unsafe { __library.get(b"nixl_capi_opt_args_get_skip_desc_merge\0") }.map(|sym| *sym);
         let nixl_capi_opt_args_set_ip_addr =
             unsafe { __library.get(b"nixl_capi_opt_args_set_ip_addr\0") }.map(|sym| *sym);
-        let nixl_capi_opt_args_set_port =
-            unsafe { __library.get(b"nixl_capi_opt_args_set_port\0") }.map(|sym| *sym);
+        let nixl_capi_opt_args_set_port = unsafe { __library.get(b"nixl_capi_opt_args_set_port\0") }.map(|sym| *sym);
         let nixl_capi_opt_args_set_custom_param =
             unsafe { __library.get(b"nixl_capi_opt_args_set_custom_param\0") }.map(|sym| *sym);
         let nixl_capi_opt_args_get_custom_param =
             unsafe { __library.get(b"nixl_capi_opt_args_get_custom_param\0") }.map(|sym| *sym);
-        let nixl_capi_register_mem =
-            unsafe { __library.get(b"nixl_capi_register_mem\0") }.map(|sym| *sym);
-        let nixl_capi_deregister_mem =
-            unsafe { __library.get(b"nixl_capi_deregister_mem\0") }.map(|sym| *sym);
-        let nixl_capi_query_mem =
-            unsafe { __library.get(b"nixl_capi_query_mem\0") }.map(|sym| *sym);
-        let nixl_capi_prep_xfer_dlist =
-            unsafe { __library.get(b"nixl_capi_prep_xfer_dlist\0") }.map(|sym| *sym);
+        let nixl_capi_register_mem = unsafe { __library.get(b"nixl_capi_register_mem\0") }.map(|sym| *sym);
+        let nixl_capi_deregister_mem = unsafe { __library.get(b"nixl_capi_deregister_mem\0") }.map(|sym| *sym);
+        let nixl_capi_query_mem = unsafe { __library.get(b"nixl_capi_query_mem\0") }.map(|sym| *sym);
+        let nixl_capi_prep_xfer_dlist = unsafe { __library.get(b"nixl_capi_prep_xfer_dlist\0") }.map(|sym| *sym);
         let nixl_capi_release_xfer_dlist_handle =
             unsafe { __library.get(b"nixl_capi_release_xfer_dlist_handle\0") }.map(|sym| *sym);
-        let nixl_capi_make_xfer_req =
-            unsafe { __library.get(b"nixl_capi_make_xfer_req\0") }.map(|sym| *sym);
-        let nixl_capi_create_xfer_req =
-            unsafe { __library.get(b"nixl_capi_create_xfer_req\0") }.map(|sym| *sym);
-        let nixl_capi_estimate_xfer_cost =
-            unsafe { __library.get(b"nixl_capi_estimate_xfer_cost\0") }.map(|sym| *sym);
-        let nixl_capi_post_xfer_req =
-            unsafe { __library.get(b"nixl_capi_post_xfer_req\0") }.map(|sym| *sym);
-        let nixl_capi_get_xfer_status =
-            unsafe { __library.get(b"nixl_capi_get_xfer_status\0") }.map(|sym| *sym);
-        let nixl_capi_query_xfer_backend =
-            unsafe { __library.get(b"nixl_capi_query_xfer_backend\0") }.map(|sym| *sym);
-        let nixl_capi_release_xfer_req =
-            unsafe { __library.get(b"nixl_capi_release_xfer_req\0") }.map(|sym| *sym);
-        let nixl_capi_destroy_xfer_req =
-            unsafe { __library.get(b"nixl_capi_destroy_xfer_req\0") }.map(|sym| *sym);
-        let nixl_capi_get_xfer_telemetry =
-            unsafe { __library.get(b"nixl_capi_get_xfer_telemetry\0") }.map(|sym| *sym);
-        let nixl_capi_get_notifs =
-            unsafe { __library.get(b"nixl_capi_get_notifs\0") }.map(|sym| *sym);
-        let nixl_capi_create_notif_map =
-            unsafe { __library.get(b"nixl_capi_create_notif_map\0") }.map(|sym| *sym);
-        let nixl_capi_destroy_notif_map =
-            unsafe { __library.get(b"nixl_capi_destroy_notif_map\0") }.map(|sym| *sym);
-        let nixl_capi_gen_notif =
-            unsafe { __library.get(b"nixl_capi_gen_notif\0") }.map(|sym| *sym);
-        let nixl_capi_notif_map_size =
-            unsafe { __library.get(b"nixl_capi_notif_map_size\0") }.map(|sym| *sym);
+        let nixl_capi_make_xfer_req = unsafe { __library.get(b"nixl_capi_make_xfer_req\0") }.map(|sym| *sym);
+        let nixl_capi_create_xfer_req = unsafe { __library.get(b"nixl_capi_create_xfer_req\0") }.map(|sym| *sym);
+        let nixl_capi_estimate_xfer_cost = unsafe { __library.get(b"nixl_capi_estimate_xfer_cost\0") }.map(|sym| *sym);
+        let nixl_capi_post_xfer_req = unsafe { __library.get(b"nixl_capi_post_xfer_req\0") }.map(|sym| *sym);
+        let nixl_capi_get_xfer_status = unsafe { __library.get(b"nixl_capi_get_xfer_status\0") }.map(|sym| *sym);
+        let nixl_capi_query_xfer_backend = unsafe { __library.get(b"nixl_capi_query_xfer_backend\0") }.map(|sym| *sym);
+        let nixl_capi_release_xfer_req = unsafe { __library.get(b"nixl_capi_release_xfer_req\0") }.map(|sym| *sym);
+        let nixl_capi_destroy_xfer_req = unsafe { __library.get(b"nixl_capi_destroy_xfer_req\0") }.map(|sym| *sym);
+        let nixl_capi_get_xfer_telemetry = unsafe { __library.get(b"nixl_capi_get_xfer_telemetry\0") }.map(|sym| *sym);
+        let nixl_capi_get_notifs = unsafe { __library.get(b"nixl_capi_get_notifs\0") }.map(|sym| *sym);
+        let nixl_capi_create_notif_map = unsafe { __library.get(b"nixl_capi_create_notif_map\0") }.map(|sym| *sym);
+        let nixl_capi_destroy_notif_map = unsafe { __library.get(b"nixl_capi_destroy_notif_map\0") }.map(|sym| *sym);
+        let nixl_capi_gen_notif = unsafe { __library.get(b"nixl_capi_gen_notif\0") }.map(|sym| *sym);
+        let nixl_capi_notif_map_size = unsafe { __library.get(b"nixl_capi_notif_map_size\0") }.map(|sym| *sym);
         let nixl_capi_notif_map_get_agent_at =
             unsafe { __library.get(b"nixl_capi_notif_map_get_agent_at\0") }.map(|sym| *sym);
         let nixl_capi_notif_map_get_notifs_size =
             unsafe { __library.get(b"nixl_capi_notif_map_get_notifs_size\0") }.map(|sym| *sym);
         let nixl_capi_notif_map_get_notif =
             unsafe { __library.get(b"nixl_capi_notif_map_get_notif\0") }.map(|sym| *sym);
-        let nixl_capi_notif_map_clear =
-            unsafe { __library.get(b"nixl_capi_notif_map_clear\0") }.map(|sym| *sym);
-        let nixl_capi_create_xfer_dlist =
-            unsafe { __library.get(b"nixl_capi_create_xfer_dlist\0") }.map(|sym| *sym);
-        let nixl_capi_destroy_xfer_dlist =
-            unsafe { __library.get(b"nixl_capi_destroy_xfer_dlist\0") }.map(|sym| *sym);
+        let nixl_capi_notif_map_clear = unsafe { __library.get(b"nixl_capi_notif_map_clear\0") }.map(|sym| *sym);
+        let nixl_capi_create_xfer_dlist = unsafe { __library.get(b"nixl_capi_create_xfer_dlist\0") }.map(|sym| *sym);
+        let nixl_capi_destroy_xfer_dlist = unsafe { __library.get(b"nixl_capi_destroy_xfer_dlist\0") }.map(|sym| *sym);
         let nixl_capi_xfer_dlist_get_type =
             unsafe { __library.get(b"nixl_capi_xfer_dlist_get_type\0") }.map(|sym| *sym);
         let nixl_capi_xfer_dlist_add_desc =
             unsafe { __library.get(b"nixl_capi_xfer_dlist_add_desc\0") }.map(|sym| *sym);
         let nixl_capi_xfer_dlist_desc_count =
             unsafe { __library.get(b"nixl_capi_xfer_dlist_desc_count\0") }.map(|sym| *sym);
-        let nixl_capi_xfer_dlist_len =
-            unsafe { __library.get(b"nixl_capi_xfer_dlist_len\0") }.map(|sym| *sym);
+        let nixl_capi_xfer_dlist_len = unsafe { __library.get(b"nixl_capi_xfer_dlist_len\0") }.map(|sym| *sym);
         let nixl_capi_xfer_dlist_is_empty =
             unsafe { __library.get(b"nixl_capi_xfer_dlist_is_empty\0") }.map(|sym| *sym);
-        let nixl_capi_xfer_dlist_trim =
-            unsafe { __library.get(b"nixl_capi_xfer_dlist_trim\0") }.map(|sym| *sym);
+        let nixl_capi_xfer_dlist_trim = unsafe { __library.get(b"nixl_capi_xfer_dlist_trim\0") }.map(|sym| *sym);
         let nixl_capi_xfer_dlist_rem_desc =
             unsafe { __library.get(b"nixl_capi_xfer_dlist_rem_desc\0") }.map(|sym| *sym);
-        let nixl_capi_xfer_dlist_clear =
-            unsafe { __library.get(b"nixl_capi_xfer_dlist_clear\0") }.map(|sym| *sym);
-        let nixl_capi_xfer_dlist_resize =
-            unsafe { __library.get(b"nixl_capi_xfer_dlist_resize\0") }.map(|sym| *sym);
-        let nixl_capi_xfer_dlist_print =
-            unsafe { __library.get(b"nixl_capi_xfer_dlist_print\0") }.map(|sym| *sym);
-        let nixl_capi_create_reg_dlist =
-            unsafe { __library.get(b"nixl_capi_create_reg_dlist\0") }.map(|sym| *sym);
-        let nixl_capi_destroy_reg_dlist =
-            unsafe { __library.get(b"nixl_capi_destroy_reg_dlist\0") }.map(|sym| *sym);
-        let nixl_capi_reg_dlist_get_type =
-            unsafe { __library.get(b"nixl_capi_reg_dlist_get_type\0") }.map(|sym| *sym);
-        let nixl_capi_reg_dlist_add_desc =
-            unsafe { __library.get(b"nixl_capi_reg_dlist_add_desc\0") }.map(|sym| *sym);
+        let nixl_capi_xfer_dlist_clear = unsafe { __library.get(b"nixl_capi_xfer_dlist_clear\0") }.map(|sym| *sym);
+        let nixl_capi_xfer_dlist_resize = unsafe { __library.get(b"nixl_capi_xfer_dlist_resize\0") }.map(|sym| *sym);
+        let nixl_capi_xfer_dlist_print = unsafe { __library.get(b"nixl_capi_xfer_dlist_print\0") }.map(|sym| *sym);
+        let nixl_capi_create_reg_dlist = unsafe { __library.get(b"nixl_capi_create_reg_dlist\0") }.map(|sym| *sym);
+        let nixl_capi_destroy_reg_dlist = unsafe { __library.get(b"nixl_capi_destroy_reg_dlist\0") }.map(|sym| *sym);
+        let nixl_capi_reg_dlist_get_type = unsafe { __library.get(b"nixl_capi_reg_dlist_get_type\0") }.map(|sym| *sym);
+        let nixl_capi_reg_dlist_add_desc = unsafe { __library.get(b"nixl_capi_reg_dlist_add_desc\0") }.map(|sym| *sym);
         let nixl_capi_reg_dlist_desc_count =
             unsafe { __library.get(b"nixl_capi_reg_dlist_desc_count\0") }.map(|sym| *sym);
-        let nixl_capi_reg_dlist_is_empty =
-            unsafe { __library.get(b"nixl_capi_reg_dlist_is_empty\0") }.map(|sym| *sym);
-        let nixl_capi_reg_dlist_trim =
-            unsafe { __library.get(b"nixl_capi_reg_dlist_trim\0") }.map(|sym| *sym);
-        let nixl_capi_reg_dlist_rem_desc =
-            unsafe { __library.get(b"nixl_capi_reg_dlist_rem_desc\0") }.map(|sym| *sym);
-        let nixl_capi_reg_dlist_clear =
-            unsafe { __library.get(b"nixl_capi_reg_dlist_clear\0") }.map(|sym| *sym);
-        let nixl_capi_reg_dlist_resize =
-            unsafe { __library.get(b"nixl_capi_reg_dlist_resize\0") }.map(|sym| *sym);
-        let nixl_capi_reg_dlist_print =
-            unsafe { __library.get(b"nixl_capi_reg_dlist_print\0") }.map(|sym| *sym);
+        let nixl_capi_reg_dlist_is_empty = unsafe { __library.get(b"nixl_capi_reg_dlist_is_empty\0") }.map(|sym| *sym);
+        let nixl_capi_reg_dlist_trim = unsafe { __library.get(b"nixl_capi_reg_dlist_trim\0") }.map(|sym| *sym);
+        let nixl_capi_reg_dlist_rem_desc = unsafe { __library.get(b"nixl_capi_reg_dlist_rem_desc\0") }.map(|sym| *sym);
+        let nixl_capi_reg_dlist_clear = unsafe { __library.get(b"nixl_capi_reg_dlist_clear\0") }.map(|sym| *sym);
+        let nixl_capi_reg_dlist_resize = unsafe { __library.get(b"nixl_capi_reg_dlist_resize\0") }.map(|sym| *sym);
+        let nixl_capi_reg_dlist_print = unsafe { __library.get(b"nixl_capi_reg_dlist_print\0") }.map(|sym| *sym);
         let nixl_capi_create_query_resp_list =
             unsafe { __library.get(b"nixl_capi_create_query_resp_list\0") }.map(|sym| *sym);
         let nixl_capi_destroy_query_resp_list =
@@ -1126,15 +934,11 @@ impl NixlCapi {
             unsafe { __library.get(b"nixl_capi_prep_mem_view_local\0") }.map(|sym| *sym);
         let nixl_capi_prep_mem_view_remote =
             unsafe { __library.get(b"nixl_capi_prep_mem_view_remote\0") }.map(|sym| *sym);
-        let nixl_capi_release_mem_view =
-            unsafe { __library.get(b"nixl_capi_release_mem_view\0") }.map(|sym| *sym);
+        let nixl_capi_release_mem_view = unsafe { __library.get(b"nixl_capi_release_mem_view\0") }.map(|sym| *sym);
         let nixl_capi_is_stub = unsafe { __library.get(b"nixl_capi_is_stub\0") }.map(|sym| *sym);
-        let nixl_capi_get_version =
-            unsafe { __library.get(b"nixl_capi_get_version\0") }.map(|sym| *sym);
-        let nixl_capi_status_string =
-            unsafe { __library.get(b"nixl_capi_status_string\0") }.map(|sym| *sym);
-        let nixl_capi_last_error_message =
-            unsafe { __library.get(b"nixl_capi_last_error_message\0") }.map(|sym| *sym);
+        let nixl_capi_get_version = unsafe { __library.get(b"nixl_capi_get_version\0") }.map(|sym| *sym);
+        let nixl_capi_status_string = unsafe { __library.get(b"nixl_capi_status_string\0") }.map(|sym| *sym);
+        let nixl_capi_last_error_message = unsafe { __library.get(b"nixl_capi_last_error_message\0") }.map(|sym| *sym);
         let nixl_capi_mem_free = unsafe { __library.get(b"nixl_capi_mem_free\0") }.map(|sym| *sym);
         Ok(NixlCapi {
             __library,
@@ -1255,10 +1059,7 @@ impl NixlCapi {
         agent: *mut nixl_capi_agent_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_create_configured_agent
-                .as_ref()
-                .expect("Expected function, got error."))(name, cfg, agent)
+            (self.nixl_capi_create_configured_agent.as_ref().expect("Expected function, got error."))(name, cfg, agent)
         }
     }
     pub unsafe fn nixl_capi_create_agent(
@@ -1266,20 +1067,10 @@ impl NixlCapi {
         name: *const ::std::os::raw::c_char,
         agent: *mut nixl_capi_agent_t,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_create_agent
-                .as_ref()
-                .expect("Expected function, got error."))(name, agent)
-        }
+        unsafe { (self.nixl_capi_create_agent.as_ref().expect("Expected function, got error."))(name, agent) }
     }
     pub unsafe fn nixl_capi_destroy_agent(&self, agent: nixl_capi_agent_t) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_destroy_agent
-                .as_ref()
-                .expect("Expected function, got error."))(agent)
-        }
+        unsafe { (self.nixl_capi_destroy_agent.as_ref().expect("Expected function, got error."))(agent) }
     }
     pub unsafe fn nixl_capi_get_local_md(
         &self,
@@ -1287,12 +1078,7 @@ impl NixlCapi {
         data: *mut *mut ::std::os::raw::c_void,
         len: *mut usize,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_get_local_md
-                .as_ref()
-                .expect("Expected function, got error."))(agent, data, len)
-        }
+        unsafe { (self.nixl_capi_get_local_md.as_ref().expect("Expected function, got error."))(agent, data, len) }
     }
     pub unsafe fn nixl_capi_get_local_partial_md(
         &self,
@@ -1303,11 +1089,8 @@ impl NixlCapi {
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_get_local_partial_md
-                .as_ref()
-                .expect("Expected function, got error."))(
-                agent, descs, data, len, opt_args
+            (self.nixl_capi_get_local_partial_md.as_ref().expect("Expected function, got error."))(
+                agent, descs, data, len, opt_args,
             )
         }
     }
@@ -1319,10 +1102,9 @@ impl NixlCapi {
         agent_name: *mut *mut ::std::os::raw::c_char,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_load_remote_md
-                .as_ref()
-                .expect("Expected function, got error."))(agent, data, len, agent_name)
+            (self.nixl_capi_load_remote_md.as_ref().expect("Expected function, got error."))(
+                agent, data, len, agent_name,
+            )
         }
     }
     pub unsafe fn nixl_capi_invalidate_remote_md(
@@ -1331,10 +1113,7 @@ impl NixlCapi {
         remote_agent: *const ::std::os::raw::c_char,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_invalidate_remote_md
-                .as_ref()
-                .expect("Expected function, got error."))(agent, remote_agent)
+            (self.nixl_capi_invalidate_remote_md.as_ref().expect("Expected function, got error."))(agent, remote_agent)
         }
     }
     pub unsafe fn nixl_capi_invalidate_local_md(
@@ -1343,10 +1122,7 @@ impl NixlCapi {
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_invalidate_local_md
-                .as_ref()
-                .expect("Expected function, got error."))(agent, opt_args)
+            (self.nixl_capi_invalidate_local_md.as_ref().expect("Expected function, got error."))(agent, opt_args)
         }
     }
     pub unsafe fn nixl_capi_check_remote_md(
@@ -1356,10 +1132,7 @@ impl NixlCapi {
         descs: nixl_capi_xfer_dlist_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_check_remote_md
-                .as_ref()
-                .expect("Expected function, got error."))(agent, remote_name, descs)
+            (self.nixl_capi_check_remote_md.as_ref().expect("Expected function, got error."))(agent, remote_name, descs)
         }
     }
     pub unsafe fn nixl_capi_send_local_md(
@@ -1367,12 +1140,7 @@ impl NixlCapi {
         agent: nixl_capi_agent_t,
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_send_local_md
-                .as_ref()
-                .expect("Expected function, got error."))(agent, opt_args)
-        }
+        unsafe { (self.nixl_capi_send_local_md.as_ref().expect("Expected function, got error."))(agent, opt_args) }
     }
     pub unsafe fn nixl_capi_send_local_partial_md(
         &self,
@@ -1381,10 +1149,9 @@ impl NixlCapi {
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_send_local_partial_md
-                .as_ref()
-                .expect("Expected function, got error."))(agent, descs, opt_args)
+            (self.nixl_capi_send_local_partial_md.as_ref().expect("Expected function, got error."))(
+                agent, descs, opt_args,
+            )
         }
     }
     pub unsafe fn nixl_capi_fetch_remote_md(
@@ -1394,10 +1161,11 @@ impl NixlCapi {
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_fetch_remote_md
-                .as_ref()
-                .expect("Expected function, got error."))(agent, remote_name, opt_args)
+            (self.nixl_capi_fetch_remote_md.as_ref().expect("Expected function, got error."))(
+                agent,
+                remote_name,
+                opt_args,
+            )
         }
     }
     pub unsafe fn nixl_capi_agent_make_connection(
@@ -1407,10 +1175,11 @@ impl NixlCapi {
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_agent_make_connection
-                .as_ref()
-                .expect("Expected function, got error."))(agent, remote_agent, opt_args)
+            (self.nixl_capi_agent_make_connection.as_ref().expect("Expected function, got error."))(
+                agent,
+                remote_agent,
+                opt_args,
+            )
         }
     }
     pub unsafe fn nixl_capi_get_available_plugins(
@@ -1419,34 +1188,18 @@ impl NixlCapi {
         plugins: *mut nixl_capi_string_list_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_get_available_plugins
-                .as_ref()
-                .expect("Expected function, got error."))(agent, plugins)
+            (self.nixl_capi_get_available_plugins.as_ref().expect("Expected function, got error."))(agent, plugins)
         }
     }
-    pub unsafe fn nixl_capi_destroy_string_list(
-        &self,
-        list: nixl_capi_string_list_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_destroy_string_list
-                .as_ref()
-                .expect("Expected function, got error."))(list)
-        }
+    pub unsafe fn nixl_capi_destroy_string_list(&self, list: nixl_capi_string_list_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_destroy_string_list.as_ref().expect("Expected function, got error."))(list) }
     }
     pub unsafe fn nixl_capi_string_list_size(
         &self,
         list: nixl_capi_string_list_t,
         size: *mut usize,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_string_list_size
-                .as_ref()
-                .expect("Expected function, got error."))(list, size)
-        }
+        unsafe { (self.nixl_capi_string_list_size.as_ref().expect("Expected function, got error."))(list, size) }
     }
     pub unsafe fn nixl_capi_string_list_get(
         &self,
@@ -1454,12 +1207,7 @@ impl NixlCapi {
         index: usize,
         str_: *mut *const ::std::os::raw::c_char,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_string_list_get
-                .as_ref()
-                .expect("Expected function, got error."))(list, index, str_)
-        }
+        unsafe { (self.nixl_capi_string_list_get.as_ref().expect("Expected function, got error."))(list, index, str_) }
     }
     pub unsafe fn nixl_capi_get_plugin_params(
         &self,
@@ -1469,35 +1217,19 @@ impl NixlCapi {
         params: *mut nixl_capi_params_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_get_plugin_params
-                .as_ref()
-                .expect("Expected function, got error."))(
-                agent, plugin_name, mems, params
+            (self.nixl_capi_get_plugin_params.as_ref().expect("Expected function, got error."))(
+                agent,
+                plugin_name,
+                mems,
+                params,
             )
         }
     }
-    pub unsafe fn nixl_capi_destroy_mem_list(
-        &self,
-        list: nixl_capi_mem_list_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_destroy_mem_list
-                .as_ref()
-                .expect("Expected function, got error."))(list)
-        }
+    pub unsafe fn nixl_capi_destroy_mem_list(&self, list: nixl_capi_mem_list_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_destroy_mem_list.as_ref().expect("Expected function, got error."))(list) }
     }
-    pub unsafe fn nixl_capi_destroy_params(
-        &self,
-        params: nixl_capi_params_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_destroy_params
-                .as_ref()
-                .expect("Expected function, got error."))(params)
-        }
+    pub unsafe fn nixl_capi_destroy_params(&self, params: nixl_capi_params_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_destroy_params.as_ref().expect("Expected function, got error."))(params) }
     }
     pub unsafe fn nixl_capi_create_backend(
         &self,
@@ -1507,24 +1239,16 @@ impl NixlCapi {
         backend: *mut nixl_capi_backend_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_create_backend
-                .as_ref()
-                .expect("Expected function, got error."))(
-                agent, plugin_name, params, backend
+            (self.nixl_capi_create_backend.as_ref().expect("Expected function, got error."))(
+                agent,
+                plugin_name,
+                params,
+                backend,
             )
         }
     }
-    pub unsafe fn nixl_capi_destroy_backend(
-        &self,
-        backend: nixl_capi_backend_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_destroy_backend
-                .as_ref()
-                .expect("Expected function, got error."))(backend)
-        }
+    pub unsafe fn nixl_capi_destroy_backend(&self, backend: nixl_capi_backend_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_destroy_backend.as_ref().expect("Expected function, got error."))(backend) }
     }
     pub unsafe fn nixl_capi_get_backend_params(
         &self,
@@ -1534,22 +1258,13 @@ impl NixlCapi {
         params: *mut nixl_capi_params_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_get_backend_params
-                .as_ref()
-                .expect("Expected function, got error."))(agent, backend, mems, params)
+            (self.nixl_capi_get_backend_params.as_ref().expect("Expected function, got error."))(
+                agent, backend, mems, params,
+            )
         }
     }
-    pub unsafe fn nixl_capi_create_params(
-        &self,
-        params: *mut nixl_capi_params_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_create_params
-                .as_ref()
-                .expect("Expected function, got error."))(params)
-        }
+    pub unsafe fn nixl_capi_create_params(&self, params: *mut nixl_capi_params_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_create_params.as_ref().expect("Expected function, got error."))(params) }
     }
     pub unsafe fn nixl_capi_params_add(
         &self,
@@ -1557,24 +1272,14 @@ impl NixlCapi {
         key: *const ::std::os::raw::c_char,
         value: *const ::std::os::raw::c_char,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_params_add
-                .as_ref()
-                .expect("Expected function, got error."))(params, key, value)
-        }
+        unsafe { (self.nixl_capi_params_add.as_ref().expect("Expected function, got error."))(params, key, value) }
     }
     pub unsafe fn nixl_capi_params_is_empty(
         &self,
         params: nixl_capi_params_t,
         is_empty: *mut bool,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_params_is_empty
-                .as_ref()
-                .expect("Expected function, got error."))(params, is_empty)
-        }
+        unsafe { (self.nixl_capi_params_is_empty.as_ref().expect("Expected function, got error."))(params, is_empty) }
     }
     pub unsafe fn nixl_capi_params_create_iterator(
         &self,
@@ -1582,10 +1287,7 @@ impl NixlCapi {
         iter: *mut nixl_capi_param_iter_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_params_create_iterator
-                .as_ref()
-                .expect("Expected function, got error."))(params, iter)
+            (self.nixl_capi_params_create_iterator.as_ref().expect("Expected function, got error."))(params, iter)
         }
     }
     pub unsafe fn nixl_capi_params_iterator_next(
@@ -1596,46 +1298,23 @@ impl NixlCapi {
         has_next: *mut bool,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_params_iterator_next
-                .as_ref()
-                .expect("Expected function, got error."))(iter, key, value, has_next)
+            (self.nixl_capi_params_iterator_next.as_ref().expect("Expected function, got error."))(
+                iter, key, value, has_next,
+            )
         }
     }
-    pub unsafe fn nixl_capi_params_destroy_iterator(
-        &self,
-        iter: nixl_capi_param_iter_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_params_destroy_iterator
-                .as_ref()
-                .expect("Expected function, got error."))(iter)
-        }
+    pub unsafe fn nixl_capi_params_destroy_iterator(&self, iter: nixl_capi_param_iter_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_params_destroy_iterator.as_ref().expect("Expected function, got error."))(iter) }
     }
     pub unsafe fn nixl_capi_mem_list_is_empty(
         &self,
         list: nixl_capi_mem_list_t,
         is_empty: *mut bool,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_mem_list_is_empty
-                .as_ref()
-                .expect("Expected function, got error."))(list, is_empty)
-        }
+        unsafe { (self.nixl_capi_mem_list_is_empty.as_ref().expect("Expected function, got error."))(list, is_empty) }
     }
-    pub unsafe fn nixl_capi_mem_list_size(
-        &self,
-        list: nixl_capi_mem_list_t,
-        size: *mut usize,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_mem_list_size
-                .as_ref()
-                .expect("Expected function, got error."))(list, size)
-        }
+    pub unsafe fn nixl_capi_mem_list_size(&self, list: nixl_capi_mem_list_t, size: *mut usize) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_mem_list_size.as_ref().expect("Expected function, got error."))(list, size) }
     }
     pub unsafe fn nixl_capi_mem_list_get(
         &self,
@@ -1643,58 +1322,27 @@ impl NixlCapi {
         index: usize,
         mem_type: *mut nixl_capi_mem_type_t,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_mem_list_get
-                .as_ref()
-                .expect("Expected function, got error."))(list, index, mem_type)
-        }
+        unsafe { (self.nixl_capi_mem_list_get.as_ref().expect("Expected function, got error."))(list, index, mem_type) }
     }
     pub unsafe fn nixl_capi_mem_type_to_string(
         &self,
         mem_type: nixl_capi_mem_type_t,
         str_: *mut *const ::std::os::raw::c_char,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_mem_type_to_string
-                .as_ref()
-                .expect("Expected function, got error."))(mem_type, str_)
-        }
+        unsafe { (self.nixl_capi_mem_type_to_string.as_ref().expect("Expected function, got error."))(mem_type, str_) }
     }
-    pub unsafe fn nixl_capi_create_opt_args(
-        &self,
-        args: *mut nixl_capi_opt_args_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_create_opt_args
-                .as_ref()
-                .expect("Expected function, got error."))(args)
-        }
+    pub unsafe fn nixl_capi_create_opt_args(&self, args: *mut nixl_capi_opt_args_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_create_opt_args.as_ref().expect("Expected function, got error."))(args) }
     }
-    pub unsafe fn nixl_capi_destroy_opt_args(
-        &self,
-        args: nixl_capi_opt_args_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_destroy_opt_args
-                .as_ref()
-                .expect("Expected function, got error."))(args)
-        }
+    pub unsafe fn nixl_capi_destroy_opt_args(&self, args: nixl_capi_opt_args_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_destroy_opt_args.as_ref().expect("Expected function, got error."))(args) }
     }
     pub unsafe fn nixl_capi_opt_args_add_backend(
         &self,
         args: nixl_capi_opt_args_t,
         backend: nixl_capi_backend_t,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_opt_args_add_backend
-                .as_ref()
-                .expect("Expected function, got error."))(args, backend)
-        }
+        unsafe { (self.nixl_capi_opt_args_add_backend.as_ref().expect("Expected function, got error."))(args, backend) }
     }
     pub unsafe fn nixl_capi_opt_args_set_notif_msg(
         &self,
@@ -1703,10 +1351,7 @@ impl NixlCapi {
         len: usize,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_opt_args_set_notif_msg
-                .as_ref()
-                .expect("Expected function, got error."))(args, data, len)
+            (self.nixl_capi_opt_args_set_notif_msg.as_ref().expect("Expected function, got error."))(args, data, len)
         }
     }
     pub unsafe fn nixl_capi_opt_args_get_notif_msg(
@@ -1716,10 +1361,7 @@ impl NixlCapi {
         len: *mut usize,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_opt_args_get_notif_msg
-                .as_ref()
-                .expect("Expected function, got error."))(args, data, len)
+            (self.nixl_capi_opt_args_get_notif_msg.as_ref().expect("Expected function, got error."))(args, data, len)
         }
     }
     pub unsafe fn nixl_capi_opt_args_set_has_notif(
@@ -1728,10 +1370,7 @@ impl NixlCapi {
         has_notif: bool,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_opt_args_set_has_notif
-                .as_ref()
-                .expect("Expected function, got error."))(args, has_notif)
+            (self.nixl_capi_opt_args_set_has_notif.as_ref().expect("Expected function, got error."))(args, has_notif)
         }
     }
     pub unsafe fn nixl_capi_opt_args_get_has_notif(
@@ -1740,10 +1379,7 @@ impl NixlCapi {
         has_notif: *mut bool,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_opt_args_get_has_notif
-                .as_ref()
-                .expect("Expected function, got error."))(args, has_notif)
+            (self.nixl_capi_opt_args_get_has_notif.as_ref().expect("Expected function, got error."))(args, has_notif)
         }
     }
     pub unsafe fn nixl_capi_opt_args_set_skip_desc_merge(
@@ -1752,10 +1388,9 @@ impl NixlCapi {
         skip_merge: bool,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_opt_args_set_skip_desc_merge
-                .as_ref()
-                .expect("Expected function, got error."))(args, skip_merge)
+            (self.nixl_capi_opt_args_set_skip_desc_merge.as_ref().expect("Expected function, got error."))(
+                args, skip_merge,
+            )
         }
     }
     pub unsafe fn nixl_capi_opt_args_get_skip_desc_merge(
@@ -1764,10 +1399,9 @@ impl NixlCapi {
         skip_merge: *mut bool,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_opt_args_get_skip_desc_merge
-                .as_ref()
-                .expect("Expected function, got error."))(args, skip_merge)
+            (self.nixl_capi_opt_args_get_skip_desc_merge.as_ref().expect("Expected function, got error."))(
+                args, skip_merge,
+            )
         }
     }
     pub unsafe fn nixl_capi_opt_args_set_ip_addr(
@@ -1775,24 +1409,10 @@ impl NixlCapi {
         args: nixl_capi_opt_args_t,
         ip_addr: *const ::std::os::raw::c_char,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_opt_args_set_ip_addr
-                .as_ref()
-                .expect("Expected function, got error."))(args, ip_addr)
-        }
+        unsafe { (self.nixl_capi_opt_args_set_ip_addr.as_ref().expect("Expected function, got error."))(args, ip_addr) }
     }
-    pub unsafe fn nixl_capi_opt_args_set_port(
-        &self,
-        args: nixl_capi_opt_args_t,
-        port: u16,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_opt_args_set_port
-                .as_ref()
-                .expect("Expected function, got error."))(args, port)
-        }
+    pub unsafe fn nixl_capi_opt_args_set_port(&self, args: nixl_capi_opt_args_t, port: u16) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_opt_args_set_port.as_ref().expect("Expected function, got error."))(args, port) }
     }
     pub unsafe fn nixl_capi_opt_args_set_custom_param(
         &self,
@@ -1801,10 +1421,7 @@ impl NixlCapi {
         len: usize,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_opt_args_set_custom_param
-                .as_ref()
-                .expect("Expected function, got error."))(args, data, len)
+            (self.nixl_capi_opt_args_set_custom_param.as_ref().expect("Expected function, got error."))(args, data, len)
         }
     }
     pub unsafe fn nixl_capi_opt_args_get_custom_param(
@@ -1814,10 +1431,7 @@ impl NixlCapi {
         len: *mut usize,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_opt_args_get_custom_param
-                .as_ref()
-                .expect("Expected function, got error."))(args, data, len)
+            (self.nixl_capi_opt_args_get_custom_param.as_ref().expect("Expected function, got error."))(args, data, len)
         }
     }
     pub unsafe fn nixl_capi_register_mem(
@@ -1827,10 +1441,7 @@ impl NixlCapi {
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_register_mem
-                .as_ref()
-                .expect("Expected function, got error."))(agent, dlist, opt_args)
+            (self.nixl_capi_register_mem.as_ref().expect("Expected function, got error."))(agent, dlist, opt_args)
         }
     }
     pub unsafe fn nixl_capi_deregister_mem(
@@ -1840,10 +1451,7 @@ impl NixlCapi {
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_deregister_mem
-                .as_ref()
-                .expect("Expected function, got error."))(agent, dlist, opt_args)
+            (self.nixl_capi_deregister_mem.as_ref().expect("Expected function, got error."))(agent, dlist, opt_args)
         }
     }
     pub unsafe fn nixl_capi_query_mem(
@@ -1854,10 +1462,7 @@ impl NixlCapi {
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_query_mem
-                .as_ref()
-                .expect("Expected function, got error."))(agent, descs, resp, opt_args)
+            (self.nixl_capi_query_mem.as_ref().expect("Expected function, got error."))(agent, descs, resp, opt_args)
         }
     }
     pub unsafe fn nixl_capi_prep_xfer_dlist(
@@ -1869,10 +1474,7 @@ impl NixlCapi {
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_prep_xfer_dlist
-                .as_ref()
-                .expect("Expected function, got error."))(
+            (self.nixl_capi_prep_xfer_dlist.as_ref().expect("Expected function, got error."))(
                 agent, agent_name, descs, dlist_hndl, opt_args,
             )
         }
@@ -1883,10 +1485,9 @@ impl NixlCapi {
         dlist_hndl: nixl_capi_xfer_dlist_handle_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_release_xfer_dlist_handle
-                .as_ref()
-                .expect("Expected function, got error."))(agent, dlist_hndl)
+            (self.nixl_capi_release_xfer_dlist_handle.as_ref().expect("Expected function, got error."))(
+                agent, dlist_hndl,
+            )
         }
     }
     pub unsafe fn nixl_capi_make_xfer_req(
@@ -1903,10 +1504,7 @@ impl NixlCapi {
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_make_xfer_req
-                .as_ref()
-                .expect("Expected function, got error."))(
+            (self.nixl_capi_make_xfer_req.as_ref().expect("Expected function, got error."))(
                 agent,
                 operation,
                 local_descs,
@@ -1931,10 +1529,7 @@ impl NixlCapi {
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_create_xfer_req
-                .as_ref()
-                .expect("Expected function, got error."))(
+            (self.nixl_capi_create_xfer_req.as_ref().expect("Expected function, got error."))(
                 agent,
                 operation,
                 local_descs,
@@ -1955,10 +1550,7 @@ impl NixlCapi {
         method: *mut nixl_capi_cost_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_estimate_xfer_cost
-                .as_ref()
-                .expect("Expected function, got error."))(
+            (self.nixl_capi_estimate_xfer_cost.as_ref().expect("Expected function, got error."))(
                 agent,
                 req_hndl,
                 opt_args,
@@ -1975,10 +1567,7 @@ impl NixlCapi {
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_post_xfer_req
-                .as_ref()
-                .expect("Expected function, got error."))(agent, req_hndl, opt_args)
+            (self.nixl_capi_post_xfer_req.as_ref().expect("Expected function, got error."))(agent, req_hndl, opt_args)
         }
     }
     pub unsafe fn nixl_capi_get_xfer_status(
@@ -1986,12 +1575,7 @@ impl NixlCapi {
         agent: nixl_capi_agent_t,
         req_hndl: nixl_capi_xfer_req_t,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_get_xfer_status
-                .as_ref()
-                .expect("Expected function, got error."))(agent, req_hndl)
-        }
+        unsafe { (self.nixl_capi_get_xfer_status.as_ref().expect("Expected function, got error."))(agent, req_hndl) }
     }
     pub unsafe fn nixl_capi_query_xfer_backend(
         &self,
@@ -2000,10 +1584,9 @@ impl NixlCapi {
         backend: *mut nixl_capi_backend_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_query_xfer_backend
-                .as_ref()
-                .expect("Expected function, got error."))(agent, req_hndl, backend)
+            (self.nixl_capi_query_xfer_backend.as_ref().expect("Expected function, got error."))(
+                agent, req_hndl, backend,
+            )
         }
     }
     pub unsafe fn nixl_capi_release_xfer_req(
@@ -2011,23 +1594,10 @@ impl NixlCapi {
         agent: nixl_capi_agent_t,
         req: nixl_capi_xfer_req_t,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_release_xfer_req
-                .as_ref()
-                .expect("Expected function, got error."))(agent, req)
-        }
+        unsafe { (self.nixl_capi_release_xfer_req.as_ref().expect("Expected function, got error."))(agent, req) }
     }
-    pub unsafe fn nixl_capi_destroy_xfer_req(
-        &self,
-        req: nixl_capi_xfer_req_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_destroy_xfer_req
-                .as_ref()
-                .expect("Expected function, got error."))(req)
-        }
+    pub unsafe fn nixl_capi_destroy_xfer_req(&self, req: nixl_capi_xfer_req_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_destroy_xfer_req.as_ref().expect("Expected function, got error."))(req) }
     }
     pub unsafe fn nixl_capi_get_xfer_telemetry(
         &self,
@@ -2036,10 +1606,9 @@ impl NixlCapi {
         telemetry: nixl_capi_xfer_telemetry_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_get_xfer_telemetry
-                .as_ref()
-                .expect("Expected function, got error."))(agent, req_hndl, telemetry)
+            (self.nixl_capi_get_xfer_telemetry.as_ref().expect("Expected function, got error."))(
+                agent, req_hndl, telemetry,
+            )
         }
     }
     pub unsafe fn nixl_capi_get_notifs(
@@ -2049,33 +1618,14 @@ impl NixlCapi {
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_get_notifs
-                .as_ref()
-                .expect("Expected function, got error."))(agent, notif_map, opt_args)
+            (self.nixl_capi_get_notifs.as_ref().expect("Expected function, got error."))(agent, notif_map, opt_args)
         }
     }
-    pub unsafe fn nixl_capi_create_notif_map(
-        &self,
-        notif_map: *mut nixl_capi_notif_map_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_create_notif_map
-                .as_ref()
-                .expect("Expected function, got error."))(notif_map)
-        }
+    pub unsafe fn nixl_capi_create_notif_map(&self, notif_map: *mut nixl_capi_notif_map_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_create_notif_map.as_ref().expect("Expected function, got error."))(notif_map) }
     }
-    pub unsafe fn nixl_capi_destroy_notif_map(
-        &self,
-        notif_map: nixl_capi_notif_map_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_destroy_notif_map
-                .as_ref()
-                .expect("Expected function, got error."))(notif_map)
-        }
+    pub unsafe fn nixl_capi_destroy_notif_map(&self, notif_map: nixl_capi_notif_map_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_destroy_notif_map.as_ref().expect("Expected function, got error."))(notif_map) }
     }
     pub unsafe fn nixl_capi_gen_notif(
         &self,
@@ -2086,25 +1636,17 @@ impl NixlCapi {
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_gen_notif
-                .as_ref()
-                .expect("Expected function, got error."))(
-                agent, remote_agent, data, len, opt_args
+            (self.nixl_capi_gen_notif.as_ref().expect("Expected function, got error."))(
+                agent,
+                remote_agent,
+                data,
+                len,
+                opt_args,
             )
         }
     }
-    pub unsafe fn nixl_capi_notif_map_size(
-        &self,
-        map: nixl_capi_notif_map_t,
-        size: *mut usize,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_notif_map_size
-                .as_ref()
-                .expect("Expected function, got error."))(map, size)
-        }
+    pub unsafe fn nixl_capi_notif_map_size(&self, map: nixl_capi_notif_map_t, size: *mut usize) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_notif_map_size.as_ref().expect("Expected function, got error."))(map, size) }
     }
     pub unsafe fn nixl_capi_notif_map_get_agent_at(
         &self,
@@ -2113,10 +1655,9 @@ impl NixlCapi {
         agent_name: *mut *const ::std::os::raw::c_char,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_notif_map_get_agent_at
-                .as_ref()
-                .expect("Expected function, got error."))(map, index, agent_name)
+            (self.nixl_capi_notif_map_get_agent_at.as_ref().expect("Expected function, got error."))(
+                map, index, agent_name,
+            )
         }
     }
     pub unsafe fn nixl_capi_notif_map_get_notifs_size(
@@ -2126,10 +1667,9 @@ impl NixlCapi {
         size: *mut usize,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_notif_map_get_notifs_size
-                .as_ref()
-                .expect("Expected function, got error."))(map, agent_name, size)
+            (self.nixl_capi_notif_map_get_notifs_size.as_ref().expect("Expected function, got error."))(
+                map, agent_name, size,
+            )
         }
     }
     pub unsafe fn nixl_capi_notif_map_get_notif(
@@ -2141,47 +1681,23 @@ impl NixlCapi {
         len: *mut usize,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_notif_map_get_notif
-                .as_ref()
-                .expect("Expected function, got error."))(
-                map, agent_name, index, data, len
+            (self.nixl_capi_notif_map_get_notif.as_ref().expect("Expected function, got error."))(
+                map, agent_name, index, data, len,
             )
         }
     }
-    pub unsafe fn nixl_capi_notif_map_clear(
-        &self,
-        map: nixl_capi_notif_map_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_notif_map_clear
-                .as_ref()
-                .expect("Expected function, got error."))(map)
-        }
+    pub unsafe fn nixl_capi_notif_map_clear(&self, map: nixl_capi_notif_map_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_notif_map_clear.as_ref().expect("Expected function, got error."))(map) }
     }
     pub unsafe fn nixl_capi_create_xfer_dlist(
         &self,
         mem_type: nixl_capi_mem_type_t,
         dlist: *mut nixl_capi_xfer_dlist_t,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_create_xfer_dlist
-                .as_ref()
-                .expect("Expected function, got error."))(mem_type, dlist)
-        }
+        unsafe { (self.nixl_capi_create_xfer_dlist.as_ref().expect("Expected function, got error."))(mem_type, dlist) }
     }
-    pub unsafe fn nixl_capi_destroy_xfer_dlist(
-        &self,
-        dlist: nixl_capi_xfer_dlist_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_destroy_xfer_dlist
-                .as_ref()
-                .expect("Expected function, got error."))(dlist)
-        }
+    pub unsafe fn nixl_capi_destroy_xfer_dlist(&self, dlist: nixl_capi_xfer_dlist_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_destroy_xfer_dlist.as_ref().expect("Expected function, got error."))(dlist) }
     }
     pub unsafe fn nixl_capi_xfer_dlist_get_type(
         &self,
@@ -2189,10 +1705,7 @@ impl NixlCapi {
         mem_type: *mut nixl_capi_mem_type_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_xfer_dlist_get_type
-                .as_ref()
-                .expect("Expected function, got error."))(dlist, mem_type)
+            (self.nixl_capi_xfer_dlist_get_type.as_ref().expect("Expected function, got error."))(dlist, mem_type)
         }
     }
     pub unsafe fn nixl_capi_xfer_dlist_add_desc(
@@ -2203,10 +1716,9 @@ impl NixlCapi {
         dev_id: u64,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_xfer_dlist_add_desc
-                .as_ref()
-                .expect("Expected function, got error."))(dlist, addr, len, dev_id)
+            (self.nixl_capi_xfer_dlist_add_desc.as_ref().expect("Expected function, got error."))(
+                dlist, addr, len, dev_id,
+            )
         }
     }
     pub unsafe fn nixl_capi_xfer_dlist_desc_count(
@@ -2214,24 +1726,14 @@ impl NixlCapi {
         dlist: nixl_capi_xfer_dlist_t,
         count: *mut usize,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_xfer_dlist_desc_count
-                .as_ref()
-                .expect("Expected function, got error."))(dlist, count)
-        }
+        unsafe { (self.nixl_capi_xfer_dlist_desc_count.as_ref().expect("Expected function, got error."))(dlist, count) }
     }
     pub unsafe fn nixl_capi_xfer_dlist_len(
         &self,
         dlist: nixl_capi_xfer_dlist_t,
         len: *mut usize,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_xfer_dlist_len
-                .as_ref()
-                .expect("Expected function, got error."))(dlist, len)
-        }
+        unsafe { (self.nixl_capi_xfer_dlist_len.as_ref().expect("Expected function, got error."))(dlist, len) }
     }
     pub unsafe fn nixl_capi_xfer_dlist_is_empty(
         &self,
@@ -2239,103 +1741,48 @@ impl NixlCapi {
         is_empty: *mut bool,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_xfer_dlist_is_empty
-                .as_ref()
-                .expect("Expected function, got error."))(dlist, is_empty)
+            (self.nixl_capi_xfer_dlist_is_empty.as_ref().expect("Expected function, got error."))(dlist, is_empty)
         }
     }
-    pub unsafe fn nixl_capi_xfer_dlist_trim(
-        &self,
-        dlist: nixl_capi_xfer_dlist_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_xfer_dlist_trim
-                .as_ref()
-                .expect("Expected function, got error."))(dlist)
-        }
+    pub unsafe fn nixl_capi_xfer_dlist_trim(&self, dlist: nixl_capi_xfer_dlist_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_xfer_dlist_trim.as_ref().expect("Expected function, got error."))(dlist) }
     }
     pub unsafe fn nixl_capi_xfer_dlist_rem_desc(
         &self,
         dlist: nixl_capi_xfer_dlist_t,
         index: ::std::os::raw::c_int,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_xfer_dlist_rem_desc
-                .as_ref()
-                .expect("Expected function, got error."))(dlist, index)
-        }
+        unsafe { (self.nixl_capi_xfer_dlist_rem_desc.as_ref().expect("Expected function, got error."))(dlist, index) }
     }
-    pub unsafe fn nixl_capi_xfer_dlist_clear(
-        &self,
-        dlist: nixl_capi_xfer_dlist_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_xfer_dlist_clear
-                .as_ref()
-                .expect("Expected function, got error."))(dlist)
-        }
+    pub unsafe fn nixl_capi_xfer_dlist_clear(&self, dlist: nixl_capi_xfer_dlist_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_xfer_dlist_clear.as_ref().expect("Expected function, got error."))(dlist) }
     }
     pub unsafe fn nixl_capi_xfer_dlist_resize(
         &self,
         dlist: nixl_capi_xfer_dlist_t,
         new_size: usize,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_xfer_dlist_resize
-                .as_ref()
-                .expect("Expected function, got error."))(dlist, new_size)
-        }
+        unsafe { (self.nixl_capi_xfer_dlist_resize.as_ref().expect("Expected function, got error."))(dlist, new_size) }
     }
-    pub unsafe fn nixl_capi_xfer_dlist_print(
-        &self,
-        dlist: nixl_capi_xfer_dlist_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_xfer_dlist_print
-                .as_ref()
-                .expect("Expected function, got error."))(dlist)
-        }
+    pub unsafe fn nixl_capi_xfer_dlist_print(&self, dlist: nixl_capi_xfer_dlist_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_xfer_dlist_print.as_ref().expect("Expected function, got error."))(dlist) }
     }
     pub unsafe fn nixl_capi_create_reg_dlist(
         &self,
         mem_type: nixl_capi_mem_type_t,
         dlist: *mut nixl_capi_reg_dlist_t,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_create_reg_dlist
-                .as_ref()
-                .expect("Expected function, got error."))(mem_type, dlist)
-        }
+        unsafe { (self.nixl_capi_create_reg_dlist.as_ref().expect("Expected function, got error."))(mem_type, dlist) }
     }
-    pub unsafe fn nixl_capi_destroy_reg_dlist(
-        &self,
-        dlist: nixl_capi_reg_dlist_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_destroy_reg_dlist
-                .as_ref()
-                .expect("Expected function, got error."))(dlist)
-        }
+    pub unsafe fn nixl_capi_destroy_reg_dlist(&self, dlist: nixl_capi_reg_dlist_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_destroy_reg_dlist.as_ref().expect("Expected function, got error."))(dlist) }
     }
     pub unsafe fn nixl_capi_reg_dlist_get_type(
         &self,
         dlist: nixl_capi_reg_dlist_t,
         mem_type: *mut nixl_capi_mem_type_t,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_reg_dlist_get_type
-                .as_ref()
-                .expect("Expected function, got error."))(dlist, mem_type)
-        }
+        unsafe { (self.nixl_capi_reg_dlist_get_type.as_ref().expect("Expected function, got error."))(dlist, mem_type) }
     }
     pub unsafe fn nixl_capi_reg_dlist_add_desc(
         &self,
@@ -2347,10 +1794,7 @@ impl NixlCapi {
         metadata_len: usize,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_reg_dlist_add_desc
-                .as_ref()
-                .expect("Expected function, got error."))(
+            (self.nixl_capi_reg_dlist_add_desc.as_ref().expect("Expected function, got error."))(
                 dlist,
                 addr,
                 len,
@@ -2365,115 +1809,53 @@ impl NixlCapi {
         dlist: nixl_capi_reg_dlist_t,
         count: *mut usize,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_reg_dlist_desc_count
-                .as_ref()
-                .expect("Expected function, got error."))(dlist, count)
-        }
+        unsafe { (self.nixl_capi_reg_dlist_desc_count.as_ref().expect("Expected function, got error."))(dlist, count) }
     }
     pub unsafe fn nixl_capi_reg_dlist_is_empty(
         &self,
         dlist: nixl_capi_reg_dlist_t,
         is_empty: *mut bool,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_reg_dlist_is_empty
-                .as_ref()
-                .expect("Expected function, got error."))(dlist, is_empty)
-        }
+        unsafe { (self.nixl_capi_reg_dlist_is_empty.as_ref().expect("Expected function, got error."))(dlist, is_empty) }
     }
-    pub unsafe fn nixl_capi_reg_dlist_trim(
-        &self,
-        dlist: nixl_capi_reg_dlist_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_reg_dlist_trim
-                .as_ref()
-                .expect("Expected function, got error."))(dlist)
-        }
+    pub unsafe fn nixl_capi_reg_dlist_trim(&self, dlist: nixl_capi_reg_dlist_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_reg_dlist_trim.as_ref().expect("Expected function, got error."))(dlist) }
     }
     pub unsafe fn nixl_capi_reg_dlist_rem_desc(
         &self,
         dlist: nixl_capi_reg_dlist_t,
         index: ::std::os::raw::c_int,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_reg_dlist_rem_desc
-                .as_ref()
-                .expect("Expected function, got error."))(dlist, index)
-        }
+        unsafe { (self.nixl_capi_reg_dlist_rem_desc.as_ref().expect("Expected function, got error."))(dlist, index) }
     }
-    pub unsafe fn nixl_capi_reg_dlist_clear(
-        &self,
-        dlist: nixl_capi_reg_dlist_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_reg_dlist_clear
-                .as_ref()
-                .expect("Expected function, got error."))(dlist)
-        }
+    pub unsafe fn nixl_capi_reg_dlist_clear(&self, dlist: nixl_capi_reg_dlist_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_reg_dlist_clear.as_ref().expect("Expected function, got error."))(dlist) }
     }
     pub unsafe fn nixl_capi_reg_dlist_resize(
         &self,
         dlist: nixl_capi_reg_dlist_t,
         new_size: usize,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_reg_dlist_resize
-                .as_ref()
-                .expect("Expected function, got error."))(dlist, new_size)
-        }
+        unsafe { (self.nixl_capi_reg_dlist_resize.as_ref().expect("Expected function, got error."))(dlist, new_size) }
     }
-    pub unsafe fn nixl_capi_reg_dlist_print(
-        &self,
-        dlist: nixl_capi_reg_dlist_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_reg_dlist_print
-                .as_ref()
-                .expect("Expected function, got error."))(dlist)
-        }
+    pub unsafe fn nixl_capi_reg_dlist_print(&self, dlist: nixl_capi_reg_dlist_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_reg_dlist_print.as_ref().expect("Expected function, got error."))(dlist) }
     }
     pub unsafe fn nixl_capi_create_query_resp_list(
         &self,
         list: *mut nixl_capi_query_resp_list_t,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_create_query_resp_list
-                .as_ref()
-                .expect("Expected function, got error."))(list)
-        }
+        unsafe { (self.nixl_capi_create_query_resp_list.as_ref().expect("Expected function, got error."))(list) }
     }
-    pub unsafe fn nixl_capi_destroy_query_resp_list(
-        &self,
-        list: nixl_capi_query_resp_list_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_destroy_query_resp_list
-                .as_ref()
-                .expect("Expected function, got error."))(list)
-        }
+    pub unsafe fn nixl_capi_destroy_query_resp_list(&self, list: nixl_capi_query_resp_list_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_destroy_query_resp_list.as_ref().expect("Expected function, got error."))(list) }
     }
     pub unsafe fn nixl_capi_query_resp_list_size(
         &self,
         list: nixl_capi_query_resp_list_t,
         size: *mut usize,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_query_resp_list_size
-                .as_ref()
-                .expect("Expected function, got error."))(list, size)
-        }
+        unsafe { (self.nixl_capi_query_resp_list_size.as_ref().expect("Expected function, got error."))(list, size) }
     }
     pub unsafe fn nixl_capi_query_resp_list_has_value(
         &self,
@@ -2482,10 +1864,9 @@ impl NixlCapi {
         has_value: *mut bool,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_query_resp_list_has_value
-                .as_ref()
-                .expect("Expected function, got error."))(list, index, has_value)
+            (self.nixl_capi_query_resp_list_has_value.as_ref().expect("Expected function, got error."))(
+                list, index, has_value,
+            )
         }
     }
     pub unsafe fn nixl_capi_query_resp_list_get_params(
@@ -2495,10 +1876,9 @@ impl NixlCapi {
         params: *mut nixl_capi_params_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_query_resp_list_get_params
-                .as_ref()
-                .expect("Expected function, got error."))(list, index, params)
+            (self.nixl_capi_query_resp_list_get_params.as_ref().expect("Expected function, got error."))(
+                list, index, params,
+            )
         }
     }
     pub unsafe fn nixl_capi_create_remote_dlist(
@@ -2507,22 +1887,11 @@ impl NixlCapi {
         dlist: *mut nixl_capi_remote_dlist_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_create_remote_dlist
-                .as_ref()
-                .expect("Expected function, got error."))(mem_type, dlist)
+            (self.nixl_capi_create_remote_dlist.as_ref().expect("Expected function, got error."))(mem_type, dlist)
         }
     }
-    pub unsafe fn nixl_capi_destroy_remote_dlist(
-        &self,
-        dlist: nixl_capi_remote_dlist_t,
-    ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_destroy_remote_dlist
-                .as_ref()
-                .expect("Expected function, got error."))(dlist)
-        }
+    pub unsafe fn nixl_capi_destroy_remote_dlist(&self, dlist: nixl_capi_remote_dlist_t) -> nixl_capi_status_t {
+        unsafe { (self.nixl_capi_destroy_remote_dlist.as_ref().expect("Expected function, got error."))(dlist) }
     }
     pub unsafe fn nixl_capi_remote_dlist_add_desc(
         &self,
@@ -2533,11 +1902,12 @@ impl NixlCapi {
         remote_agent: *const ::std::os::raw::c_char,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_remote_dlist_add_desc
-                .as_ref()
-                .expect("Expected function, got error."))(
-                dlist, addr, len, dev_id, remote_agent
+            (self.nixl_capi_remote_dlist_add_desc.as_ref().expect("Expected function, got error."))(
+                dlist,
+                addr,
+                len,
+                dev_id,
+                remote_agent,
             )
         }
     }
@@ -2549,10 +1919,9 @@ impl NixlCapi {
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_prep_mem_view_local
-                .as_ref()
-                .expect("Expected function, got error."))(agent, descs, mvh, opt_args)
+            (self.nixl_capi_prep_mem_view_local.as_ref().expect("Expected function, got error."))(
+                agent, descs, mvh, opt_args,
+            )
         }
     }
     pub unsafe fn nixl_capi_prep_mem_view_remote(
@@ -2563,10 +1932,9 @@ impl NixlCapi {
         opt_args: nixl_capi_opt_args_t,
     ) -> nixl_capi_status_t {
         unsafe {
-            (self
-                .nixl_capi_prep_mem_view_remote
-                .as_ref()
-                .expect("Expected function, got error."))(agent, descs, mvh, opt_args)
+            (self.nixl_capi_prep_mem_view_remote.as_ref().expect("Expected function, got error."))(
+                agent, descs, mvh, opt_args,
+            )
         }
     }
     pub unsafe fn nixl_capi_release_mem_view(
@@ -2574,20 +1942,10 @@ impl NixlCapi {
         agent: nixl_capi_agent_t,
         mvh: nixl_capi_mem_view_t,
     ) -> nixl_capi_status_t {
-        unsafe {
-            (self
-                .nixl_capi_release_mem_view
-                .as_ref()
-                .expect("Expected function, got error."))(agent, mvh)
-        }
+        unsafe { (self.nixl_capi_release_mem_view.as_ref().expect("Expected function, got error."))(agent, mvh) }
     }
     pub unsafe fn nixl_capi_is_stub(&self) -> bool {
-        unsafe {
-            (self
-                .nixl_capi_is_stub
-                .as_ref()
-                .expect("Expected function, got error."))()
-        }
+        unsafe { (self.nixl_capi_is_stub.as_ref().expect("Expected function, got error."))() }
     }
     pub unsafe fn nixl_capi_get_version(
         &self,
@@ -2595,38 +1953,15 @@ impl NixlCapi {
         minor: *mut ::std::os::raw::c_int,
         patch: *mut ::std::os::raw::c_int,
     ) {
-        unsafe {
-            (self
-                .nixl_capi_get_version
-                .as_ref()
-                .expect("Expected function, got error."))(major, minor, patch)
-        }
+        unsafe { (self.nixl_capi_get_version.as_ref().expect("Expected function, got error."))(major, minor, patch) }
     }
-    pub unsafe fn nixl_capi_status_string(
-        &self,
-        status: nixl_capi_status_t,
-    ) -> *const ::std::os::raw::c_char {
-        unsafe {
-            (self
-                .nixl_capi_status_string
-                .as_ref()
-                .expect("Expected function, got error."))(status)
-        }
+    pub unsafe fn nixl_capi_status_string(&self, status: nixl_capi_status_t) -> *const ::std::os::raw::c_char {
+        unsafe { (self.nixl_capi_status_string.as_ref().expect("Expected function, got error."))(status) }
     }
     pub unsafe fn nixl_capi_last_error_message(&self) -> *const ::std::os::raw::c_char {
-        unsafe {
-            (self
-                .nixl_capi_last_error_message
-                .as_ref()
-                .expect("Expected function, got error."))()
-        }
+        unsafe { (self.nixl_capi_last_error_message.as_ref().expect("Expected function, got error."))() }
     }
     pub unsafe fn nixl_capi_mem_free(&self, ptr: *mut ::std::os::raw::c_void) {
-        unsafe {
-            (self
-                .nixl_capi_mem_free
-                .as_ref()
-                .expect("Expected function, got error."))(ptr)
-        }
+        unsafe { (self.nixl_capi_mem_free.as_ref().expect("Expected function, got error."))(ptr) }
     }
 }
