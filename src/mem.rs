@@ -138,6 +138,13 @@ impl HostBuffer {
         Ok(verify_pattern(bytes, off as u64, seed))
     }
 
+    /// Copies `[off, off+len)` out.
+    pub fn read(&self, off: usize, len: usize) -> Result<Vec<u8>, MemError> {
+        self.check(off, len)?;
+        // SAFETY: in range (checked), no transfer in flight.
+        Ok(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) }.to_vec())
+    }
+
     /// Flips every bit of the byte at `off` (fault injection for self-tests).
     pub fn corrupt(&self, off: usize) -> Result<(), MemError> {
         self.check(off, 1)?;

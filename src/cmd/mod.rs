@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Measure NIXL transfer bandwidth and latency between two processes on this host, READ and WRITE, 4 KiB .. 256 MiB (the main job)
-    Sweep(sweep::SweepArgs),
+    Sweep(Box<sweep::SweepArgs>),
     /// Show where NIXL was found, its version, plugins and backend parameters
     Info(info::InfoArgs),
     /// (internal) serve one initiator session as the target process
@@ -67,7 +67,7 @@ impl From<anyhow::Error> for CliError {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.cmd {
-        Cmd::Sweep(a) => sweep::run(a),
+        Cmd::Sweep(a) => sweep::run(*a),
         Cmd::Info(a) => info::run(a),
         Cmd::Target(a) => target::run(a),
         Cmd::Initiator(a) => initiator::run(a),

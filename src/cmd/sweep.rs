@@ -305,9 +305,18 @@ fn save(dir: &std::path::Path, r: &SweepResults) -> Result<(), CliError> {
 
 /// Environment for both children: the plugin folder (unless the user set
 /// NIXL_PLUGIN_DIR), UCX_TLS when asked, and the UCX_*/NIXL_* already set.
+///
+/// Both processes run on this host, so UCX's network transports are pinned to
+/// loopback (`UCX_NET_DEVICES=lo`) unless the user chose devices: otherwise
+/// UCX spreads a TCP transfer over `lo` and a NIC address of this same host
+/// (two rails), which touches a NIC for nothing. Shared-memory and CUDA
+/// transports are not network devices and are unaffected.
 fn child_env(loc: &NixlLocation, ucx_tls: Option<&str>) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> =
         std::env::vars().filter(|(k, _)| k.starts_with("UCX_") || k.starts_with("NIXL_")).collect();
+    if !env.iter().any(|(k, _)| k == "UCX_NET_DEVICES") {
+        env.push(("UCX_NET_DEVICES".into(), "lo".into()));
+    }
     if !loc.plugin_dir_from_env {
         if let Some(d) = &loc.plugin_dir {
             env.retain(|(k, _)| k != "NIXL_PLUGIN_DIR");

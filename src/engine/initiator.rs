@@ -3,6 +3,8 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use crate::mem::{HostBuffer, Region, Verify};
 use crate::nixl::{
     Agent, Backend, MemType, Nixl, OptArgs, RegDescList, Registration, Status, XferDescList, XferOp, XferReq,
@@ -15,20 +17,134 @@ use super::{EngineError, Event, Started, SweepPlan, seed_for, ucx_tls_env};
 /// Most descriptors one transfer may have (indices are C ints).
 pub const MAX_DESCS: u64 = 1 << 22;
 
+/// An initiator connected to a target: both agents set up, the target's
+/// metadata loaded, one buffer registered on each side.
+pub struct Connection {
+    /// Control channel to the target.
+    pub ch: Channel,
+    /// What the target reported after setup.
+    pub target: TargetReady,
+    /// Target host name.
+    pub target_host: String,
+    /// Target process id.
+    pub target_pid: u32,
+    /// Plugins available to the local agent.
+    pub plugins: Vec<String>,
+    /// Effective local backend parameters.
+    pub backend_params: BTreeMap<String, String>,
+    /// The target agent's name (as loaded from its metadata).
+    pub remote_name: String,
+    // Drop order: registration, buffer, backend, agent.
+    _reg: Registration,
+    /// The local registered buffer.
+    pub buf: Rc<HostBuffer>,
+    /// The local backend.
+    pub backend: Backend,
+    /// The local agent.
+    pub agent: Agent,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("target", &self.target.agent_name)
+            .field("remote_name", &self.remote_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Connects to the target at `addr`, authenticates with `token`, has it
+    /// build `setup`, builds the same locally and loads the target's metadata.
+    pub fn open(
+        nixl: &Nixl,
+        addr: &str,
+        token: &str,
+        setup: &TargetSetup,
+        peer_timeout: Duration,
+    ) -> Result<Connection, EngineError> {
+        let mut ch = Channel::connect(addr, Duration::from_secs(10))?;
+        let hello =
+            Request::Hello { token: token.to_string(), protocol: PROTOCOL, kvprobe: crate::version().to_string() };
+        let (target_host, target_pid) = match ch.call(&hello, peer_timeout, "the target's hello") {
+            Ok(Response::Hello { host, pid, .. }) => (host, pid),
+            Ok(other) => return Err(EngineError::Handshake(format!("unexpected answer {other:?}"))),
+            Err(crate::peer::PeerError::Remote(m)) => return Err(EngineError::Handshake(m)),
+            Err(e) => return Err(e.into()),
+        };
+        let target = match ch.call(&Request::Setup(setup.clone()), peer_timeout, "the target's setup")? {
+            Response::SetupDone(r) => r,
+            other => return Err(EngineError::Invalid(format!("unexpected answer to setup: {other:?}"))),
+        };
+        let agent = Agent::new(nixl, &format!("kvprobe-initiator-{}", std::process::id()), &setup.agent)?;
+        let plugins = agent.available_plugins()?;
+        if !plugins.iter().any(|p| p == &setup.backend) {
+            return Err(EngineError::Invalid(format!(
+                "NIXL backend plugin '{}' is not available (NIXL can load: {}). Check the plugin directory (NIXL_PLUGIN_DIR) and the plugin's dependencies.",
+                setup.backend,
+                if plugins.is_empty() { "none".to_string() } else { plugins.join(", ") }
+            )));
+        }
+        let backend = agent.create_backend(&setup.backend, &setup.backend_params)?;
+        let backend_params = agent.backend_params(&backend).map(|p| p.params).unwrap_or_default();
+        let len = usize::try_from(setup.buffer_bytes).map_err(|_| EngineError::Invalid("size too large".into()))?;
+        let buf = Rc::new(HostBuffer::new(len)?);
+        let mut dl = RegDescList::new(nixl, MemType::Dram)?;
+        dl.add(buf.addr(), buf.len(), 0)?;
+        let reg = agent.register_owned(Rc::clone(&buf), dl, Some(&backend))?;
+        let md = from_hex(&target.metadata_hex).map_err(|e| EngineError::Invalid(format!("target metadata: {e}")))?;
+        let remote_name = agent.load_remote_metadata(&md)?;
+        if remote_name != target.agent_name {
+            return Err(EngineError::Invalid(format!(
+                "metadata names agent '{remote_name}', expected '{}'",
+                target.agent_name
+            )));
+        }
+        Ok(Connection {
+            ch,
+            target,
+            target_host,
+            target_pid,
+            plugins,
+            backend_params,
+            remote_name,
+            _reg: reg,
+            buf,
+            backend,
+            agent,
+        })
+    }
+
+    /// Descriptor lists for the first `size` bytes of both buffers, in
+    /// blocks of `block` bytes.
+    pub fn desc_lists(&self, size: u64, block: u64) -> Result<(XferDescList, XferDescList), EngineError> {
+        if block == 0 || size % block != 0 || size > self.buf.len() as u64 || size > self.target.buffer_len {
+            return Err(EngineError::Invalid(format!(
+                "cannot split {size} B into {block}-byte descriptors of the registered buffers"
+            )));
+        }
+        let n = (size / block) as usize;
+        let nixl = self.agent.nixl();
+        let mut local = XferDescList::new(nixl, MemType::Dram)?;
+        local.add_strided(self.buf.addr(), block as usize, n, 0)?;
+        let mut remote = XferDescList::new(nixl, MemType::Dram)?;
+        remote.add_strided(self.target.buffer_addr as usize, block as usize, n, 0)?;
+        Ok((local, remote))
+    }
+
+    /// Says goodbye; the target releases everything and exits.
+    pub fn close(mut self, peer_timeout: Duration) {
+        let _ = self.ch.call(&Request::Bye, peer_timeout, "the target's goodbye");
+    }
+}
+
 struct Session<'a> {
     plan: &'a SweepPlan,
     emit: &'a mut dyn FnMut(Event),
     last_beat: Instant,
-    ch: Channel,
     peer_timeout: Duration,
     xfer_timeout: Duration,
-    target: TargetReady,
-    // drop order: registration, buffer, backend, agent
-    _reg: Registration,
-    buf: Rc<HostBuffer>,
-    backend: Backend,
-    agent: Agent,
-    remote_name: String,
+    conn: Connection,
 }
 
 /// Runs the whole plan, reporting through `emit`. Returns after the last row,
@@ -36,68 +152,25 @@ struct Session<'a> {
 pub fn run(plan: &SweepPlan, nixl: &Nixl, emit: &mut dyn FnMut(Event)) -> Result<(), EngineError> {
     validate(plan)?;
     let peer_timeout = Duration::from_secs_f64(plan.timing.peer_timeout_s);
-    let mut ch = Channel::connect(&plan.target_addr, Duration::from_secs(10))?;
-    let hello = Request::Hello { token: plan.token.clone(), protocol: PROTOCOL, kvprobe: crate::version().to_string() };
-    let (thost, tpid) = match ch.call(&hello, peer_timeout, "the target's hello") {
-        Ok(Response::Hello { host, pid, .. }) => (host, pid),
-        Ok(other) => {
-            return Err(EngineError::Handshake(format!("unexpected answer {other:?}")));
-        }
-        Err(crate::peer::PeerError::Remote(m)) => return Err(EngineError::Handshake(m)),
-        Err(e) => return Err(e.into()),
-    };
-
-    let max = plan.sizes.iter().copied().max().unwrap_or(0);
     let setup = TargetSetup {
         agent: plan.agent.clone(),
         backend: plan.backend.clone(),
         backend_params: plan.backend_params.clone(),
-        buffer_bytes: max,
+        buffer_bytes: plan.sizes.iter().copied().max().unwrap_or(0),
     };
-    let target = match ch.call(&Request::Setup(setup), peer_timeout, "the target's setup")? {
-        Response::SetupDone(r) => r,
-        other => {
-            return Err(EngineError::Invalid(format!("unexpected answer to setup: {other:?}")));
-        }
-    };
-
-    let agent = Agent::new(nixl, &format!("kvprobe-initiator-{}", std::process::id()), &plan.agent)?;
-    let plugins = agent.available_plugins()?;
-    if !plugins.iter().any(|p| p == &plan.backend) {
-        return Err(EngineError::Invalid(format!(
-            "NIXL backend plugin '{}' is not available (NIXL can load: {}). Check the plugin directory (NIXL_PLUGIN_DIR) and the plugin's dependencies.",
-            plan.backend,
-            if plugins.is_empty() { "none".to_string() } else { plugins.join(", ") }
-        )));
-    }
-    let backend = agent.create_backend(&plan.backend, &plan.backend_params)?;
-    let backend_params = agent.backend_params(&backend).map(|p| p.params).unwrap_or_default();
-    let buf =
-        Rc::new(HostBuffer::new(usize::try_from(max).map_err(|_| EngineError::Invalid("size too large".into()))?)?);
-    let mut dl = RegDescList::new(nixl, MemType::Dram)?;
-    dl.add(buf.addr(), buf.len(), 0)?;
-    let reg = agent.register_owned(Rc::clone(&buf), dl, Some(&backend))?;
-    let md = from_hex(&target.metadata_hex).map_err(|e| EngineError::Invalid(format!("target metadata: {e}")))?;
-    let remote_name = agent.load_remote_metadata(&md)?;
-    if remote_name != target.agent_name {
-        return Err(EngineError::Invalid(format!(
-            "metadata names agent '{remote_name}', expected '{}'",
-            target.agent_name
-        )));
-    }
-
+    let conn = Connection::open(nixl, &plan.target_addr, &plan.token, &setup, peer_timeout)?;
     emit(Event::Started(Started {
         initiator_pid: std::process::id(),
         library_version: nixl.version(),
-        plugins,
-        backend_params,
+        plugins: conn.plugins.clone(),
+        backend_params: conn.backend_params.clone(),
         target: PeerInfo {
             addr: plan.target_addr.clone(),
-            host: thost,
-            pid: tpid,
-            nixl_lib: target.nixl_lib.clone(),
-            ucx_tls: target.ucx_tls.clone(),
-            backend_params: target.backend_params.clone(),
+            host: conn.target_host.clone(),
+            pid: conn.target_pid,
+            nixl_lib: conn.target.nixl_lib.clone(),
+            ucx_tls: conn.target.ucx_tls.clone(),
+            backend_params: conn.target.backend_params.clone(),
         },
     }));
 
@@ -105,15 +178,9 @@ pub fn run(plan: &SweepPlan, nixl: &Nixl, emit: &mut dyn FnMut(Event)) -> Result
         plan,
         emit,
         last_beat: Instant::now(),
-        ch,
         peer_timeout,
         xfer_timeout: Duration::from_secs_f64(plan.timing.xfer_timeout_s),
-        target,
-        _reg: reg,
-        buf,
-        backend,
-        agent,
-        remote_name,
+        conn,
     };
     let total = plan.ops.len() * plan.sizes.len();
     let mut index = 0;
@@ -138,7 +205,7 @@ pub fn run(plan: &SweepPlan, nixl: &Nixl, emit: &mut dyn FnMut(Event)) -> Result
             index += 1;
         }
     }
-    let _ = s.ch.call(&Request::Bye, s.peer_timeout, "the target's goodbye");
+    s.conn.close(peer_timeout);
     Ok(())
 }
 
@@ -186,7 +253,7 @@ impl Session<'_> {
     }
 
     fn call(&mut self, req: Request, what: &str) -> Result<Response, EngineError> {
-        Ok(self.ch.call(&req, self.peer_timeout, what)?)
+        Ok(self.conn.ch.call(&req, self.peer_timeout, what)?)
     }
 
     fn target_verify(&mut self, len: u64, seed: u64) -> Result<Verify, EngineError> {
@@ -198,7 +265,7 @@ impl Session<'_> {
 
     fn target_notifs(&mut self, tag: &str, count: u64) -> Result<u64, EngineError> {
         let timeout_ms = (self.xfer_timeout.as_millis() as u64).max(1000);
-        let r = self.ch.call(
+        let r = self.conn.ch.call(
             &Request::WaitNotifs { tag: tag.to_string(), count, timeout_ms },
             self.peer_timeout + Duration::from_millis(timeout_ms),
             "the target's notification count",
@@ -219,17 +286,8 @@ impl Session<'_> {
 
     /// Moves data with `req` and checks it: the owner writes a fresh pattern,
     /// the destination is poisoned first, the reader checks every byte.
-    fn checked_transfer(
-        &mut self,
-        req: &XferReq,
-        op: XferOp,
-        size: u64,
-        seed: u64,
-        when: &str,
-        tag: &str,
-        notifs_so_far: u64,
-        inject: bool,
-    ) -> Result<Check, EngineError> {
+    fn checked_transfer(&mut self, req: &XferReq, c: &CheckSpec<'_>) -> Result<Check, EngineError> {
+        let CheckSpec { op, size, seed, when, tag, notifs_so_far, inject } = *c;
         let n = size as usize;
         match op {
             XferOp::Read => {
@@ -237,13 +295,13 @@ impl Session<'_> {
                 if inject {
                     self.call(Request::Corrupt { off: size / 2 }, "the target's fault injection")?;
                 }
-                self.buf.poison(0, n)?;
+                self.conn.buf.poison(0, n)?;
                 self.once(req)?;
-                let v = self.buf.verify(0, n, seed)?;
+                let v = self.conn.buf.verify(0, n, seed)?;
                 Ok(check(when, "initiator", v))
             }
             XferOp::Write => {
-                self.buf.fill(0, n, seed)?;
+                self.conn.buf.fill(0, n, seed)?;
                 self.call(Request::Poison { off: 0, len: size }, "the target's poison")?;
                 self.once(req)?;
                 // The notification arrives after the data: once the target has
@@ -268,44 +326,52 @@ impl Session<'_> {
         let block = plan.block.map_or(size, |b| b.min(size));
         let descs = size / block;
         let tag = format!("kvprobe:{index}:{op}:{size}");
-        let nixl = self.agent.nixl().clone();
+        let nixl = self.conn.agent.nixl().clone();
 
         // Build the request(s).
         let t0 = Instant::now();
-        let mut local = XferDescList::new(&nixl, MemType::Dram)?;
-        local.add_strided(self.buf.addr(), block as usize, descs as usize, 0)?;
-        let mut remote = XferDescList::new(&nixl, MemType::Dram)?;
-        remote.add_strided(self.target.buffer_addr as usize, block as usize, descs as usize, 0)?;
-        let with_notif = Rc::new(OptArgs::with_backend(&nixl, &self.backend)?);
+        let (local, remote) = self.conn.desc_lists(size, block)?;
+        let with_notif = Rc::new(OptArgs::with_backend(&nixl, &self.conn.backend)?);
         with_notif.set_notification(tag.as_bytes())?;
-        let plain = Rc::new(OptArgs::with_backend(&nixl, &self.backend)?);
+        let plain = Rc::new(OptArgs::with_backend(&nixl, &self.conn.backend)?);
         let t_lists = t0.elapsed();
         let (check_req, timed_req, prep, make) = match plan.xfer_path {
             XferPath::Prepped => {
                 let t = Instant::now();
-                let lp = self.agent.prep_local(&local, Some(&self.backend))?;
-                let rp = self.agent.prep_remote(&self.remote_name, &remote, Some(&self.backend))?;
+                let lp = self.conn.agent.prep_local(&local, Some(&self.conn.backend))?;
+                let rp = self.conn.agent.prep_remote(&self.conn.remote_name, &remote, Some(&self.conn.backend))?;
                 let prep = t.elapsed();
                 let idx: Vec<i32> = (0..descs as i32).collect();
                 let t = Instant::now();
-                let c = self.agent.make_xfer_req(op, &lp, &idx, &rp, &idx, size, Some(Rc::clone(&with_notif)))?;
+                let c = self.conn.agent.make_xfer_req(op, &lp, &idx, &rp, &idx, size, Some(Rc::clone(&with_notif)))?;
                 let make = t.elapsed();
                 let timed = if plan.notif_every_transfer {
                     None
                 } else {
-                    Some(self.agent.make_xfer_req(op, &lp, &idx, &rp, &idx, size, Some(Rc::clone(&plain)))?)
+                    Some(self.conn.agent.make_xfer_req(op, &lp, &idx, &rp, &idx, size, Some(Rc::clone(&plain)))?)
                 };
                 (c, timed, prep, make)
             }
             XferPath::Create => {
                 let t = Instant::now();
-                let c =
-                    self.agent.create_xfer_req(op, &local, &remote, &self.remote_name, Some(Rc::clone(&with_notif)))?;
+                let c = self.conn.agent.create_xfer_req(
+                    op,
+                    &local,
+                    &remote,
+                    &self.conn.remote_name,
+                    Some(Rc::clone(&with_notif)),
+                )?;
                 let make = t.elapsed();
                 let timed = if plan.notif_every_transfer {
                     None
                 } else {
-                    Some(self.agent.create_xfer_req(op, &local, &remote, &self.remote_name, Some(Rc::clone(&plain)))?)
+                    Some(self.conn.agent.create_xfer_req(
+                        op,
+                        &local,
+                        &remote,
+                        &self.conn.remote_name,
+                        Some(Rc::clone(&plain)),
+                    )?)
                 };
                 (c, timed, Duration::ZERO, make)
             }
@@ -315,7 +381,9 @@ impl Session<'_> {
         // First checked transfer.
         let mut notifs: u64 = 1;
         let inject = plan.inject_corruption && index == 0;
-        let first = self.checked_transfer(&check_req, op, size, seed_for(index, 1), "first", &tag, notifs, inject)?;
+        let spec =
+            CheckSpec { op, size, seed: seed_for(index, 1), when: "first", tag: &tag, notifs_so_far: notifs, inject };
+        let first = self.checked_transfer(&check_req, &spec)?;
         if !first.ok {
             // Stop here: the numbers of a path that corrupts data mean nothing.
             let received = self.target_notifs(&tag, notifs).unwrap_or(0);
@@ -391,7 +459,16 @@ impl Session<'_> {
 
         // Last checked transfer, with a new pattern.
         notifs += 1;
-        let last = self.checked_transfer(&check_req, op, size, seed_for(index, 2), "last", &tag, notifs, false)?;
+        let spec = CheckSpec {
+            op,
+            size,
+            seed: seed_for(index, 2),
+            when: "last",
+            tag: &tag,
+            notifs_so_far: notifs,
+            inject: false,
+        };
+        let last = self.checked_transfer(&check_req, &spec)?;
         let telemetry = check_req.telemetry().ok().flatten();
         let received = self.target_notifs(&tag, notifs)?;
         Ok(self.row(
@@ -457,6 +534,20 @@ impl Session<'_> {
             notifs_received,
         }
     }
+}
+
+/// One checked transfer: what to move, which pattern, what to expect.
+#[derive(Clone, Copy)]
+struct CheckSpec<'a> {
+    op: XferOp,
+    size: u64,
+    seed: u64,
+    when: &'a str,
+    tag: &'a str,
+    /// Notifications the target should have for `tag` once this transfer is done.
+    notifs_so_far: u64,
+    /// Flip a target byte (self-test).
+    inject: bool,
 }
 
 fn check(when: &str, side: &str, v: Verify) -> Check {

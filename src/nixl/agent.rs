@@ -106,7 +106,11 @@ impl Agent {
     /// Creates an agent.
     pub fn new(nixl: &Nixl, name: &str, cfg: &AgentConfig) -> Result<Agent, NixlError> {
         let cname = cstring("nixl_capi_create_configured_agent", name)?;
-        let sync = match cfg.thread_sync {
+        // The listen thread works on the agent concurrently with its owner, so
+        // NIXL's Python API locks strictly whenever it is on; do the same.
+        let mode =
+            if cfg.listen_thread && cfg.thread_sync == ThreadSync::None { ThreadSync::Strict } else { cfg.thread_sync };
+        let sync = match mode {
             ThreadSync::None => sys::NIXL_CAPI_THREAD_SYNC_NONE,
             ThreadSync::Strict => sys::NIXL_CAPI_THREAD_SYNC_STRICT,
             ThreadSync::Rw => sys::NIXL_CAPI_THREAD_SYNC_RW,
@@ -283,6 +287,7 @@ impl Agent {
 
     /// Asks the listen thread at `ip:port` for agent `remote`'s metadata. The
     /// answer arrives asynchronously; poll [`Agent::has_remote_metadata`].
+    /// This agent needs its own listen thread: it carries the exchange.
     pub fn fetch_metadata_from(&self, remote: &str, ip: &str, port: u16) -> Result<(), NixlError> {
         let c = cstring("nixl_capi_fetch_remote_md", remote)?;
         let args = super::OptArgs::new(&self.inner.nixl)?;

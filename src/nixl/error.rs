@@ -102,6 +102,16 @@ pub enum NixlError {
         /// The offending value.
         value: String,
     },
+    /// A transfer did not finish in time.
+    #[error(
+        "{what} did not complete within {limit:?} (no error was reported: the transfer is stuck; a peer whose NIXL worker is never progressed, e.g. running without a progress thread, or a dead link, look like this)"
+    )]
+    Timeout {
+        /// The transfer.
+        what: String,
+        /// The limit.
+        limit: std::time::Duration,
+    },
     /// An argument kvprobe refuses before calling NIXL.
     #[error("invalid argument: {0}")]
     Invalid(String),

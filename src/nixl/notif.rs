@@ -8,6 +8,9 @@ use super::agent::Agent;
 use super::error::{NixlError, nixl_call, record_drop_error};
 use super::{Nixl, copy_cstr, cstring};
 
+/// Notifications as (sending agent, messages in arrival order).
+pub type Notifications = Vec<(String, Vec<Vec<u8>>)>;
+
 /// A reusable map that receives notifications.
 pub struct NotifMap {
     raw: NonNull<sys::nixl_capi_notif_map_s>,
@@ -32,7 +35,7 @@ impl NotifMap {
 
     /// Fetches the notifications that arrived since the last call, as
     /// (sending agent, messages) in arrival order per agent.
-    pub fn fetch(&mut self, agent: &Agent) -> Result<Vec<(String, Vec<Vec<u8>>)>, NixlError> {
+    pub fn fetch(&mut self, agent: &Agent) -> Result<Notifications, NixlError> {
         let lib = &self.nixl.0;
         // SAFETY: live map.
         unsafe { nixl_call!(lib, nixl_capi_notif_map_clear(self.raw.as_ptr())) }?;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::agent::{Agent, AgentInner, Backend};
 use super::dlist::{PreppedDlist, XferDescList};
-use super::error::{NixlError, Status, StatusCode, nixl_call, record_drop_error};
+use super::error::{NixlError, Status, nixl_call, record_drop_error};
 use super::{Nixl, XferOp, cstring};
 
 /// NIXL's optional arguments (backend choice, notification message, ...).
@@ -134,7 +134,9 @@ impl std::fmt::Debug for XferReq {
 
 impl Agent {
     /// Makes a request from prepared lists by descriptor index (vLLM's path:
-    /// `prep_xfer_dlist` once, `make_xfer_req` per request).
+    /// `prep_xfer_dlist` once, `make_xfer_req` per request). `bytes` is what
+    /// the selected descriptors add up to (NIXL does not report it back).
+    #[allow(clippy::too_many_arguments)] // mirrors nixl_capi_make_xfer_req one to one
     pub fn make_xfer_req(
         &self,
         op: XferOp,
@@ -265,11 +267,7 @@ impl XferReq {
             }
             spins = spins.wrapping_add(1);
             if spins % 1024 == 0 && start.elapsed() > timeout {
-                return Err(NixlError::Call {
-                    call: "nixl_capi_get_xfer_status",
-                    status: StatusCode(sys::NIXL_CAPI_IN_PROG),
-                    detail: Some(format!("{} of {} B still in progress after {timeout:?}", self.op, self.bytes)),
-                });
+                return Err(NixlError::Timeout { what: format!("{} of {} B", self.op, self.bytes), limit: timeout });
             }
         }
     }

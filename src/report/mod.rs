@@ -16,7 +16,8 @@ use schema::SweepResults;
 /// (write to a temporary file, then rename), so a crash mid-write never leaves
 /// a truncated file. Called after every row.
 pub fn write_all(dir: &Path, results: &SweepResults) -> std::io::Result<()> {
-    let json = serde_json::to_vec_pretty(results).map_err(std::io::Error::other)?;
+    let mut json = serde_json::to_vec_pretty(results).map_err(std::io::Error::other)?;
+    json.push(b'\n');
     write_atomic(&dir.join("results.json"), &json)?;
     write_atomic(&dir.join("results.csv"), csv::to_csv(results).as_bytes())
 }
@@ -27,7 +28,6 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.write_all(b"\n")?;
         f.sync_data()?;
     }
     std::fs::rename(&tmp, path)

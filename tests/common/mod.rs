@@ -1,0 +1,113 @@
+//! Helpers shared by the integration tests. Every test here runs the real
+//! binary against the real NIXL that `debug/setup.sh` installs.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The kvprobe binary under test.
+pub fn kvprobe() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kvprobe"));
+    c.env("NO_COLOR", "1");
+    c
+}
+
+/// Fails with a clear message when NIXL is not installed (the README's test
+/// command installs it first).
+pub fn require_nixl() {
+    let out = kvprobe().args(["info", "--json"]).output().expect("run kvprobe info");
+    assert!(
+        out.status.success(),
+        "NIXL is not available to the tests; run debug/setup.sh first (the README's test command does).\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs a quick sweep into `dir` with extra args; returns the output.
+pub fn sweep(dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut c = kvprobe();
+    c.args(["sweep", "-q", "--duration", "50ms", "--warmup", "10ms", "--min-iters", "3", "--out"]).arg(dir).args(extra);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().expect("run kvprobe sweep")
+}
+
+/// results.json of a sweep folder.
+pub fn results(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("results.json")).expect("results.json exists");
+    serde_json::from_str(&text).expect("results.json is valid JSON")
+}
+
+/// Text of a file (empty if absent).
+pub fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// True while the process exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Polls `f` every 50 ms until it returns Some or `limit` passes.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// Reads results.json if it parses (it is replaced atomically, but may not exist yet).
+pub fn try_results(dir: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).ok()?).ok()
+}
+
+/// Sends a signal to a process this test started (or one of its children, by the PID kvprobe recorded).
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// The transports UCX's protocol table (UCX_PROTO_INFO=y) names for the
+/// intra-node endpoint's remote-memory operations and active messages, from a log.
+pub fn ucx_lanes(log: &str) -> (Vec<String>, Vec<String>) {
+    let mut rma = Vec::new();
+    let mut am = Vec::new();
+    let mut section: Option<bool> = None; // Some(true) = RMA, Some(false) = AM
+    for line in log.lines() {
+        if line.contains("intra-node cfg#") {
+            section = None;
+            continue;
+        }
+        if line.contains("remote memory") {
+            section = Some(true);
+            continue;
+        }
+        if line.contains("active message") {
+            section = Some(false);
+            continue;
+        }
+        if line.contains("self cfg#") {
+            section = None;
+        }
+        let cols: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cols.len() >= 5 && cols[1].chars().next().is_some_and(|c| c.is_ascii_digit()) {
+            let lane = cols[3].to_string();
+            match section {
+                Some(true) => rma.push(lane),
+                Some(false) => am.push(lane),
+                None => {}
+            }
+        }
+    }
+    (rma, am)
+}
