@@ -37,7 +37,19 @@ pub fn spawn(
     stdin: bool,
     log: Option<&Path>,
 ) -> std::io::Result<Child> {
-    let exe = std::env::current_exe()?;
+    spawn_exe(&std::env::current_exe()?, name, args, env, stdin, log)
+}
+
+/// As [`spawn`], for another kvprobe executable (benches and tests run from
+/// binaries of their own).
+pub fn spawn_exe(
+    exe: &Path,
+    name: &'static str,
+    args: &[String],
+    env: &[(String, String)],
+    stdin: bool,
+    log: Option<&Path>,
+) -> std::io::Result<Child> {
     let mut cmd = Command::new(exe);
     cmd.args(args).stdout(Stdio::piped()).stdin(if stdin { Stdio::piped() } else { Stdio::null() });
     for (k, v) in env {
