@@ -57,7 +57,7 @@ pub fn spawn_exe(
     }
     match log {
         Some(p) => {
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+            let f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(p)?;
             cmd.stderr(Stdio::from(f));
         }
         None => {

@@ -73,3 +73,30 @@ fn an_output_folder_that_cannot_be_created_is_refused() {
         &["cannot create the output folder"],
     );
 }
+
+#[test]
+fn a_nixl_that_cannot_load_is_a_setup_error_with_the_reason() {
+    require_nixl();
+    // libnixl_capi.so alone, without the libraries it needs beside it
+    let info: serde_json::Value =
+        serde_json::from_slice(&kvprobe().args(["info", "--json"]).output().unwrap().stdout).unwrap();
+    let lib = std::path::PathBuf::from(info["location"]["lib"].as_str().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&lib, dir.path().join("libnixl_capi.so")).unwrap();
+    let out_dir = dir.path().join("run");
+    let out = kvprobe()
+        .args(["sweep", "-q", "--sizes", "4K", "--nixl-lib"])
+        .arg(dir.path())
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for n in ["setup failed", "cannot load", "libnixl.so", "target.log"] {
+        assert!(stderr.contains(n), "missing {n:?} in:\n{stderr}");
+    }
+    let v = results(&out_dir);
+    assert_eq!(v["status"], "failed");
+    assert!(v["rows"].as_array().unwrap().is_empty());
+}

@@ -201,7 +201,15 @@ impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LoadError::Open { path, reason } => {
-                write!(f, "cannot load {}: {reason}", path.display())
+                write!(f, "cannot load {}: {reason}", path.display())?;
+                if reason.contains("cannot open shared object file") {
+                    write!(
+                        f,
+                        " (libnixl_capi.so needs libnixl.so and NIXL's other libraries beside it, as a wheel or a \
+                         NIXL install lays them out, or on LD_LIBRARY_PATH)"
+                    )?;
+                }
+                Ok(())
             }
             LoadError::MissingSymbols { path, missing } => write!(
                 f,

@@ -270,6 +270,18 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
     save(&out_dir, &results)?;
 
     let mut stdout = std::io::stdout().lock();
+    // Nothing was measured because the processes could not be set up (NIXL
+    // does not load, the backend cannot be created, ...): a setup error, exit 2.
+    if results.status == RunStatus::Failed && results.header.initiator_pid.is_none() {
+        if a.json {
+            let _ = writeln!(stdout, "{}", serde_json::to_string_pretty(&results).unwrap_or_default());
+        }
+        return Err(CliError::usage(anyhow!(
+            "setup failed, nothing was measured: {}\n(run folder: {})",
+            results.errors.join("\n"),
+            out_dir.display()
+        )));
+    }
     if a.json {
         let _ = writeln!(stdout, "{}", serde_json::to_string_pretty(&results).unwrap_or_default());
     } else {
