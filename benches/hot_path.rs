@@ -89,7 +89,7 @@ fn benches(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
             b.iter(|| {
                 let mut l = XferDescList::new(&rig.nixl, MemType::Dram).unwrap();
-                l.add_strided(conn.buf.addr(), 4096, n, 0).unwrap();
+                l.add_local_strided(&conn.reg, conn.buf.addr(), 4096, n, 0).unwrap();
                 black_box(l)
             })
         });

@@ -2,8 +2,13 @@
 //! transfer moved the right bytes.
 //!
 //! Host buffers are anonymous `mmap`s: page-aligned (what NIXL/UCX register
-//! best), pre-faulted with `MAP_POPULATE` so first-touch page faults do not
-//! land inside timed transfers.
+//! best), advised for transparent huge pages and pre-faulted (written once, or
+//! `MAP_POPULATE` without huge pages) so first-touch page faults do not land
+//! inside timed transfers.
+//!
+//! NIXL and the peer read and write these buffers behind Rust's back while a
+//! transfer is in flight, so the accessors that look at or change the bytes
+//! are `unsafe fn`: the caller promises no transfer touches the range.
 //!
 //! The pattern is a function of (seed, absolute byte offset), so a transfer
 //! that lands at the wrong offset, moves stale data (a different seed) or
@@ -12,7 +17,12 @@
 use std::ptr::NonNull;
 
 /// Something NIXL can register: a contiguous range of addresses.
-pub trait Region {
+///
+/// # Safety
+/// `addr()..addr()+len()` must be valid, writable memory that stays valid for
+/// as long as the implementing value lives, and both methods must always
+/// return the same values.
+pub unsafe trait Region {
     /// Start address.
     fn addr(&self) -> usize;
     /// Length in bytes.
@@ -113,17 +123,23 @@ impl HostBuffer {
     }
 
     /// Writes the pattern for `seed` into `[off, off+len)`.
-    pub fn fill(&self, off: usize, len: usize, seed: u64) -> Result<(), MemError> {
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn fill(&self, off: usize, len: usize, seed: u64) -> Result<(), MemError> {
         self.check(off, len)?;
         // SAFETY: the range is inside the mapping (checked) and no transfer
-        // touches it now (the engine fills only between transfers).
+        // touches it now (this function's contract).
         let bytes = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(off), len) };
         fill_pattern(bytes, off as u64, seed);
         Ok(())
     }
 
     /// Fills `[off, off+len)` with the poison byte.
-    pub fn poison(&self, off: usize, len: usize) -> Result<(), MemError> {
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn poison(&self, off: usize, len: usize) -> Result<(), MemError> {
         self.check(off, len)?;
         // SAFETY: as in fill.
         unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(off), POISON, len) };
@@ -131,7 +147,10 @@ impl HostBuffer {
     }
 
     /// Checks `[off, off+len)` against the pattern for `seed`.
-    pub fn verify(&self, off: usize, len: usize, seed: u64) -> Result<Verify, MemError> {
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn verify(&self, off: usize, len: usize, seed: u64) -> Result<Verify, MemError> {
         self.check(off, len)?;
         // SAFETY: as in fill; read-only view while no transfer is in flight.
         let bytes = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) };
@@ -139,16 +158,22 @@ impl HostBuffer {
     }
 
     /// Copies `[off, off+len)` out.
-    pub fn read(&self, off: usize, len: usize) -> Result<Vec<u8>, MemError> {
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn read(&self, off: usize, len: usize) -> Result<Vec<u8>, MemError> {
         self.check(off, len)?;
-        // SAFETY: in range (checked), no transfer in flight.
+        // SAFETY: in range (checked); no transfer in flight (contract).
         Ok(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) }.to_vec())
     }
 
     /// Flips every bit of the byte at `off` (fault injection for self-tests).
-    pub fn corrupt(&self, off: usize) -> Result<(), MemError> {
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn corrupt(&self, off: usize) -> Result<(), MemError> {
         self.check(off, 1)?;
-        // SAFETY: in range (checked), no transfer in flight.
+        // SAFETY: in range (checked); no transfer in flight (contract).
         unsafe {
             let p = self.ptr.as_ptr().add(off);
             *p ^= 0xFF;
@@ -157,7 +182,9 @@ impl HostBuffer {
     }
 }
 
-impl Region for HostBuffer {
+// SAFETY: the mapping lives exactly as long as the HostBuffer (munmap in Drop)
+// and ptr/len never change.
+unsafe impl Region for HostBuffer {
     fn addr(&self) -> usize {
         self.ptr.as_ptr() as usize
     }
@@ -276,37 +303,50 @@ pub fn verify_pattern(buf: &[u8], base: u64, seed: u64) -> Verify {
 mod tests {
     use super::*;
 
+    // SAFETY (every unsafe block below): these buffers are never registered
+    // with NIXL, so no transfer can touch them.
+
     #[test]
     fn buffers_are_page_aligned_and_zeroed() {
         let b = HostBuffer::new(10_000).unwrap();
         assert_eq!(b.addr() % 4096, 0);
         assert_eq!(b.len(), 10_000);
-        assert!(b.verify(0, 10, 1).unwrap().mismatched_bytes > 0);
+        // SAFETY: see the module comment.
+        assert!(unsafe { b.read(0, 10_000) }.unwrap().iter().all(|&x| x == 0));
+        // SAFETY: see the module comment.
+        assert!(unsafe { b.verify(0, 10, 1) }.unwrap().mismatched_bytes > 0);
+        let small = HostBuffer::with_options(10_000, false).unwrap();
+        assert_eq!(small.addr() % 4096, 0);
     }
 
     #[test]
     fn pattern_roundtrips_at_any_offset_and_length() {
         let b = HostBuffer::new(1 << 16).unwrap();
         for (off, len) in [(0, 4096), (3, 1000), (7, 1), (8, 8), (1, 65534), (65535, 1)] {
-            b.fill(off, len, 42).unwrap();
-            assert!(b.verify(off, len, 42).unwrap().ok(), "{off}+{len}");
+            // SAFETY: see the module comment.
+            unsafe { b.fill(off, len, 42) }.unwrap();
+            // SAFETY: see the module comment.
+            assert!(unsafe { b.verify(off, len, 42) }.unwrap().ok(), "{off}+{len}");
         }
     }
 
     #[test]
     fn stale_data_wrong_offset_and_missing_bytes_are_caught() {
         let b = HostBuffer::new(8192).unwrap();
-        b.fill(0, 8192, 1).unwrap();
+        // SAFETY: see the module comment.
+        unsafe { b.fill(0, 8192, 1) }.unwrap();
         // stale: a different seed
-        assert!(!b.verify(0, 8192, 2).unwrap().ok());
+        // SAFETY: see the module comment.
+        assert!(!unsafe { b.verify(0, 8192, 2) }.unwrap().ok());
         // wrong place: copy shifted by 8 bytes
         let mut shifted = vec![0u8; 4096];
         fill_pattern(&mut shifted, 8, 1);
-        let v = verify_pattern(&shifted, 0, 1);
-        assert!(!v.ok());
+        assert!(!verify_pattern(&shifted, 0, 1).ok());
         // missing: poison stays
-        b.poison(100, 10).unwrap();
-        let v = b.verify(0, 8192, 1).unwrap();
+        // SAFETY: see the module comment.
+        unsafe { b.poison(100, 10) }.unwrap();
+        // SAFETY: see the module comment.
+        let v = unsafe { b.verify(0, 8192, 1) }.unwrap();
         assert_eq!(v.mismatched_bytes, 10);
         assert_eq!(v.first_bad_offset, Some(100));
         assert_eq!(v.first_bad.unwrap().1, POISON);
@@ -315,9 +355,12 @@ mod tests {
     #[test]
     fn one_corrupted_byte_is_found_exactly() {
         let b = HostBuffer::new(1 << 20).unwrap();
-        b.fill(0, 1 << 20, 7).unwrap();
-        b.corrupt(123_457).unwrap();
-        let v = b.verify(0, 1 << 20, 7).unwrap();
+        // SAFETY: see the module comment.
+        unsafe { b.fill(0, 1 << 20, 7) }.unwrap();
+        // SAFETY: see the module comment.
+        unsafe { b.corrupt(123_457) }.unwrap();
+        // SAFETY: see the module comment.
+        let v = unsafe { b.verify(0, 1 << 20, 7) }.unwrap();
         assert_eq!(v.mismatched_bytes, 1);
         assert_eq!(v.first_bad_offset, Some(123_457));
     }
@@ -325,8 +368,10 @@ mod tests {
     #[test]
     fn out_of_range_is_an_error() {
         let b = HostBuffer::new(4096).unwrap();
-        assert!(matches!(b.fill(4000, 200, 1), Err(MemError::Range { .. })));
-        assert!(matches!(b.verify(usize::MAX, 2, 1), Err(MemError::Range { .. })));
+        // SAFETY: see the module comment (and the range is refused anyway).
+        assert!(matches!(unsafe { b.fill(4000, 200, 1) }, Err(MemError::Range { .. })));
+        // SAFETY: as above.
+        assert!(matches!(unsafe { b.verify(usize::MAX, 2, 1) }, Err(MemError::Range { .. })));
         assert!(HostBuffer::new(0).is_err());
     }
 }

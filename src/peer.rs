@@ -78,7 +78,15 @@ pub enum Request {
         count: u64,
         /// Give up after this long.
         timeout_ms: u64,
+        /// Once `count` is reached, wait this long and look again, so that
+        /// duplicates arriving late are counted too.
+        #[serde(default)]
+        settle_ms: u64,
     },
+    /// One-way (no response): the initiator is alive and busy measuring. Sent
+    /// about once a second during a point, so the target's idle timeout only
+    /// fires for a peer that is really gone.
+    KeepAlive,
     /// End of session: the target releases everything and exits.
     Bye,
 }
@@ -121,6 +129,11 @@ pub enum Response {
         received: u64,
         /// Other messages seen since the last call (should be none).
         unexpected: Vec<String>,
+    },
+    /// Answer to `Bye`: the session's resources are released.
+    Bye {
+        /// Errors met while releasing NIXL objects on the target.
+        drop_errors: Vec<String>,
     },
     /// The request failed on the target.
     Error {

@@ -151,7 +151,12 @@ pub fn fmt_us(v: f64) -> String {
     }
 }
 
-/// Parses a duration like `500ms`, `2s`, `1.5s`, `2m`; a bare number is seconds.
+/// Longest duration accepted anywhere (one day): longer is a typo, and keeps
+/// every sum of durations far from overflow.
+pub const MAX_DURATION_S: f64 = 86_400.0;
+
+/// Parses a duration like `500ms`, `2s`, `1.5s`, `2m`; a bare number is
+/// seconds. At most [`MAX_DURATION_S`].
 pub fn parse_duration(input: &str) -> Result<std::time::Duration, String> {
     let s = input.trim();
     let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
@@ -167,7 +172,11 @@ pub fn parse_duration(input: &str) -> Result<std::time::Duration, String> {
     if !v.is_finite() || v < 0.0 {
         return Err(format!("invalid duration '{input}': must be a non-negative number"));
     }
-    Ok(std::time::Duration::from_secs_f64(v * mult))
+    let secs = v * mult;
+    if secs > MAX_DURATION_S {
+        return Err(format!("duration '{input}' is longer than one day"));
+    }
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration '{input}': {e}"))
 }
 
 #[cfg(test)]
@@ -238,5 +247,9 @@ mod tests {
         assert_eq!(parse_duration("1m").unwrap().as_secs(), 60);
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1e30").unwrap_err().contains("one day"));
+        assert!(parse_duration("inf").is_err());
+        assert!(parse_duration("NaN").is_err());
+        assert!(parse_duration("24h").is_err(), "no hour unit: a typo is refused, not guessed");
     }
 }

@@ -38,6 +38,15 @@ fn sizes_that_do_not_split_into_blocks_are_refused() {
 #[test]
 fn more_memory_than_the_host_has_is_refused() {
     fails_with(&["sweep", "--sizes", "1T"], 2, &["needs", "available"]);
+    // twice this size overflows 64 bits: still a clear refusal, not a panic
+    fails_with(&["sweep", "--sizes", "8388608T"], 2, &["needs", "available"]);
+}
+
+#[test]
+fn absurd_durations_are_refused() {
+    fails_with(&["sweep", "--duration", "1e30"], 2, &["'1e30'", "one day"]);
+    fails_with(&["sweep", "--xfer-timeout", "1e19", "--peer-timeout", "1e19"], 2, &["one day"]);
+    fails_with(&["sweep", "--min-iters", "10", "--max-iters", "5"], 2, &["--min-iters", "--max-iters"]);
 }
 
 #[test]

@@ -1,16 +1,28 @@
 //! The safe NIXL layer against the real library: two agents in one process,
 //! real registrations and transfers, both request paths, notifications,
-//! telemetry, and metadata exchange through NIXL's own listen thread.
+//! telemetry, metadata exchange through NIXL's own listen thread, and the
+//! ownership rules that keep local memory sound.
+//!
+//! SAFETY (every `unsafe` block below touches a HostBuffer): each test posts
+//! one transfer at a time and waits for it before looking at or changing a
+//! buffer, so no transfer is in flight during those accesses.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kvprobe::locate::{Inputs, locate};
-use kvprobe::mem::{HostBuffer, Region};
-use kvprobe::nixl::{Agent, AgentConfig, MemType, Nixl, NotifMap, OptArgs, RegDescList, XferDescList, XferOp, error};
+use kvprobe::mem::{HostBuffer, POISON, Region};
+use kvprobe::nixl::{
+    Agent, AgentConfig, Backend, MemType, Nixl, NotifMap, OptArgs, RegDescList, Registration, XferDescList, XferOp,
+    error,
+};
+
+/// Serialises the tests of this file: `error::take_drop_errors` is process-wide.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn nixl() -> Nixl {
     common::require_nixl();
@@ -20,8 +32,8 @@ fn nixl() -> Nixl {
 
 struct Side {
     buf: Rc<HostBuffer>,
-    _reg: kvprobe::nixl::Registration,
-    backend: kvprobe::nixl::Backend,
+    reg: Registration,
+    backend: Backend,
     agent: Agent,
 }
 
@@ -35,7 +47,7 @@ fn side(nixl: &Nixl, name: &str, cfg: &AgentConfig, len: usize) -> Side {
     let mut dl = RegDescList::new(nixl, MemType::Dram).unwrap();
     dl.add(buf.addr(), buf.len(), 0).unwrap();
     let reg = agent.register_owned(Rc::clone(&buf), dl, Some(&backend)).unwrap();
-    Side { buf, _reg: reg, backend, agent }
+    Side { buf, reg, backend, agent }
 }
 
 fn wait_notifs(map: &mut NotifMap, agent: &Agent, from: &str, want: &[u8], count: usize) -> usize {
@@ -56,6 +68,8 @@ fn wait_notifs(map: &mut NotifMap, agent: &Agent, from: &str, want: &[u8], count
 
 #[test]
 fn both_request_paths_move_and_notify_correctly() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = error::take_drop_errors();
     let nixl = nixl();
     let cfg = AgentConfig::default();
     let len = 1 << 20;
@@ -71,7 +85,7 @@ fn both_request_paths_move_and_notify_correctly() {
     let block = 4096;
     let n = len / block;
     let mut local = XferDescList::new(&nixl, MemType::Dram).unwrap();
-    local.add_strided(init.buf.addr(), block, n, 0).unwrap();
+    local.add_local_strided(&init.reg, init.buf.addr(), block, n, 0).unwrap();
     let mut far = XferDescList::new(&nixl, MemType::Dram).unwrap();
     far.add_strided(targ.buf.addr(), block, n, 0).unwrap();
     assert_eq!(local.library_count().unwrap(), n);
@@ -96,8 +110,10 @@ fn both_request_paths_move_and_notify_correctly() {
             };
             let seed = 1000 + i as u64 * 10 + op as u64;
             let (src, dst) = if op == XferOp::Read { (&targ.buf, &init.buf) } else { (&init.buf, &targ.buf) };
-            src.fill(0, len, seed).unwrap();
-            dst.poison(0, len).unwrap();
+            // SAFETY: see the file comment.
+            unsafe { src.fill(0, len, seed) }.unwrap();
+            // SAFETY: see the file comment.
+            unsafe { dst.poison(0, len) }.unwrap();
             req.post().unwrap();
             req.wait(Duration::from_secs(30)).unwrap();
             assert_eq!(wait_notifs(&mut notifs, &targ.agent, "api-test-initiator", tag.as_bytes(), 1), 1);
@@ -108,15 +124,18 @@ fn both_request_paths_move_and_notify_correctly() {
                     let (s_off, d_off) = if op == XferOp::Read { (fo, lo) } else { (lo, fo) };
                     let mut want = vec![0u8; block];
                     kvprobe::mem::fill_pattern(&mut want, s_off as u64, seed);
-                    assert_eq!(dst.read(d_off, block).unwrap(), want, "{op}: block {k} landed wrong");
+                    // SAFETY: see the file comment.
+                    assert_eq!(unsafe { dst.read(d_off, block) }.unwrap(), want, "{op}: block {k} landed wrong");
                 }
                 // odd blocks were not in the request, on either side: still poisoned
                 for k in (1..n).step_by(2) {
-                    let got = dst.read(k * block, block).unwrap();
-                    assert!(got.iter().all(|&b| b == kvprobe::mem::POISON), "{op}: block {k} was written");
+                    // SAFETY: see the file comment.
+                    let got = unsafe { dst.read(k * block, block) }.unwrap();
+                    assert!(got.iter().all(|&b| b == POISON), "{op}: block {k} was written");
                 }
             } else {
-                assert!(dst.verify(0, len, seed).unwrap().ok(), "{op} via create_xfer_req");
+                // SAFETY: see the file comment.
+                assert!(unsafe { dst.verify(0, len, seed) }.unwrap().ok(), "{op} via create_xfer_req");
             }
             let t = req.telemetry().unwrap().expect("telemetry is captured");
             assert_eq!(t.total_bytes, req.bytes());
@@ -130,13 +149,44 @@ fn both_request_paths_move_and_notify_correctly() {
 
     init.agent.invalidate_remote(&remote).unwrap();
     assert!(!init.agent.has_remote_metadata(&remote).unwrap());
-    drop(init);
-    drop(targ);
+    drop((local, far, notifs, init, targ));
     assert_eq!(error::take_drop_errors(), Vec::<String>::new());
 }
 
 #[test]
+fn a_request_keeps_its_local_memory_registered_and_mapped() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let nixl = nixl();
+    let len = 1 << 20;
+    let init = side(&nixl, "api-uaf-initiator", &AgentConfig::default(), len);
+    let targ = side(&nixl, "api-uaf-target", &AgentConfig::default(), len);
+    let remote = init.agent.load_remote_metadata(&targ.agent.local_metadata().unwrap()).unwrap();
+    let mut l = XferDescList::new(&nixl, MemType::Dram).unwrap();
+    l.add_local(&init.reg, init.buf.addr(), len, 0).unwrap();
+    let mut r = XferDescList::new(&nixl, MemType::Dram).unwrap();
+    r.add(targ.buf.addr(), len, 0).unwrap();
+    let lp = init.agent.prep_local(&l, None).unwrap();
+    let rp = init.agent.prep_remote(&remote, &r, None).unwrap();
+    let req = init.agent.make_xfer_req(XferOp::Read, &lp, &[0], &rp, &[0], len as u64, None).unwrap();
+    let old = init.buf.addr();
+    // Drop every handle the test holds on the initiator's memory.
+    let Side { buf, reg, backend, agent } = init;
+    drop((buf, reg, l, lp));
+    // A new buffer must not land on the old one: the request still holds it.
+    let fresh = HostBuffer::new(len).unwrap();
+    assert_ne!(fresh.addr(), old, "the request's destination was unmapped while the request lived");
+    // SAFETY: see the file comment.
+    unsafe { targ.buf.fill(0, len, 5) }.unwrap();
+    req.post().unwrap();
+    req.wait(Duration::from_secs(30)).unwrap();
+    // SAFETY: see the file comment (fresh was never registered).
+    assert!(unsafe { fresh.read(0, len) }.unwrap().iter().all(|&b| b == 0), "an unrelated buffer was written");
+    drop((req, rp, r, backend, agent, targ));
+}
+
+#[test]
 fn metadata_travels_through_the_listen_thread() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let nixl = nixl();
     let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (port, port2) = (free_port(), free_port());
@@ -152,24 +202,30 @@ fn metadata_travels_through_the_listen_thread() {
     }
     // and it is usable: one checked READ
     let mut l = XferDescList::new(&nixl, MemType::Dram).unwrap();
-    l.add(init.buf.addr(), 1 << 16, 0).unwrap();
+    l.add_local(&init.reg, init.buf.addr(), 1 << 16, 0).unwrap();
     let mut r = XferDescList::new(&nixl, MemType::Dram).unwrap();
     r.add(targ.buf.addr(), 1 << 16, 0).unwrap();
-    targ.buf.fill(0, 1 << 16, 77).unwrap();
+    // SAFETY: see the file comment.
+    unsafe { targ.buf.fill(0, 1 << 16, 77) }.unwrap();
     let req = init.agent.create_xfer_req(XferOp::Read, &l, &r, "api-listen-target", None).unwrap();
     req.post().unwrap();
     req.wait(Duration::from_secs(30)).unwrap();
-    assert!(init.buf.verify(0, 1 << 16, 77).unwrap().ok());
+    // SAFETY: see the file comment.
+    assert!(unsafe { init.buf.verify(0, 1 << 16, 77) }.unwrap().ok());
 }
 
 #[test]
 fn bad_requests_are_errors_not_crashes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let nixl = nixl();
     let a = side(&nixl, "api-bad", &AgentConfig::default(), 1 << 16);
+    let b = side(&nixl, "api-bad-other", &AgentConfig::default(), 1 << 16);
     let mut l = XferDescList::new(&nixl, MemType::Dram).unwrap();
-    l.add(a.buf.addr(), 4096, 0).unwrap();
+    l.add_local(&a.reg, a.buf.addr(), 4096, 0).unwrap();
+    let mut r = XferDescList::new(&nixl, MemType::Dram).unwrap();
+    r.add(a.buf.addr(), 4096, 0).unwrap();
     // unknown remote agent
-    let e = a.agent.create_xfer_req(XferOp::Read, &l, &l, "nobody", None).unwrap_err();
+    let e = a.agent.create_xfer_req(XferOp::Read, &l, &r, "nobody", None).unwrap_err();
     assert!(e.to_string().contains("nixl_capi_create_xfer_req"), "{e}");
     // garbage metadata
     let e = a.agent.load_remote_metadata(b"not metadata").unwrap_err();
@@ -177,14 +233,32 @@ fn bad_requests_are_errors_not_crashes() {
     // an unknown plugin
     let e = a.agent.create_backend("NO_SUCH_PLUGIN", &BTreeMap::new()).unwrap_err();
     assert!(e.to_string().contains("nixl_capi_create_backend"), "{e}");
-    // a region outside the buffer that owns it
+    // a region outside the buffer that owns it, and one whose end overflows
     let mut dl = RegDescList::new(&nixl, MemType::Dram).unwrap();
     dl.add(a.buf.addr() + 4096, 1 << 16, 0).unwrap();
     assert!(a.agent.register_owned(Rc::clone(&a.buf), dl, None).is_err());
-    // index lists of different lengths
+    let mut dl = RegDescList::new(&nixl, MemType::Dram).unwrap();
+    assert!(dl.add(a.buf.addr(), usize::MAX, 0).is_err());
+    // local descriptors outside the registration, or not registered at all
+    let mut bad = XferDescList::new(&nixl, MemType::Dram).unwrap();
+    assert!(bad.add_local(&a.reg, a.buf.addr() + (1 << 16) - 100, 4096, 0).is_err());
+    let e = a.agent.prep_local(&r, None).unwrap_err();
+    assert!(e.to_string().contains("add_local"), "{e}");
+    let e = a.agent.create_xfer_req(XferOp::Read, &r, &r, "nobody", None).unwrap_err();
+    assert!(e.to_string().contains("add_local"), "{e}");
+    // handles of another agent
+    let mut other = XferDescList::new(&nixl, MemType::Dram).unwrap();
+    other.add_local(&b.reg, b.buf.addr(), 4096, 0).unwrap();
+    let e = a.agent.prep_local(&other, None).unwrap_err();
+    assert!(e.to_string().contains("another agent"), "{e}");
+    let e = a.agent.prep_local(&l, Some(&b.backend)).unwrap_err();
+    assert!(e.to_string().contains("another agent"), "{e}");
+    // index lists of different lengths, out of range, or sides swapped
     let lp = a.agent.prep_local(&l, None).unwrap();
     let e = a.agent.make_xfer_req(XferOp::Read, &lp, &[0], &lp, &[0, 0], 4096, None).unwrap_err();
     assert!(e.to_string().contains("equal length"), "{e}");
     let e = a.agent.make_xfer_req(XferOp::Read, &lp, &[5], &lp, &[0], 4096, None).unwrap_err();
     assert!(e.to_string().contains("out of range"), "{e}");
+    let e = a.agent.make_xfer_req(XferOp::Read, &lp, &[0], &lp, &[0], 4096, None).unwrap_err();
+    assert!(e.to_string().contains("local prepared list then a remote one"), "{e}");
 }

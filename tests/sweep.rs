@@ -94,10 +94,13 @@ fn notifications_only_on_checked_transfers() {
     assert_eq!(v["rows"][0]["notifs_received"], 2);
 }
 
-fn corruption_is_caught(op: &str, side: &str) {
+/// A byte of the target's buffer is flipped in the `which` checked transfer of
+/// the first point; the run must stop there with the byte found.
+fn corruption_is_caught(op: &str, side: &str, which: &str) {
     require_nixl();
     let dir = tempfile::tempdir().unwrap();
-    let out = sweep(dir.path(), &["--sizes", "64K,1M", "--ops", op, "--inject-corruption"], &[]);
+    let inject = format!("corrupt-{which}");
+    let out = sweep(dir.path(), &["--sizes", "64K,1M", "--ops", op, "--inject", &inject], &[]);
     assert_eq!(out.status.code(), Some(1), "a corrupted byte must fail the run");
     let v = results(dir.path());
     assert_eq!(v["status"], "failed");
@@ -105,11 +108,17 @@ fn corruption_is_caught(op: &str, side: &str) {
     assert_eq!(rows.len(), 1, "the run stops at the corrupted row");
     let row = &rows[0];
     assert_eq!(row["verified"], false);
-    let check = &row["checks"][0];
-    assert_eq!(check["ok"], false);
-    assert_eq!(check["side"], side);
-    assert_eq!(check["mismatched_bytes"], 1);
-    assert_eq!(check["first_bad_offset"], 32 * 1024);
+    let checks = row["checks"].as_array().unwrap();
+    let (bad, good) = if which == "first" { (&checks[0], None) } else { (&checks[1], Some(&checks[0])) };
+    assert_eq!(bad["when"], which);
+    assert_eq!(bad["ok"], false);
+    assert_eq!(bad["side"], side);
+    assert_eq!(bad["mismatched_bytes"], 1);
+    assert_eq!(bad["first_bad_offset"], 32 * 1024);
+    if let Some(g) = good {
+        assert_eq!(g["ok"], true, "the first check of the row was clean");
+        assert!(row["iterations"].as_u64().unwrap() >= 3, "the row was measured before its last check failed");
+    }
     let errors = v["errors"].to_string();
     assert!(errors.contains("verification failed"), "{errors}");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -118,12 +127,68 @@ fn corruption_is_caught(op: &str, side: &str) {
 
 #[test]
 fn corrupted_target_byte_is_caught_on_read() {
-    corruption_is_caught("READ", "initiator");
+    corruption_is_caught("READ", "initiator", "first");
 }
 
 #[test]
 fn corrupted_target_byte_is_caught_on_write() {
-    corruption_is_caught("WRITE", "target");
+    corruption_is_caught("WRITE", "target", "first");
+}
+
+#[test]
+fn corruption_in_the_last_transfer_is_caught_on_read() {
+    corruption_is_caught("READ", "initiator", "last");
+}
+
+#[test]
+fn corruption_in_the_last_transfer_is_caught_on_write() {
+    corruption_is_caught("WRITE", "target", "last");
+}
+
+#[test]
+fn a_missing_notification_fails_the_run() {
+    require_nixl();
+    let dir = tempfile::tempdir().unwrap();
+    // one real warm-up transfer is posted without its notification
+    let out = sweep(
+        dir.path(),
+        &["--sizes", "16K,64K", "--ops", "READ", "--inject", "missing-notif", "--xfer-timeout", "2s"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v = results(dir.path());
+    assert_eq!(v["status"], "failed");
+    let row = &v["rows"][0];
+    assert_eq!(row["verified"], true, "the data was fine");
+    assert_eq!(row["notifs_received"].as_u64().unwrap() + 1, row["notifs_expected"].as_u64().unwrap(), "{row:#}");
+    let errors = v["errors"].to_string();
+    assert!(errors.contains("notifications"), "{errors}");
+}
+
+#[test]
+fn keep_alives_carry_the_target_through_a_long_point() {
+    require_nixl();
+    let dir = tempfile::tempdir().unwrap();
+    // the point lasts 4 s; the target would give up after 1.5 s of silence
+    let out = kvprobe()
+        .args(["sweep", "-q", "--sizes", "4K", "--ops", "READ", "--duration", "4s", "--target-idle-timeout", "1500ms"])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_complete(&results(dir.path()), 1);
+}
+
+#[test]
+fn repeated_ops_are_measured_once_in_the_order_given() {
+    require_nixl();
+    let dir = tempfile::tempdir().unwrap();
+    let out = sweep(dir.path(), &["--sizes", "4K", "--ops", "WRITE,READ,WRITE"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = results(dir.path());
+    assert_eq!(v["header"]["settings"]["ops"], serde_json::json!(["WRITE", "READ"]));
+    assert_complete(&v, 2);
 }
 
 #[test]

@@ -151,9 +151,11 @@ pub const OPTIONAL_SYMBOLS: &[&str] = &[
 /// Upstream headers newer than 1.5.1, the same ones that add
 /// `nixl_capi_get_version`, declare `uint16_t listen_port` at offset 2, which
 /// moves `thread_sync` to offset 4. kvprobe picks the layout by the presence of
-/// `nixl_capi_get_version`. With the listen thread off and `thread_sync` NONE
-/// both layouts are byte-identical, so the default configuration is right on
-/// either.
+/// `nixl_capi_get_version`. kvprobe always passes `num_workers = 0` (no
+/// release reads it); then, with the listen thread off and `thread_sync`
+/// NONE, every field either layout's reader looks at holds the same value in
+/// both, so the default configuration is right whichever layout the library
+/// has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigAbi {
     /// `int listen_port` at offset 4 (NIXL 1.0 .. 1.5.1).

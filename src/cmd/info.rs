@@ -46,9 +46,9 @@ pub fn run(a: InfoArgs) -> Result<ExitCode, CliError> {
         &format!("kvprobe-info-{}", std::process::id()),
         &AgentConfig { progress_thread: false, ..AgentConfig::default() },
     )
-    .map_err(CliError::failed)?;
+    .map_err(CliError::usage)?;
     let mut plugins = BTreeMap::new();
-    for p in agent.available_plugins().map_err(CliError::failed)? {
+    for p in agent.available_plugins().map_err(CliError::usage)? {
         let info = agent.plugin_params(&p).map_err(|e| e.to_string());
         plugins.insert(p, info);
     }

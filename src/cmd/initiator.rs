@@ -34,8 +34,10 @@ pub fn run(_: InitiatorArgs) -> Result<ExitCode, CliError> {
         .map_err(crate::engine::EngineError::from)
         .and_then(|nixl| crate::engine::initiator::run(&plan, &nixl, &mut |e| emit(&mut out, &e)));
     match result {
-        Ok(()) => {
-            emit(&mut out, &Event::Done { drop_errors: crate::nixl::error::take_drop_errors() });
+        Ok(target_drop_errors) => {
+            let mut drop_errors = crate::nixl::error::take_drop_errors();
+            drop_errors.extend(target_drop_errors);
+            emit(&mut out, &Event::Done { drop_errors });
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

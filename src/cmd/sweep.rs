@@ -105,9 +105,34 @@ pub struct SweepArgs {
     /// No progress bar
     #[arg(long, short)]
     pub quiet: bool,
-    /// (self-test) flip one byte of the target buffer in the first point; the run must fail
-    #[arg(long, hide = true)]
-    pub inject_corruption: bool,
+    /// (self-test) inject a fault the run must catch: flip a target byte in the first or
+    /// the last checked transfer of the first point, or send one transfer without its notification
+    #[arg(long, hide = true, value_enum)]
+    pub inject: Option<InjectArg>,
+    /// (self-test) the target's idle limit [default: the larger timeout + 30 s]
+    #[arg(long, hide = true, value_parser = units::parse_duration)]
+    pub target_idle_timeout: Option<Duration>,
+}
+
+/// `--inject` values (self-tests of kvprobe's own checks).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum InjectArg {
+    /// Corrupt the first checked transfer of the first point.
+    CorruptFirst,
+    /// Corrupt the last checked transfer of the first point.
+    CorruptLast,
+    /// One warm-up transfer of the first point carries no notification.
+    MissingNotif,
+}
+
+impl From<InjectArg> for crate::engine::Inject {
+    fn from(a: InjectArg) -> Self {
+        match a {
+            InjectArg::CorruptFirst => crate::engine::Inject::CorruptFirst,
+            InjectArg::CorruptLast => crate::engine::Inject::CorruptLast,
+            InjectArg::MissingNotif => crate::engine::Inject::MissingNotif,
+        }
+    }
 }
 
 /// `--xfer-path` values.
@@ -129,71 +154,31 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
     let started = SystemTime::now();
     let t_start = Instant::now();
     let sizes = a.sizes.clone().map(|s| s.0).unwrap_or_else(default_sizes);
-    let mut ops = a.ops.clone();
-    ops.dedup();
-    if ops.is_empty() {
-        return Err(CliError::usage(anyhow!("--ops is empty")));
-    }
-    if a.min_iters == 0 || a.max_iters < a.min_iters {
-        return Err(CliError::usage(anyhow!(
-            "need 1 <= --min-iters ({}) <= --max-iters ({})",
-            a.min_iters,
-            a.max_iters
-        )));
-    }
-    if let Some(b) = a.block_size {
-        for &s in &sizes {
-            if s > b && s % b != 0 {
-                return Err(CliError::usage(anyhow!(
-                    "size {} is not a multiple of --block-size {}",
-                    Bytes(s),
-                    Bytes(b)
-                )));
-            }
-            if s / b > crate::engine::initiator::MAX_DESCS {
-                return Err(CliError::usage(anyhow!(
-                    "size {} in blocks of {} would need {} descriptors per transfer (at most {})",
-                    Bytes(s),
-                    Bytes(b),
-                    s / b,
-                    crate::engine::initiator::MAX_DESCS
-                )));
-            }
+    // Keep the first occurrence of each op, in the order given.
+    let mut ops: Vec<XferOp> = Vec::new();
+    for op in &a.ops {
+        if !ops.contains(op) {
+            ops.push(*op);
         }
     }
     let max = sizes.iter().copied().max().unwrap_or(0);
     if let Some(avail) = crate::hostinfo::mem_available() {
         // each of the two processes holds one buffer of the largest size
-        if 2 * max + (256 << 20) > avail {
+        let need = max.saturating_mul(2);
+        if need.saturating_add(256 << 20) > avail {
             return Err(CliError::usage(anyhow!(
                 "the largest size, {}, needs {} of memory (one buffer in each process), but only {} is available",
                 Bytes(max),
-                Bytes(2 * max),
+                Bytes(need),
                 Bytes(avail)
             )));
         }
     }
-    if a.xfer_timeout.is_zero() || a.peer_timeout.is_zero() {
-        return Err(CliError::usage(anyhow!("timeouts must be greater than zero")));
-    }
-
-    let loc = locate::locate(&Inputs::from_env(a.nixl_lib.clone())).map_err(CliError::usage)?;
-
-    let out_dir = a
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("results").join(format!("sweep-{}", crate::hostinfo::stamp_utc(started))));
-    std::fs::create_dir_all(&out_dir)
-        .with_context(|| format!("cannot create the output folder {}", out_dir.display()))
-        .map_err(CliError::usage)?;
-
-    let env = child_env(&loc, a.ucx_tls.as_deref());
     let agent = AgentConfig {
         progress_thread: !a.no_progress_thread,
         capture_telemetry: !a.no_telemetry,
         ..AgentConfig::default()
     };
-    let backend_params: BTreeMap<String, String> = a.backend_params.iter().cloned().collect();
     let xfer_path = match a.xfer_path {
         XferPathArg::Prepped => XferPath::Prepped,
         XferPathArg::Create => XferPath::Create,
@@ -207,6 +192,35 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         xfer_timeout_s: a.xfer_timeout.as_secs_f64(),
         peer_timeout_s: a.peer_timeout.as_secs_f64(),
     };
+    // The target's address and token are filled in once it runs.
+    let mut plan = SweepPlan {
+        target_addr: String::new(),
+        token: String::new(),
+        nixl_lib: PathBuf::new(),
+        ops: ops.clone(),
+        sizes: sizes.clone(),
+        block: a.block_size,
+        xfer_path,
+        backend: a.nixl_backend.clone(),
+        backend_params: a.backend_params.iter().cloned().collect(),
+        agent: agent.clone(),
+        timing,
+        notif_every_transfer: !a.no_notif,
+        inject: a.inject.map(Into::into),
+    };
+    crate::engine::initiator::validate(&plan).map_err(CliError::usage)?;
+
+    let loc = locate::locate(&Inputs::from_env(a.nixl_lib.clone())).map_err(CliError::usage)?;
+
+    let out_dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results").join(format!("sweep-{}", crate::hostinfo::stamp_utc(started))));
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("cannot create the output folder {}", out_dir.display()))
+        .map_err(CliError::usage)?;
+
+    let env = child_env(&loc, a.ucx_tls.as_deref());
     let mut results = SweepResults {
         schema: SCHEMA.into(),
         header: Header {
@@ -223,19 +237,19 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
             ucx_tls: env.iter().find(|(k, _)| k == "UCX_TLS").map(|(_, v)| v.clone()),
             env: env.iter().filter(|(k, _)| k.starts_with("UCX_") || k.starts_with("NIXL_")).cloned().collect(),
             settings: Settings {
-                ops: ops.clone(),
-                sizes: sizes.clone(),
-                block_bytes: a.block_size,
-                xfer_path,
-                backend: a.nixl_backend.clone(),
-                backend_params: backend_params.clone(),
-                agent: agent.clone(),
+                ops,
+                sizes,
+                block_bytes: plan.block,
+                xfer_path: plan.xfer_path,
+                backend: plan.backend.clone(),
+                backend_params: plan.backend_params.clone(),
+                agent: plan.agent.clone(),
                 duration_s: timing.duration_s,
                 warmup_s: timing.warmup_s,
                 warmup_iters: timing.warmup_iters,
                 min_iters: timing.min_iters,
                 max_iters: timing.max_iters,
-                notif_every_transfer: !a.no_notif,
+                notif_every_transfer: plan.notif_every_transfer,
                 mem: "DRAM".into(),
             },
             initiator_pid: None,
@@ -245,20 +259,14 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         rows: Vec::new(),
         status: RunStatus::Running,
         errors: Vec::new(),
+        warnings: Vec::new(),
         total_seconds: None,
     };
     save(&out_dir, &results)?;
 
     child::install_interrupt_handler();
-    let outcome = drive(
-        &a,
-        &mut results,
-        &out_dir,
-        &loc,
-        &env,
-        SweepPlanParts { ops, sizes, agent, backend_params, xfer_path, timing },
-    );
-    if let Err(e) = outcome {
+    plan.nixl_lib = loc.lib.clone();
+    if let Err(e) = drive(&a, &mut results, &out_dir, &env, plan) {
         if results.status == RunStatus::Running {
             results.status = RunStatus::Failed;
         }
@@ -300,15 +308,6 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
     })
 }
 
-struct SweepPlanParts {
-    ops: Vec<XferOp>,
-    sizes: Vec<u64>,
-    agent: AgentConfig,
-    backend_params: BTreeMap<String, String>,
-    xfer_path: XferPath,
-    timing: Timing,
-}
-
 fn save(dir: &std::path::Path, r: &SweepResults) -> Result<(), CliError> {
     report::write_all(dir, r)
         .with_context(|| format!("cannot write results into {}", dir.display()))
@@ -347,17 +346,20 @@ fn drive(
     a: &SweepArgs,
     results: &mut SweepResults,
     out_dir: &std::path::Path,
-    loc: &NixlLocation,
     env: &[(String, String)],
-    parts: SweepPlanParts,
+    mut plan: SweepPlan,
 ) -> anyhow::Result<()> {
-    let lib = loc.lib.display().to_string();
-    let token = crate::peer::new_token();
+    let lib = plan.nixl_lib.display().to_string();
+    plan.token = crate::peer::new_token();
 
-    // The target.
+    // The target. It gives up when nothing arrives for longer than any wait of
+    // the initiator's (the initiator sends keep-alives while it measures).
     let mut tenv = env.to_vec();
-    tenv.push(("KVPROBE_TOKEN".into(), token.clone()));
-    let idle = format!("{}s", (a.peer_timeout.as_secs_f64() + a.xfer_timeout.as_secs_f64() * 4.0 + 60.0).ceil());
+    tenv.push(("KVPROBE_TOKEN".into(), plan.token.clone()));
+    let idle = match a.target_idle_timeout {
+        Some(d) => format!("{}ms", d.as_millis()),
+        None => format!("{}s", a.peer_timeout.max(a.xfer_timeout).as_secs_f64().ceil() + 30.0),
+    };
     let targs: Vec<String> = ["__target", "--listen", "127.0.0.1:0", "--nixl-lib", &lib, "--idle-timeout", &idle]
         .iter()
         .map(|s| s.to_string())
@@ -366,24 +368,16 @@ fn drive(
     let mut target =
         child::spawn("target", &targs, &tenv, false, Some(&tlog)).context("cannot start the target process")?;
     let tlines = target.stdout_lines().ok_or_else(|| anyhow!("no stdout from the target"))?;
-    let addr = wait_listening(&mut target, &tlines, Duration::from_secs(60))?;
+    plan.target_addr = match wait_listening(&mut target, &tlines, Duration::from_secs(60))? {
+        Some(addr) => addr,
+        None => {
+            results.status = RunStatus::Interrupted;
+            results.errors.push("interrupted by the user while the target was starting".into());
+            return Ok(());
+        }
+    };
 
     // The initiator.
-    let plan = SweepPlan {
-        target_addr: addr,
-        token,
-        nixl_lib: loc.lib.clone(),
-        ops: parts.ops,
-        sizes: parts.sizes,
-        block: a.block_size,
-        xfer_path: parts.xfer_path,
-        backend: a.nixl_backend.clone(),
-        backend_params: parts.backend_params,
-        agent: parts.agent,
-        timing: parts.timing,
-        notif_every_transfer: !a.no_notif,
-        inject_corruption: a.inject_corruption,
-    };
     let ilog = out_dir.join("initiator.log");
     let mut init = child::spawn("initiator", &["__initiator".to_string()], env, true, Some(&ilog))
         .context("cannot start the initiator process")?;
@@ -397,7 +391,7 @@ fn drive(
     let pb = progress::bar(total, a.quiet || a.json);
     // A hung NIXL call emits nothing; anything slower than one transfer timeout
     // plus one control timeout (with margin) without a heartbeat is a hang.
-    let watchdog = a.xfer_timeout + a.peer_timeout + Duration::from_secs(30);
+    let watchdog = a.xfer_timeout.saturating_add(a.peer_timeout).saturating_add(Duration::from_secs(30));
     let mut last_event = Instant::now();
     let mut current = String::from("setup");
     let mut finished = false;
@@ -440,9 +434,12 @@ fn drive(
                     }
                     Event::Done { drop_errors } => {
                         for e in drop_errors {
-                            results.errors.push(format!("releasing NIXL objects: {e}"));
+                            results.warnings.push(format!("releasing NIXL objects: {e}"));
                         }
                         finished = true;
+                        // Everything is measured; a helper that then hangs
+                        // while exiting is stopped below, not a failure.
+                        break;
                     }
                     Event::Failed { error } => {
                         failure = Some(error);
@@ -452,8 +449,7 @@ fn drive(
             Err(RecvTimeoutError::Timeout) => {
                 if last_event.elapsed() > watchdog {
                     failure = Some(format!(
-                        "no progress for {:?} while measuring {current}: the initiator is stuck (a NIXL/UCX call that never returns?); both processes were stopped",
-                        watchdog
+                        "no progress for {watchdog:?} while measuring {current}: the initiator is stuck (a NIXL/UCX call that never returns?); both processes were stopped"
                     ));
                     break;
                 }
@@ -499,6 +495,9 @@ fn drive(
             indent(&init.log_tail(12))
         ));
     }
+    if let Some(s) = istatus.filter(|s| !s.success()) {
+        results.warnings.push(format!("the initiator {} after reporting every row", child::describe(s)));
+    }
     Ok(())
 }
 
@@ -506,11 +505,13 @@ fn indent(s: &str) -> String {
     s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }
 
+/// Waits for the target's "listening" line: its address, or None when the
+/// user interrupted.
 fn wait_listening(
     target: &mut Child,
     lines: &std::sync::mpsc::Receiver<String>,
     limit: Duration,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Option<String>> {
     let start = Instant::now();
     loop {
         match lines.recv_timeout(Duration::from_millis(50)) {
@@ -518,7 +519,7 @@ fn wait_listening(
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                     if v["event"] == "listening" {
                         if let Some(a) = v["addr"].as_str() {
-                            return Ok(a.to_string());
+                            return Ok(Some(a.to_string()));
                         }
                     }
                 }
@@ -541,7 +542,8 @@ fn wait_listening(
             return Err(anyhow!("the target process was not ready within {limit:?}"));
         }
         if child::interrupted() {
-            return Err(anyhow!("interrupted while starting the target"));
+            target.kill();
+            return Ok(None);
         }
     }
 }

@@ -12,7 +12,10 @@ use crate::nixl::{
 use crate::peer::{Channel, PROTOCOL, Request, Response, TargetReady, TargetSetup, from_hex};
 use crate::report::schema::{Check, PeerInfo, Row, XferPath, stats_from_ns};
 
-use super::{EngineError, Event, Started, SweepPlan, seed_for, ucx_tls_env};
+use super::{EngineError, Event, Inject, Started, SweepPlan, seed_for, ucx_tls_env};
+use crate::nixl::Telemetry;
+use crate::report::schema::Stats;
+use crate::units::Bytes;
 
 /// Most descriptors one transfer may have (indices are C ints).
 pub const MAX_DESCS: u64 = 1 << 22;
@@ -35,7 +38,8 @@ pub struct Connection {
     /// The target agent's name (as loaded from its metadata).
     pub remote_name: String,
     // Drop order: registration, buffer, backend, agent.
-    _reg: Registration,
+    /// The registration of `buf`.
+    pub reg: Registration,
     /// The local registered buffer.
     pub buf: Rc<HostBuffer>,
     /// The local backend.
@@ -108,7 +112,7 @@ impl Connection {
             plugins,
             backend_params,
             remote_name,
-            _reg: reg,
+            reg,
             buf,
             backend,
             agent,
@@ -126,15 +130,20 @@ impl Connection {
         let n = (size / block) as usize;
         let nixl = self.agent.nixl();
         let mut local = XferDescList::new(nixl, MemType::Dram)?;
-        local.add_strided(self.buf.addr(), block as usize, n, 0)?;
+        local.add_local_strided(&self.reg, self.buf.addr(), block as usize, n, 0)?;
         let mut remote = XferDescList::new(nixl, MemType::Dram)?;
         remote.add_strided(self.target.buffer_addr as usize, block as usize, n, 0)?;
         Ok((local, remote))
     }
 
     /// Says goodbye; the target releases everything and exits.
-    pub fn close(mut self, peer_timeout: Duration) {
-        let _ = self.ch.call(&Request::Bye, peer_timeout, "the target's goodbye");
+    /// Says goodbye; the target releases everything and exits. Returns the
+    /// errors the target met while releasing its NIXL objects.
+    pub fn close(mut self, peer_timeout: Duration) -> Result<Vec<String>, EngineError> {
+        match self.ch.call(&Request::Bye, peer_timeout, "the target's goodbye")? {
+            Response::Bye { drop_errors } => Ok(drop_errors),
+            other => Err(EngineError::Invalid(format!("unexpected answer to bye: {other:?}"))),
+        }
     }
 }
 
@@ -148,8 +157,9 @@ struct Session<'a> {
 }
 
 /// Runs the whole plan, reporting through `emit`. Returns after the last row,
-/// or at the first error (rows already emitted stay valid).
-pub fn run(plan: &SweepPlan, nixl: &Nixl, emit: &mut dyn FnMut(Event)) -> Result<(), EngineError> {
+/// or at the first error (rows already emitted stay valid). On success, the
+/// errors the target met while releasing its NIXL objects.
+pub fn run(plan: &SweepPlan, nixl: &Nixl, emit: &mut dyn FnMut(Event)) -> Result<Vec<String>, EngineError> {
     validate(plan)?;
     let peer_timeout = Duration::from_secs_f64(plan.timing.peer_timeout_s);
     let setup = TargetSetup {
@@ -189,11 +199,17 @@ pub fn run(plan: &SweepPlan, nixl: &Nixl, emit: &mut dyn FnMut(Event)) -> Result
             (s.emit)(Event::Point { index, total, op, size });
             let row = s.measure(index, op, size)?;
             let verified = row.verified;
-            let notifs_ok = row.notifs_received == row.notifs_expected;
+            let notifs_ok = row.notifs_received == row.notifs_expected && row.unexpected_notifs.is_empty();
             let what = format!("{op} {size} B: {:?}", row.checks.iter().filter(|c| !c.ok).collect::<Vec<_>>());
             let notif_msg = format!(
-                "{op} {size} B: target received {} of {} notifications",
-                row.notifs_received, row.notifs_expected
+                "{op} {size} B: the target received {} notifications where {} were sent{}",
+                row.notifs_received,
+                row.notifs_expected,
+                if row.unexpected_notifs.is_empty() {
+                    String::new()
+                } else {
+                    format!(", and unexpected messages {:?}", row.unexpected_notifs)
+                }
             );
             (s.emit)(Event::Row(Box::new(row)));
             if !verified {
@@ -205,39 +221,40 @@ pub fn run(plan: &SweepPlan, nixl: &Nixl, emit: &mut dyn FnMut(Event)) -> Result
             index += 1;
         }
     }
-    s.conn.close(peer_timeout);
-    Ok(())
+    let target_drop_errors = s.conn.close(peer_timeout)?;
+    Ok(target_drop_errors.into_iter().map(|e| format!("target: {e}")).collect())
 }
 
-fn validate(plan: &SweepPlan) -> Result<(), EngineError> {
+/// Checks a plan before anything starts; the message names the flag.
+pub fn validate(plan: &SweepPlan) -> Result<(), EngineError> {
+    let bad = |m: String| Err(EngineError::Invalid(m));
     if plan.sizes.is_empty() || plan.ops.is_empty() {
-        return Err(EngineError::Invalid("nothing to measure: no sizes or no ops".into()));
+        return bad("nothing to measure: no sizes (--sizes) or no operations (--ops)".into());
     }
     if let Some(b) = plan.block {
         if b == 0 {
-            return Err(EngineError::Invalid("block size must be greater than zero".into()));
+            return bad("--block-size must be greater than zero".into());
         }
         for &s in &plan.sizes {
             if s > b && s % b != 0 {
-                return Err(EngineError::Invalid(format!("size {s} is not a multiple of the block size {b}")));
+                return bad(format!("size {} is not a multiple of --block-size {}", Bytes(s), Bytes(b)));
             }
             if s / b > MAX_DESCS {
-                return Err(EngineError::Invalid(format!(
-                    "size {s} in blocks of {b} needs {} descriptors (limit {MAX_DESCS})",
+                return bad(format!(
+                    "size {} in blocks of {} (--block-size) would need {} descriptors per transfer (at most {MAX_DESCS})",
+                    Bytes(s),
+                    Bytes(b),
                     s / b
-                )));
+                ));
             }
         }
     }
     let t = &plan.timing;
     if !(t.duration_s >= 0.0 && t.warmup_s >= 0.0 && t.xfer_timeout_s > 0.0 && t.peer_timeout_s > 0.0) {
-        return Err(EngineError::Invalid("timings must be non-negative and timeouts positive".into()));
+        return bad("--duration and --warmup must be non-negative, --xfer-timeout and --peer-timeout positive".into());
     }
     if t.min_iters == 0 || t.max_iters < t.min_iters {
-        return Err(EngineError::Invalid(format!(
-            "need 1 <= min-iters ({}) <= max-iters ({})",
-            t.min_iters, t.max_iters
-        )));
+        return bad(format!("need 1 <= --min-iters ({}) <= --max-iters ({})", t.min_iters, t.max_iters));
     }
     Ok(())
 }
@@ -248,6 +265,8 @@ impl Session<'_> {
     fn beat(&mut self) {
         if self.last_beat.elapsed() >= Duration::from_secs(1) {
             (self.emit)(Event::Heartbeat);
+            // A failed send means the target is gone; the next request says so.
+            let _ = self.conn.ch.send(&Request::KeepAlive, "keep-alive");
             self.last_beat = Instant::now();
         }
     }
@@ -263,23 +282,30 @@ impl Session<'_> {
         }
     }
 
-    fn target_notifs(&mut self, tag: &str, count: u64) -> Result<u64, EngineError> {
-        let timeout_ms = (self.xfer_timeout.as_millis() as u64).max(1000);
+    /// Waits until the target has `count` notifications for `tag`; with
+    /// `settle`, looks once more after a pause to catch duplicates. Returns
+    /// the count and any message no kvprobe transfer sent.
+    fn target_notifs(&mut self, tag: &str, count: u64, settle: bool) -> Result<(u64, Vec<String>), EngineError> {
+        // Every transfer counted here has completed, and NIXL sends its
+        // notification on completion: 10 s is plenty even on a loaded host.
+        let timeout_ms = (self.xfer_timeout.min(Duration::from_secs(10)).as_millis() as u64).max(1000);
+        let settle_ms = if settle { 20 } else { 0 };
         let r = self.conn.ch.call(
-            &Request::WaitNotifs { tag: tag.to_string(), count, timeout_ms },
-            self.peer_timeout + Duration::from_millis(timeout_ms),
+            &Request::WaitNotifs { tag: tag.to_string(), count, timeout_ms, settle_ms },
+            self.peer_timeout.saturating_add(Duration::from_millis(timeout_ms + settle_ms)),
             "the target's notification count",
         )?;
         match r {
-            Response::Notifs { received, .. } => Ok(received),
+            Response::Notifs { received, unexpected } => Ok((received, unexpected)),
             other => Err(EngineError::Invalid(format!("unexpected answer to notification wait: {other:?}"))),
         }
     }
 
     /// Posts once and waits for completion.
     fn once(&self, req: &XferReq) -> Result<(), EngineError> {
+        let start = Instant::now();
         if req.post()? == Status::InProgress {
-            req.wait(self.xfer_timeout)?;
+            req.wait_since(start, self.xfer_timeout)?;
         }
         Ok(())
     }
@@ -295,18 +321,22 @@ impl Session<'_> {
                 if inject {
                     self.call(Request::Corrupt { off: size / 2 }, "the target's fault injection")?;
                 }
-                self.conn.buf.poison(0, n)?;
+                // SAFETY: no transfer is in flight: the previous one completed
+                // (once() waits) and this process posts one at a time.
+                unsafe { self.conn.buf.poison(0, n) }?;
                 self.once(req)?;
-                let v = self.conn.buf.verify(0, n, seed)?;
+                // SAFETY: the READ completed in once(); nothing else is in flight.
+                let v = unsafe { self.conn.buf.verify(0, n, seed) }?;
                 Ok(check(when, "initiator", v))
             }
             XferOp::Write => {
-                self.conn.buf.fill(0, n, seed)?;
+                // SAFETY: no transfer is in flight (one at a time, each waited for).
+                unsafe { self.conn.buf.fill(0, n, seed) }?;
                 self.call(Request::Poison { off: 0, len: size }, "the target's poison")?;
                 self.once(req)?;
                 // The notification arrives after the data: once the target has
                 // it, the bytes are in place.
-                let got = self.target_notifs(tag, notifs_so_far)?;
+                let (got, _) = self.target_notifs(tag, notifs_so_far, false)?;
                 if got < notifs_so_far {
                     return Err(EngineError::Verification(format!(
                         "WRITE {size} B: the target saw {got} of {notifs_so_far} notifications before its data check"
@@ -327,94 +357,88 @@ impl Session<'_> {
         let descs = size / block;
         let tag = format!("kvprobe:{index}:{op}:{size}");
         let nixl = self.conn.agent.nixl().clone();
+        let first_point = index == 0;
+        let inject_missing = first_point && plan.inject == Some(Inject::MissingNotif);
 
-        // Build the request(s).
-        let t0 = Instant::now();
-        let (local, remote) = self.conn.desc_lists(size, block)?;
         let with_notif = Rc::new(OptArgs::with_backend(&nixl, &self.conn.backend)?);
         with_notif.set_notification(tag.as_bytes())?;
         let plain = Rc::new(OptArgs::with_backend(&nixl, &self.conn.backend)?);
-        let t_lists = t0.elapsed();
-        let (check_req, timed_req, prep, make) = match plan.xfer_path {
+        // A request without a notification: the timed one with --no-notif, and
+        // the fault injected by --inject missing-notif.
+        let want_plain = !plan.notif_every_transfer || inject_missing;
+
+        // Build the request(s). prep = descriptor lists (+ prep_xfer_dlist on
+        // the prepped path); make = make_xfer_req / create_xfer_req.
+        let t0 = Instant::now();
+        let (local, remote) = self.conn.desc_lists(size, block)?;
+        let (check_req, plain_req, prep, make) = match plan.xfer_path {
             XferPath::Prepped => {
-                let t = Instant::now();
                 let lp = self.conn.agent.prep_local(&local, Some(&self.conn.backend))?;
                 let rp = self.conn.agent.prep_remote(&self.conn.remote_name, &remote, Some(&self.conn.backend))?;
-                let prep = t.elapsed();
+                let prep = t0.elapsed();
                 let idx: Vec<i32> = (0..descs as i32).collect();
                 let t = Instant::now();
                 let c = self.conn.agent.make_xfer_req(op, &lp, &idx, &rp, &idx, size, Some(Rc::clone(&with_notif)))?;
                 let make = t.elapsed();
-                let timed = if plan.notif_every_transfer {
-                    None
-                } else {
+                let p = if want_plain {
                     Some(self.conn.agent.make_xfer_req(op, &lp, &idx, &rp, &idx, size, Some(Rc::clone(&plain)))?)
+                } else {
+                    None
                 };
-                (c, timed, prep, make)
+                (c, p, prep, make)
             }
             XferPath::Create => {
+                let prep = t0.elapsed();
+                let name = self.conn.remote_name.clone();
                 let t = Instant::now();
-                let c = self.conn.agent.create_xfer_req(
-                    op,
-                    &local,
-                    &remote,
-                    &self.conn.remote_name,
-                    Some(Rc::clone(&with_notif)),
-                )?;
+                let c = self.conn.agent.create_xfer_req(op, &local, &remote, &name, Some(Rc::clone(&with_notif)))?;
                 let make = t.elapsed();
-                let timed = if plan.notif_every_transfer {
-                    None
+                let p = if want_plain {
+                    Some(self.conn.agent.create_xfer_req(op, &local, &remote, &name, Some(Rc::clone(&plain)))?)
                 } else {
-                    Some(self.conn.agent.create_xfer_req(
-                        op,
-                        &local,
-                        &remote,
-                        &self.conn.remote_name,
-                        Some(Rc::clone(&plain)),
-                    )?)
+                    None
                 };
-                (c, timed, Duration::ZERO, make)
+                (c, p, prep, make)
             }
         };
-        let timed: &XferReq = timed_req.as_ref().unwrap_or(&check_req);
+        let timed: &XferReq = match (&plain_req, plan.notif_every_transfer) {
+            (Some(p), false) => p,
+            _ => &check_req,
+        };
+        let mut m = Measured { op, size, descs, block, prep, make, ..Measured::default() };
 
         // First checked transfer.
-        let mut notifs: u64 = 1;
-        let inject = plan.inject_corruption && index == 0;
-        let spec =
-            CheckSpec { op, size, seed: seed_for(index, 1), when: "first", tag: &tag, notifs_so_far: notifs, inject };
-        let first = self.checked_transfer(&check_req, &spec)?;
-        if !first.ok {
+        m.notifs_expected = 1;
+        let spec = CheckSpec {
+            op,
+            size,
+            seed: seed_for(index, 1),
+            when: "first",
+            tag: &tag,
+            notifs_so_far: m.notifs_expected,
+            inject: first_point && plan.inject == Some(Inject::CorruptFirst),
+        };
+        m.checks.push(self.checked_transfer(&check_req, &spec)?);
+        if !m.checks[0].ok {
             // Stop here: the numbers of a path that corrupts data mean nothing.
-            let received = self.target_notifs(&tag, notifs).unwrap_or(0);
-            return Ok(self.row(
-                op,
-                size,
-                descs,
-                block,
-                0,
-                0,
-                Duration::ZERO,
-                &mut [],
-                &mut [],
-                t_lists + prep,
-                make,
-                None,
-                vec![first],
-                notifs,
-                received,
-            ));
+            let (received, unexpected) = self.target_notifs(&tag, m.notifs_expected, true)?;
+            m.notifs_received = received;
+            m.unexpected = unexpected;
+            return Ok(self.row(m));
         }
 
         // Warm-up.
         let timing = &plan.timing;
         let warm_start = Instant::now();
-        let mut warm = 0u64;
-        while warm < timing.warmup_iters || warm_start.elapsed().as_secs_f64() < timing.warmup_s {
-            self.once(timed)?;
+        while m.warmup < timing.warmup_iters || warm_start.elapsed().as_secs_f64() < timing.warmup_s {
+            match (&plain_req, inject_missing && m.warmup == 0) {
+                // counted below as if it carried its notification: the target must come up one short
+                (Some(p), true) => self.once(p)?,
+                _ => self.once(timed)?,
+            }
             self.beat();
-            warm += 1;
-            if warm >= timing.max_iters {
+            m.warmup += 1;
+            if m.warmup >= timing.max_iters {
                 break;
             }
         }
@@ -423,22 +447,13 @@ impl Session<'_> {
         let cap = timing.max_iters.min(1 << 20) as usize;
         let mut lat: Vec<u64> = Vec::with_capacity(cap);
         let mut post: Vec<u64> = Vec::with_capacity(cap);
-        let limit = self.xfer_timeout;
         let start = Instant::now();
         loop {
             let s = Instant::now();
             let st = timed.post()?;
             let p = Instant::now();
             if st == Status::InProgress {
-                let mut spins: u32 = 0;
-                while timed.status()? == Status::InProgress {
-                    spins = spins.wrapping_add(1);
-                    if spins % 4096 == 0 && s.elapsed() > limit {
-                        return Err(EngineError::Invalid(format!(
-                            "{op} of {size} B did not complete within {limit:?}"
-                        )));
-                    }
-                }
+                timed.wait_since(s, self.xfer_timeout)?;
             }
             let e = Instant::now();
             lat.push((e - s).as_nanos() as u64);
@@ -451,89 +466,81 @@ impl Session<'_> {
                 break;
             }
         }
-        let elapsed = start.elapsed();
-        let iters = lat.len() as u64;
+        m.elapsed = start.elapsed();
+        m.iterations = lat.len() as u64;
+        m.latency = stats_from_ns(&mut lat);
+        m.post = stats_from_ns(&mut post);
         if plan.notif_every_transfer {
-            notifs += warm + iters;
+            m.notifs_expected += m.warmup + m.iterations;
         }
 
         // Last checked transfer, with a new pattern.
-        notifs += 1;
+        m.notifs_expected += 1;
         let spec = CheckSpec {
             op,
             size,
             seed: seed_for(index, 2),
             when: "last",
             tag: &tag,
-            notifs_so_far: notifs,
-            inject: false,
+            notifs_so_far: m.notifs_expected,
+            inject: first_point && plan.inject == Some(Inject::CorruptLast),
         };
-        let last = self.checked_transfer(&check_req, &spec)?;
-        let telemetry = check_req.telemetry().ok().flatten();
-        let received = self.target_notifs(&tag, notifs)?;
-        Ok(self.row(
-            op,
-            size,
-            descs,
-            block,
-            iters,
-            warm,
-            elapsed,
-            &mut lat,
-            &mut post,
-            t_lists + prep,
-            make,
-            telemetry,
-            vec![first, last],
-            notifs,
-            received,
-        ))
+        m.checks.push(self.checked_transfer(&check_req, &spec)?);
+        m.telemetry = check_req.telemetry().ok().flatten();
+        let (received, unexpected) = self.target_notifs(&tag, m.notifs_expected, true)?;
+        m.notifs_received = received;
+        m.unexpected = unexpected;
+        Ok(self.row(m))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn row(
-        &self,
-        op: XferOp,
-        size: u64,
-        descs: u64,
-        block: u64,
-        iterations: u64,
-        warmup: u64,
-        elapsed: Duration,
-        lat: &mut [u64],
-        post: &mut [u64],
-        prep: Duration,
-        make: Duration,
-        telemetry: Option<crate::nixl::Telemetry>,
-        checks: Vec<Check>,
-        notifs_expected: u64,
-        notifs_received: u64,
-    ) -> Row {
-        let secs = elapsed.as_secs_f64();
+    fn row(&self, m: Measured) -> Row {
+        let secs = m.elapsed.as_secs_f64();
         Row {
             backend: "nixl".into(),
             plugin: self.plan.backend.clone(),
-            op,
-            size_bytes: size,
-            descs,
-            block_bytes: block,
+            op: m.op,
+            size_bytes: m.size,
+            descs: m.descs,
+            block_bytes: m.block,
             xfer_path: self.plan.xfer_path,
-            iterations,
-            warmup_iterations: warmup,
+            iterations: m.iterations,
+            warmup_iterations: m.warmup,
             elapsed_s: secs,
-            gbps: crate::units::gbps(size as f64 * iterations as f64, secs),
-            latency_us: stats_from_ns(lat),
-            post_us: stats_from_ns(post),
-            prep_us: prep.as_secs_f64() * 1e6,
-            make_us: make.as_secs_f64() * 1e6,
-            telemetry,
+            gbps: crate::units::gbps(m.size as f64 * m.iterations as f64, secs),
+            latency_us: m.latency,
+            post_us: m.post,
+            prep_us: m.prep.as_secs_f64() * 1e6,
+            make_us: m.make.as_secs_f64() * 1e6,
+            telemetry: m.telemetry,
             ucx_tls: ucx_tls_env(),
-            verified: checks.iter().all(|c| c.ok) && checks.len() == 2,
-            checks,
-            notifs_expected,
-            notifs_received,
+            verified: m.checks.len() == 2 && m.checks.iter().all(|c| c.ok),
+            checks: m.checks,
+            notifs_expected: m.notifs_expected,
+            notifs_received: m.notifs_received,
+            unexpected_notifs: m.unexpected,
         }
     }
+}
+
+/// What one point measured, before it becomes a [`Row`].
+#[derive(Default)]
+struct Measured {
+    op: XferOp,
+    size: u64,
+    descs: u64,
+    block: u64,
+    prep: Duration,
+    make: Duration,
+    warmup: u64,
+    iterations: u64,
+    elapsed: Duration,
+    latency: Stats,
+    post: Stats,
+    telemetry: Option<Telemetry>,
+    checks: Vec<Check>,
+    notifs_expected: u64,
+    notifs_received: u64,
+    unexpected: Vec<String>,
 }
 
 /// One checked transfer: what to move, which pattern, what to expect.

@@ -51,9 +51,21 @@ pub struct SweepPlan {
     pub timing: Timing,
     /// Whether timed transfers carry notifications.
     pub notif_every_transfer: bool,
-    /// Fault injection for self-tests: flip one target byte in the first row.
+    /// Fault injection for kvprobe's self-tests (None in real runs).
     #[serde(default)]
-    pub inject_corruption: bool,
+    pub inject: Option<Inject>,
+}
+
+/// A fault the run must catch (used by kvprobe's own tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Inject {
+    /// Flip one target byte in the first checked transfer of the first point.
+    CorruptFirst,
+    /// Flip one target byte in the last checked transfer of the first point.
+    CorruptLast,
+    /// Post one warm-up transfer of the first point without its notification.
+    MissingNotif,
 }
 
 /// How long to measure.

@@ -60,10 +60,15 @@ pub fn serve(ch: &mut Channel, token: &str, nixl: &Nixl, idle: Duration) -> Resu
             Err(PeerError::Closed { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        if matches!(req, Request::Bye) {
-            drop(state.take());
-            ch.send(&Response::Ok, "bye")?;
-            return Ok(());
+        match req {
+            Request::KeepAlive => continue,
+            Request::Bye => {
+                drop(state.take());
+                let drop_errors = crate::nixl::error::take_drop_errors();
+                ch.send(&Response::Bye { drop_errors }, "bye")?;
+                return Ok(());
+            }
+            _ => {}
         }
         let resp = match handle(req, &mut state, nixl) {
             Ok(r) => r,
@@ -74,41 +79,45 @@ pub fn serve(ch: &mut Channel, token: &str, nixl: &Nixl, idle: Duration) -> Resu
 }
 
 fn handle(req: Request, state: &mut Option<State>, nixl: &Nixl) -> Result<Response, EngineError> {
-    let need = |s: &Option<State>| -> Result<(), EngineError> {
-        if s.is_none() { Err(EngineError::Invalid("the target is not set up yet".into())) } else { Ok(()) }
-    };
+    if let Request::Setup(setup) = &req {
+        *state = None;
+        let (st, ready) = setup_target(setup, nixl)?;
+        *state = Some(st);
+        return Ok(Response::SetupDone(ready));
+    }
+    let s = state.as_mut().ok_or_else(|| EngineError::Invalid("the target is not set up yet".into()))?;
+    // SAFETY (for the buffer accesses below): the control protocol is strictly
+    // request/response and the initiator sends Fill, Poison, Corrupt and
+    // Verify only between transfers, never while one it posted is in flight
+    // (engine/initiator.rs, checked_transfer), so no transfer touches the
+    // buffer while these run.
     match req {
-        Request::Setup(setup) => {
-            *state = None;
-            let (st, ready) = setup_target(&setup, nixl)?;
-            *state = Some(st);
-            Ok(Response::SetupDone(ready))
+        Request::Setup(_) | Request::KeepAlive | Request::Bye => {
+            Err(EngineError::Invalid("setup, keep-alive and bye are handled by the session loop".into()))
         }
         Request::Fill { off, len, seed } => {
-            need(state)?;
-            state.as_ref().map(|s| s.buf.fill(off as usize, len as usize, seed)).transpose()?;
+            // SAFETY: see above.
+            unsafe { s.buf.fill(off as usize, len as usize, seed) }?;
             Ok(Response::Ok)
         }
         Request::Poison { off, len } => {
-            need(state)?;
-            state.as_ref().map(|s| s.buf.poison(off as usize, len as usize)).transpose()?;
+            // SAFETY: see above.
+            unsafe { s.buf.poison(off as usize, len as usize) }?;
             Ok(Response::Ok)
         }
         Request::Corrupt { off } => {
-            need(state)?;
-            state.as_ref().map(|s| s.buf.corrupt(off as usize)).transpose()?;
+            // SAFETY: see above.
+            unsafe { s.buf.corrupt(off as usize) }?;
             Ok(Response::Ok)
         }
         Request::Verify { off, len, seed } => {
-            need(state)?;
-            let s = state.as_ref().ok_or_else(|| EngineError::Invalid("not set up".into()))?;
-            Ok(Response::Verified(s.buf.verify(off as usize, len as usize, seed)?))
+            // SAFETY: see above.
+            Ok(Response::Verified(unsafe { s.buf.verify(off as usize, len as usize, seed) }?))
         }
-        Request::WaitNotifs { tag, count, timeout_ms } => {
-            need(state)?;
-            let s = state.as_mut().ok_or_else(|| EngineError::Invalid("not set up".into()))?;
+        Request::WaitNotifs { tag, count, timeout_ms, settle_ms } => {
             let deadline = Instant::now() + Duration::from_millis(timeout_ms);
             let mut unexpected = Vec::new();
+            let mut settled = false;
             loop {
                 for (_agent, msgs) in s.notifs.fetch(&s.agent)? {
                     for m in msgs {
@@ -121,6 +130,12 @@ fn handle(req: Request, state: &mut Option<State>, nixl: &Nixl) -> Result<Respon
                     }
                 }
                 let got = s.counts.get(&tag).copied().unwrap_or(0);
+                if got >= count && !settled && settle_ms > 0 {
+                    // Look once more after a pause: late duplicates count too.
+                    settled = true;
+                    std::thread::sleep(Duration::from_millis(settle_ms));
+                    continue;
+                }
                 if got >= count || Instant::now() >= deadline {
                     return Ok(Response::Notifs { received: got, unexpected });
                 }
@@ -128,7 +143,6 @@ fn handle(req: Request, state: &mut Option<State>, nixl: &Nixl) -> Result<Respon
             }
         }
         Request::Hello { .. } => Err(EngineError::Invalid("hello sent twice".into())),
-        Request::Bye => Ok(Response::Ok),
     }
 }
 

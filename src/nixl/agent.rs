@@ -123,7 +123,7 @@ impl Agent {
                     enable_listen_thread: cfg.listen_thread,
                     listen_port: i32::from(cfg.listen_port),
                     thread_sync: sync,
-                    num_workers: 1,
+                    num_workers: 0, // read by no release; 0 keeps both layouts alike (nixl_sys::ConfigAbi)
                     pthr_delay_us: cfg.pthr_delay_us,
                     lthr_delay_us: cfg.lthr_delay_us,
                     capture_telemetry: cfg.capture_telemetry,
@@ -138,7 +138,7 @@ impl Agent {
                     enable_listen_thread: cfg.listen_thread,
                     listen_port: cfg.listen_port,
                     thread_sync: sync,
-                    num_workers: 1,
+                    num_workers: 0, // read by no release; 0 keeps both layouts alike (nixl_sys::ConfigAbi)
                     pthr_delay_us: cfg.pthr_delay_us,
                     lthr_delay_us: cfg.lthr_delay_us,
                     capture_telemetry: cfg.capture_telemetry,
@@ -484,10 +484,10 @@ impl<'a> Params<'a> {
             loop {
                 let (mut k, mut v) = (ptr::null(), ptr::null());
                 let mut has_next = false;
-                // SAFETY: live iterator and valid out-pointers; the strings stay
-                // valid while the params object lives.
+                // SAFETY: live iterator and valid out-pointers; the strings belong
+                // to the iterator and stay valid until its next call.
                 unsafe { nixl_call!(lib, nixl_capi_params_iterator_next(it, &mut k, &mut v, &mut has_next)) }?;
-                // SAFETY: valid C strings (or null) owned by the params object.
+                // SAFETY: valid C strings (or null) owned by the iterator until its next call.
                 let (ks, vs) = unsafe { (copy_cstr(k), copy_cstr(v)) };
                 if !ks.is_empty() {
                     out.insert(ks, vs);

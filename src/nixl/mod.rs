@@ -180,10 +180,11 @@ impl fmt::Display for MemType {
 }
 
 /// Direction of a transfer, from the initiator's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord, Default)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum XferOp {
     /// Pull remote memory into local memory (what vLLM's decode side does).
+    #[default]
     Read,
     /// Push local memory into remote memory.
     Write,

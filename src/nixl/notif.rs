@@ -36,6 +36,11 @@ impl NotifMap {
     /// Fetches the notifications that arrived since the last call, as
     /// (sending agent, messages) in arrival order per agent.
     pub fn fetch(&mut self, agent: &Agent) -> Result<Notifications, NixlError> {
+        if !std::sync::Arc::ptr_eq(&agent.inner.nixl.0, &self.nixl.0) {
+            return Err(NixlError::Invalid(
+                "the agent and the notification map come from different NIXL libraries".into(),
+            ));
+        }
         let lib = &self.nixl.0;
         // SAFETY: live map.
         unsafe { nixl_call!(lib, nixl_capi_notif_map_clear(self.raw.as_ptr())) }?;

@@ -44,6 +44,9 @@ impl OptArgs {
 
     /// Restricts the operation to `backend` (may be called more than once).
     pub fn add_backend(&mut self, backend: &Backend) -> Result<(), NixlError> {
+        if !std::sync::Arc::ptr_eq(&backend.inner.agent.nixl.0, &self.nixl.0) {
+            return Err(NixlError::Invalid("backend and arguments come from different NIXL libraries".into()));
+        }
         // SAFETY: live args and backend; the backend is kept alive by self.
         unsafe {
             nixl_call!(self.nixl.0, nixl_capi_opt_args_add_backend(self.raw.as_ptr(), backend.inner.raw.as_ptr()))
@@ -118,7 +121,10 @@ pub struct XferReq {
     op: XferOp,
     bytes: u64,
     descs: usize,
+    // Held so that the prepared handles, and the local memory registrations
+    // the request reads or writes, outlive it (see dlist.rs).
     _prepped: Option<(PreppedDlist, PreppedDlist)>,
+    _regs: Vec<crate::nixl::Registration>,
     _args: Option<Rc<OptArgs>>,
 }
 
@@ -158,6 +164,13 @@ impl Agent {
         if let Some(i) = bad(local_idx, local.len()).or(bad(remote_idx, remote.len())) {
             return Err(NixlError::Invalid(format!("descriptor index {i} out of range")));
         }
+        if local.remote().is_some() || remote.remote().is_none() {
+            return Err(NixlError::Invalid("make_xfer_req needs a local prepared list then a remote one".into()));
+        }
+        if !Rc::ptr_eq(&local.inner.agent, &self.inner) || !Rc::ptr_eq(&remote.inner.agent, &self.inner) {
+            return Err(NixlError::Invalid("the prepared lists belong to another agent".into()));
+        }
+        self.check_args(args.as_deref())?;
         let argp = args.as_ref().map_or(ptr::null_mut(), |a| a.raw.as_ptr());
         let mut raw: sys::nixl_capi_xfer_req_t = ptr::null_mut();
         // SAFETY: live agent and prepared handles; index slices valid for their
@@ -187,6 +200,7 @@ impl Agent {
             bytes,
             descs: local_idx.len(),
             _prepped: Some((local.clone(), remote.clone())),
+            _regs: Vec::new(),
             _args: args,
         })
     }
@@ -209,6 +223,8 @@ impl Agent {
                 remote.bytes()
             )));
         }
+        let regs = local.local_regs(&self.inner)?;
+        self.check_args(args.as_deref())?;
         let name = cstring("nixl_capi_create_xfer_req", remote_agent)?;
         let argp = args.as_ref().map_or(ptr::null_mut(), |a| a.raw.as_ptr());
         let mut raw: sys::nixl_capi_xfer_req_t = ptr::null_mut();
@@ -235,8 +251,19 @@ impl Agent {
             bytes: local.bytes(),
             descs: local.len(),
             _prepped: None,
+            _regs: regs,
             _args: args,
         })
+    }
+}
+
+impl Agent {
+    /// Refuses arguments whose backends belong to another agent.
+    fn check_args(&self, args: Option<&OptArgs>) -> Result<(), NixlError> {
+        match args {
+            Some(a) => a._backends.iter().try_for_each(|b| self.check_mine(b)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -259,17 +286,22 @@ impl XferReq {
 
     /// Polls until done, an error, or `timeout` (an error naming the wait).
     pub fn wait(&self, timeout: Duration) -> Result<(), NixlError> {
-        let start = Instant::now();
+        self.wait_since(Instant::now(), timeout)
+    }
+
+    /// Polls until done, an error, or `timeout` counted from `start` (the
+    /// post): the one poll loop kvprobe uses. The clock is read only every
+    /// 4096 polls, so the loop itself adds nothing measurable.
+    #[inline]
+    pub fn wait_since(&self, start: Instant, timeout: Duration) -> Result<(), NixlError> {
         let mut spins: u32 = 0;
-        loop {
-            if self.status()? == Status::Done {
-                return Ok(());
-            }
+        while self.status()? == Status::InProgress {
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 && start.elapsed() > timeout {
+            if spins % 4096 == 0 && start.elapsed() > timeout {
                 return Err(NixlError::Timeout { what: format!("{} of {} B", self.op, self.bytes), limit: timeout });
             }
         }
+        Ok(())
     }
 
     /// NIXL's telemetry for the last completed post, `None` when the agent

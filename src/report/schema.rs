@@ -29,6 +29,10 @@ pub struct SweepResults {
     /// What went wrong, when `status` is not `complete`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Problems that did not affect the measurement (e.g. an error while
+    /// releasing a NIXL object at the end).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Wall time of the whole sweep, seconds (set at the end).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_seconds: Option<f64>,
@@ -256,8 +260,13 @@ pub struct Row {
     pub checks: Vec<Check>,
     /// Notifications the target should have received for this row.
     pub notifs_expected: u64,
-    /// Notifications it did receive.
+    /// Notifications it did receive (counted again after a short pause, so
+    /// late duplicates show as a surplus).
     pub notifs_received: u64,
+    /// Messages the target received that no kvprobe transfer sent (should
+    /// never happen; any makes the row fail).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unexpected_notifs: Vec<String>,
 }
 
 /// The unit legend written into every header.
