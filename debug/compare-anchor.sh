@@ -17,6 +17,8 @@ venv=${ANCHOR_VENV:-/tmp/kvprobe-anchor-venv}
 out=${OUT:-$(mktemp -d /tmp/kvprobe-compare.XXXXXX)}
 mkdir -p "$out"
 export UCX_NET_DEVICES=lo
+[ -f "$anchors/measure-cpu.sh" ] || { echo "no anchor scripts at $anchors (set ANCHORS=/path/to/shared/tools/anchors)" >&2; exit 1; }
+[ -x "$root/target/release/kvprobe" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
@@ -24,7 +26,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 echo "anchor (NIXL Python API, ucx_perftest) ..." >&2
-SIZES=$sizes bash "$anchors/measure-cpu.sh" "$venv" 2>/dev/null | grep '^{' > "$out/anchor.jsonl" || true
+SIZES=$sizes bash "$anchors/measure-cpu.sh" "$venv" 2>"$out/anchor.log" | grep '^{' > "$out/anchor.jsonl" || true
+[ -s "$out/anchor.jsonl" ] || { echo "the anchor produced no results; see $out/anchor.log" >&2; exit 1; }
 
 for tls in "shm,tcp" "tcp"; do
   echo "kvprobe UCX_TLS=$tls ..." >&2

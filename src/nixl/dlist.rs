@@ -296,14 +296,21 @@ impl XferDescList {
         n: usize,
         dev_id: u64,
     ) -> Result<(), NixlError> {
+        if reg.mem_type() != self.mem {
+            return Err(NixlError::Invalid(format!("a {} registration in a {} list", reg.mem_type(), self.mem)));
+        }
         let total = len.checked_mul(n).ok_or_else(|| NixlError::Invalid("descriptor range overflows".into()))?;
         if !reg.covers(base, total) {
             return Err(NixlError::Invalid(format!(
                 "{n} x {len} B from {base:#x} is not inside the registered memory"
             )));
         }
+        // The whole range is checked once above; each descriptor lies inside it.
         for i in 0..n {
-            self.add_local(reg, base + i * len, len, dev_id)?;
+            self.push(base + i * len, len, dev_id)?;
+        }
+        if !self.regs.iter().any(|r| Rc::ptr_eq(&r.inner, &reg.inner)) {
+            self.regs.push(reg.clone());
         }
         Ok(())
     }
