@@ -214,25 +214,32 @@ fn killing_the_sweep_leaves_no_orphan() {
     assert!(gone.is_some(), "initiator {} or target {} outlived the sweep", pids.0, pids.1);
 }
 
-#[test]
-fn a_dead_initiator_is_reported_and_rows_are_kept() {
-    require_nixl();
-    let dir = tempfile::tempdir().unwrap();
+/// Starts a slow sweep (2 s points) and waits until its first row is on
+/// disk; returns the sweep process and the initiator's and target's PIDs.
+fn start_and_wait_for_a_row(dir: &std::path::Path, ops: &str) -> (std::process::Child, u32, u32) {
     let child = kvprobe()
-        .args(["sweep", "-q", "--sizes", "4K,8K,16K", "--ops", "READ", "--duration", "2s", "--out"])
-        .arg(dir.path())
+        .args(["sweep", "-q", "--sizes", "4K,8K,16K", "--ops", ops, "--duration", "2s", "--out"])
+        .arg(dir)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let (ipid, tpid) = wait_for(Duration::from_secs(60), || {
-        let v = try_results(dir.path())?;
+        let v = try_results(dir)?;
         if v["rows"].as_array()?.is_empty() {
             return None;
         }
         Some((v["header"]["initiator_pid"].as_u64()? as u32, v["header"]["target"]["pid"].as_u64()? as u32))
     })
     .expect("a first row was measured");
+    (child, ipid, tpid)
+}
+
+#[test]
+fn a_dead_initiator_is_reported_and_rows_are_kept() {
+    require_nixl();
+    let dir = tempfile::tempdir().unwrap();
+    let (child, ipid, tpid) = start_and_wait_for_a_row(dir.path(), "READ");
     signal(ipid, libc::SIGKILL);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -251,23 +258,8 @@ fn a_dead_initiator_is_reported_and_rows_are_kept() {
 fn ctrl_c_stops_cleanly_and_keeps_rows() {
     require_nixl();
     let dir = tempfile::tempdir().unwrap();
-    let child = kvprobe()
-        .args(["sweep", "-q", "--sizes", "4K,8K,16K", "--duration", "2s", "--out"])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (ipid, tpid) = wait_for(Duration::from_secs(60), || {
-        let v = try_results(dir.path())?;
-        if v["rows"].as_array()?.is_empty() {
-            return None;
-        }
-        Some((v["header"]["initiator_pid"].as_u64()? as u32, v["header"]["target"]["pid"].as_u64()? as u32))
-    })
-    .expect("a first row was measured");
-    signal(pid, libc::SIGINT);
+    let (child, ipid, tpid) = start_and_wait_for_a_row(dir.path(), "READ,WRITE");
+    signal(child.id(), libc::SIGINT);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
     let v = results(dir.path());
