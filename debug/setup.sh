@@ -2,7 +2,9 @@
 # Sets up what kvprobe needs on a fresh Debian machine with Rust, idempotently:
 #   - python3 with venv and pip (apt, when missing and running as root);
 #   - .venv/ in the checkout with the NIXL wheel (libraries only: --no-deps,
-#     the wheel's torch dependency is not needed by a Rust program);
+#     the wheel's torch dependency is not needed by a Rust program) and the
+#     libucx wheel (ucx_perftest and ucx_info for comparisons, UCX's headers
+#     for regenerating ucx-sys; kvprobe itself uses the UCX NIXL bundles);
 #   - iproute2 for the network-namespace helpers used by later tests.
 # kvprobe finds .venv by itself (docs/SETUP.md); nothing needs exporting.
 #
@@ -14,6 +16,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${KVPROBE_VENV:-$root/.venv}
 wheel=${NIXL_WHEEL:-nixl-cu12}
 version=${NIXL_VERSION:-1.5.1}
+ucx_wheel=${UCX_WHEEL:-libucx-${wheel#nixl-}}
+ucx_version=${UCX_WHEEL_VERSION:-1.22.0}
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -46,6 +50,14 @@ else
   fi
   say "installing $wheel==$version (libraries only) into $venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$wheel==$version"
+fi
+
+ucxdir=${ucx_wheel//-/_}
+if ls -d "$venv"/lib/python3*/site-packages/"$ucxdir"-"$ucx_version".dist-info >/dev/null 2>&1; then
+  say "$ucx_wheel $ucx_version already in $venv"
+else
+  say "installing $ucx_wheel==$ucx_version (ucx_perftest, ucx_info, headers) into $venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$ucx_wheel==$ucx_version"
 fi
 
 lib=$(ls "$venv"/lib/python3*/site-packages/."$pydir".mesonpy.libs/libnixl_capi.so 2>/dev/null | head -n 1)

@@ -10,6 +10,7 @@
 
 pub mod child;
 pub mod cmd;
+pub mod elf;
 pub mod engine;
 pub mod hostinfo;
 pub mod locate;
@@ -17,6 +18,7 @@ pub mod mem;
 pub mod nixl;
 pub mod peer;
 pub mod report;
+pub mod ucx;
 pub mod units;
 
 /// kvprobe's version with the git revision it was built from.

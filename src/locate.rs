@@ -535,3 +535,142 @@ mod tests {
         assert_eq!(loc.version.as_deref(), Some("1.5.1"));
     }
 }
+
+/// Where UCX's libucp was found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UcxLocation {
+    /// Absolute path of libucp.
+    pub lib: PathBuf,
+    /// Which rule found it.
+    pub found_by: String,
+    /// Every place searched, in order.
+    pub searched: Vec<SearchStep>,
+}
+
+/// UCX could not be found.
+#[derive(Debug, thiserror::Error)]
+#[error("UCX's libucp was not found.\nSearched:\n{}\nHow to fix: install NIXL (its wheel bundles UCX; debug/setup.sh), or `pip install libucx-cu12`, or point --ucx-lib / KVPROBE_UCX_LIB at libucp.so", fmt_steps(.searched))]
+pub struct UcxNotFound {
+    /// Every place searched.
+    pub searched: Vec<SearchStep>,
+}
+
+/// Finds libucp, preferring the exact build NIXL uses:
+///
+/// 1. `cli` (`--ucx-lib`), then `KVPROBE_UCX_LIB`: a file or a folder;
+/// 2. a libucp already mapped into this process (NIXL's UCX plugin loaded it);
+/// 3. the libucp NIXL's UCX plugin links: its `DT_NEEDED` resolved the way the
+///    loader would (the wheel's RPATH points into `nixl_cu1X.libs/`);
+/// 4. the `libucx-cu12`/`-cu13` wheel next to the NIXL wheel or in the project venv;
+/// 5. the system loader path (`libucp.so.0`).
+///
+/// An explicit choice that does not exist is an error.
+pub fn locate_ucx(cli: Option<PathBuf>, nixl: Option<&NixlLocation>) -> Result<UcxLocation, UcxNotFound> {
+    let mut steps = Vec::new();
+    let explicit = [
+        ("--ucx-lib", cli),
+        ("KVPROBE_UCX_LIB", std::env::var_os("KVPROBE_UCX_LIB").filter(|v| !v.is_empty()).map(PathBuf::from)),
+    ];
+    for (what, value) in explicit {
+        match value {
+            None => steps.push(step(what, "not set")),
+            Some(p) => {
+                let found = if p.is_file() { Some(p.clone()) } else { find_libucp_in(&p) };
+                return match found {
+                    Some(lib) => {
+                        steps.push(step(&format!("{what} {}", p.display()), &format!("found: {}", lib.display())));
+                        Ok(UcxLocation { lib: absolute(&lib), found_by: what.into(), searched: steps })
+                    }
+                    None => {
+                        steps.push(step(&format!("{what} {}", p.display()), "no libucp there"));
+                        Err(UcxNotFound { searched: steps })
+                    }
+                };
+            }
+        }
+    }
+    if let Some(p) = crate::ucx::mapped_libucp() {
+        steps.push(step("already loaded in this process", &format!("found: {}", p.display())));
+        return Ok(UcxLocation { lib: p, found_by: "already loaded (NIXL's)".into(), searched: steps });
+    }
+    steps.push(step("already loaded in this process", "none"));
+    if let Some(loc) = nixl {
+        let plugin = loc
+            .plugin_dir
+            .clone()
+            .unwrap_or_else(|| loc.lib.parent().unwrap_or(Path::new("/")).join("plugins"))
+            .join("libplugin_UCX.so");
+        let place = format!("what NIXL's UCX plugin links ({})", plugin.display());
+        match crate::elf::read_dynamic(&plugin) {
+            Ok(d) => match d.needed.iter().find(|n| crate::ucx::is_libucp(n)) {
+                Some(name) => match crate::elf::resolve(name, &plugin, &d) {
+                    Some(lib) => {
+                        steps.push(step(&place, &format!("found: {}", lib.display())));
+                        return Ok(UcxLocation {
+                            lib: absolute(&lib),
+                            found_by: "NIXL's UCX plugin".into(),
+                            searched: steps,
+                        });
+                    }
+                    None => steps.push(step(&place, &format!("it needs {name}, which the loader would not find"))),
+                },
+                None => steps.push(step(&place, "it does not link libucp")),
+            },
+            Err(e) => steps.push(step(&place, &e.reason)),
+        }
+        // the libucx wheel beside the NIXL wheel
+        if let Some(site) = loc.lib.parent().and_then(Path::parent) {
+            if let Some(lib) = find_libucp_in(&site.join("libucx")) {
+                steps.push(step(&format!("libucx wheel in {}", site.display()), &format!("found: {}", lib.display())));
+                return Ok(UcxLocation { lib: absolute(&lib), found_by: "libucx wheel".into(), searched: steps });
+            }
+        }
+    } else {
+        steps.push(step("NIXL's UCX plugin", "NIXL not located"));
+    }
+    let roots: Vec<PathBuf> = Inputs::from_env(None).project_roots;
+    for root in roots {
+        for site in site_packages_of_prefix(&root.join(".venv")) {
+            if let Some(lib) = find_libucp_in(&site.join("libucx")) {
+                steps.push(step("project venv libucx wheel", &format!("found: {}", lib.display())));
+                return Ok(UcxLocation {
+                    lib: absolute(&lib),
+                    found_by: "project venv (libucx wheel)".into(),
+                    searched: steps,
+                });
+            }
+        }
+    }
+    steps.push(step("project venv libucx wheel", "none"));
+    match crate::elf::resolve("libucp.so.0", Path::new("/"), &crate::elf::Dynamic::default()) {
+        Some(lib) => {
+            steps.push(step("system loader path (libucp.so.0)", &format!("found: {}", lib.display())));
+            Ok(UcxLocation { lib: absolute(&lib), found_by: "system".into(), searched: steps })
+        }
+        None => {
+            steps.push(step("system loader path (libucp.so.0)", "not found"));
+            Err(UcxNotFound { searched: steps })
+        }
+    }
+}
+
+/// A libucp inside a folder: the folder itself, `lib/`, or a wheel's `nixl_cu1X.libs/`.
+fn find_libucp_in(dir: &Path) -> Option<PathBuf> {
+    let mut dirs = vec![dir.to_path_buf(), dir.join("lib")];
+    for wheel in WHEELS {
+        dirs.push(dir.join(format!("{wheel}.libs")));
+    }
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let mut hits: Vec<PathBuf> = rd
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.to_str().is_some_and(crate::ucx::is_libucp) && p.is_file())
+            .collect();
+        hits.sort();
+        if let Some(p) = hits.into_iter().next() {
+            return Some(p);
+        }
+    }
+    None
+}
