@@ -18,6 +18,8 @@ pub mod mem;
 pub mod nixl;
 pub mod peer;
 pub mod report;
+pub mod topology;
+pub mod transport;
 pub mod ucx;
 pub mod units;
 

@@ -20,7 +20,7 @@ use crate::mem::Verify;
 use crate::nixl::AgentConfig;
 
 /// Protocol version; both sides must agree.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// Largest message accepted (metadata of a big registration is a few MB at most).
 const MAX_MESSAGE: u32 = 64 << 20;
@@ -102,6 +102,35 @@ pub struct TargetSetup {
     pub backend_params: BTreeMap<String, String>,
     /// Bytes to allocate and register.
     pub buffer_bytes: u64,
+    /// Which backends to build over the buffer.
+    pub backends: Vec<BackendKind>,
+    /// Raw UCX settings, when `backends` has `ucx`.
+    #[serde(default)]
+    pub ucx: Option<UcxSetup>,
+}
+
+/// How to build the raw UCX side.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UcxSetup {
+    /// The libucp to load (the one NIXL links, normally).
+    pub lib: std::path::PathBuf,
+    /// UCX settings applied with `ucp_config_modify` unless set in the
+    /// environment (NIXL's UCX defaults): name, value, and the first UCX
+    /// minor version (1.x) that has it.
+    pub settings: Vec<(String, String, u32)>,
+    /// UCP_ERR_HANDLING_MODE_PEER on endpoints (NIXL's default).
+    pub peer_errors: bool,
+}
+
+impl UcxSetup {
+    /// The settings that apply to UCX `major.minor`.
+    pub fn settings_for(&self, (major, minor): (u32, u32)) -> Vec<(String, String)> {
+        self.settings
+            .iter()
+            .filter(|(_, _, min)| major > 1 || minor >= *min)
+            .map(|(k, v, _)| (k.clone(), v.clone()))
+            .collect()
+    }
 }
 
 /// Responses from the target.
@@ -145,20 +174,74 @@ pub enum Response {
 /// What the target tells the initiator after setup.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetReady {
-    /// Agent name.
-    pub agent_name: String,
-    /// NIXL metadata, hex-encoded.
-    pub metadata_hex: String,
-    /// Address of the registered buffer in the target's address space.
+    /// Address of the buffer in the target's address space.
     pub buffer_addr: u64,
     /// Its length.
     pub buffer_len: u64,
     /// Path of the NIXL library the target loaded.
     pub nixl_lib: String,
-    /// Effective backend parameters on the target.
-    pub backend_params: BTreeMap<String, String>,
     /// UCX_TLS in the target's environment (None: unset).
     pub ucx_tls: Option<String>,
+    /// The NIXL side, when built.
+    pub nixl: Option<NixlReady>,
+    /// The raw UCX side, when built.
+    pub ucx: Option<UcxReady>,
+}
+
+/// The target's NIXL side.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NixlReady {
+    /// Agent name.
+    pub agent_name: String,
+    /// NIXL metadata, hex-encoded.
+    pub metadata_hex: String,
+    /// Effective backend parameters.
+    pub backend_params: BTreeMap<String, String>,
+}
+
+/// The target's raw UCX side.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UcxReady {
+    /// Its worker address, hex-encoded.
+    pub worker_address_hex: String,
+    /// The packed remote key of its buffer, hex-encoded.
+    pub rkey_hex: String,
+    /// The libucp it loaded.
+    pub lib: String,
+    /// Its UCX version.
+    pub version: String,
+    /// Settings it applied.
+    pub applied: Vec<(String, String)>,
+}
+
+/// A transfer engine kvprobe measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// NIXL (with its backend plugin, UCX by default).
+    Nixl,
+    /// UCX's UCP API directly: put/get with remote keys, no NIXL.
+    Ucx,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Nixl => "nixl",
+            BackendKind::Ucx => "ucx",
+        })
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "nixl" => Ok(BackendKind::Nixl),
+            "ucx" => Ok(BackendKind::Ucx),
+            _ => Err(format!("unknown backend '{s}' (expected nixl or ucx)")),
+        }
+    }
 }
 
 /// Control-channel failures, each naming what was being waited for.
@@ -248,6 +331,24 @@ impl Channel {
         self.stream.write_all(&len.to_be_bytes()).map_err(io)?;
         self.stream.write_all(&body).map_err(io)?;
         self.stream.flush().map_err(io)
+    }
+
+    /// Whether a message (or the peer's close) is waiting to be read, within
+    /// `timeout` (zero: just look).
+    pub fn readable(&self, timeout: Duration) -> Result<bool, PeerError> {
+        use std::os::fd::AsRawFd;
+        let mut fds = libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut fds, 1, ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(PeerError::Io { what: "polling the control connection".into(), source: e });
+        }
+        Ok(n > 0)
     }
 
     /// Receives one message, waiting at most `timeout` (None: forever).

@@ -30,9 +30,12 @@ pub fn run(_: InitiatorArgs) -> Result<ExitCode, CliError> {
     let plan: SweepPlan = serde_json::from_reader(std::io::stdin().lock())
         .context("reading the sweep plan from stdin")
         .map_err(CliError::usage)?;
-    let result = Nixl::open(&plan.nixl_lib)
-        .map_err(crate::engine::EngineError::from)
-        .and_then(|nixl| crate::engine::initiator::run(&plan, &nixl, &mut |e| emit(&mut out, &e)));
+    let nixl =
+        if plan.backends.contains(&crate::peer::BackendKind::Nixl) { Some(Nixl::open(&plan.nixl_lib)) } else { None };
+    let result = match nixl.transpose() {
+        Ok(nixl) => crate::engine::initiator::run(&plan, nixl.as_ref(), &mut |e| emit(&mut out, &e)),
+        Err(e) => Err(crate::engine::EngineError::from(e)),
+    };
     match result {
         Ok(target_drop_errors) => {
             let mut drop_errors = crate::nixl::error::take_drop_errors();

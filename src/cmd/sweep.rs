@@ -20,8 +20,13 @@ use crate::child::{self, Child};
 use crate::engine::{Event, SweepPlan, Timing};
 use crate::locate::{self, Inputs, NixlLocation};
 use crate::nixl::{AgentConfig, XferOp};
-use crate::report::schema::{Header, NixlInfo, RunStatus, SCHEMA, Settings, SweepResults, XferPath, units_legend};
+use crate::peer::{BackendKind, UcxSetup};
+use crate::report::schema::{
+    Header, NixlInfo, RunStatus, SCHEMA, Settings, SweepResults, UcxHeader, XferPath, units_legend,
+};
 use crate::report::{self, progress, style::Style, table};
+use crate::transport;
+use crate::ucx::core::{NIXL_UCX_DEFAULTS, NIXL_UCX_EFA_DEFAULTS};
 use crate::units::{self, Bytes, SizeError};
 
 /// A parsed `--sizes` list.
@@ -51,6 +56,13 @@ pub struct SweepArgs {
     /// Split every transfer into descriptors of this size (KV blocks are 4-32 KiB) [default: one descriptor]
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
     pub block_size: Option<u64>,
+    /// Backends, comma-separated: nixl (NIXL with its UCX plugin), ucx (UCX's UCP put/get directly, with NIXL's UCX
+    /// defaults: the ratio of the two rows is NIXL's overhead)
+    #[arg(long = "backend", value_name = "LIST", value_delimiter = ',', default_value = "nixl")]
+    pub backends: Vec<BackendKind>,
+    /// UCX's libucp for the ucx backend [default: the one NIXL's UCX plugin links] [env: KVPROBE_UCX_LIB]
+    #[arg(long, value_name = "PATH")]
+    pub ucx_lib: Option<PathBuf>,
     /// How requests are built: prepped (prep_xfer_dlist + make_xfer_req, as vLLM) or create (create_xfer_req)
     #[arg(long, value_enum, default_value = "prepped")]
     pub xfer_path: XferPathArg,
@@ -192,6 +204,12 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         xfer_timeout_s: a.xfer_timeout.as_secs_f64(),
         peer_timeout_s: a.peer_timeout.as_secs_f64(),
     };
+    let mut backends: Vec<BackendKind> = Vec::new();
+    for b in &a.backends {
+        if !backends.contains(b) {
+            backends.push(*b);
+        }
+    }
     // The target's address and token are filled in once it runs.
     let mut plan = SweepPlan {
         target_addr: String::new(),
@@ -201,6 +219,8 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         sizes: sizes.clone(),
         block: a.block_size,
         xfer_path,
+        backends,
+        ucx: None,
         backend: a.nixl_backend.clone(),
         backend_params: a.backend_params.iter().cloned().collect(),
         agent: agent.clone(),
@@ -211,6 +231,20 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
     crate::engine::initiator::validate(&plan).map_err(CliError::usage)?;
 
     let loc = locate::locate(&Inputs::from_env(a.nixl_lib.clone())).map_err(CliError::usage)?;
+    // UCX: the build NIXL links. Needed by the ucx backend; otherwise used to
+    // list this host's transports for the transport checks, when found.
+    let ucx_loc = match locate::locate_ucx(a.ucx_lib.clone(), Some(&loc)) {
+        Ok(u) => Some(u),
+        Err(e) if plan.backends.contains(&BackendKind::Ucx) || a.ucx_lib.is_some() => {
+            return Err(CliError::usage(e));
+        }
+        Err(_) => None,
+    };
+    plan.ucx = ucx_loc.as_ref().map(|u| UcxSetup {
+        lib: u.lib.clone(),
+        settings: nixl_ucx_settings(std::path::Path::new("/")),
+        peer_errors: plan.backend_params.get("ucx_error_handling_mode").is_none_or(|m| m != "none"),
+    });
 
     let out_dir = a
         .out
@@ -253,6 +287,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
                 mem: "DRAM".into(),
             },
             initiator_pid: None,
+            ucx: ucx_loc.map(|location| UcxHeader { location, raw: None, resources: Vec::new() }),
             target: None,
             units: units_legend(),
         },
@@ -314,8 +349,23 @@ fn save(dir: &std::path::Path, r: &SweepResults) -> Result<(), CliError> {
         .map_err(CliError::failed)
 }
 
+/// NIXL's UCX defaults (with the EFA-only ones on EFA hosts), as the ucx
+/// backend applies them: name, value, first UCX 1.x minor version.
+fn nixl_ucx_settings(root: &std::path::Path) -> Vec<(String, String, u32)> {
+    let mut v: Vec<(String, String, u32)> =
+        NIXL_UCX_DEFAULTS.iter().map(|(k, val, m)| (k.to_string(), val.to_string(), *m)).collect();
+    if crate::topology::has_efa(root) {
+        v.extend(NIXL_UCX_EFA_DEFAULTS.iter().map(|(k, val, m)| (k.to_string(), val.to_string(), *m)));
+    }
+    v
+}
+
 /// Environment for both children: the plugin folder (unless the user set
 /// NIXL_PLUGIN_DIR), UCX_TLS when asked, and the UCX_*/NIXL_* already set.
+///
+/// `UCX_PROTO_INFO=used` (unless the user set it) makes UCX print, when a
+/// worker is released, every protocol it used with a count: the transport
+/// truth of NIXL rows (src/transport.rs).
 ///
 /// Both processes run on this host, so UCX's network transports are pinned to
 /// loopback (`UCX_NET_DEVICES=lo`) unless the user chose devices: otherwise
@@ -327,6 +377,9 @@ fn child_env(loc: &NixlLocation, ucx_tls: Option<&str>) -> Vec<(String, String)>
         std::env::vars().filter(|(k, _)| k.starts_with("UCX_") || k.starts_with("NIXL_")).collect();
     if !env.iter().any(|(k, _)| k == "UCX_NET_DEVICES") {
         env.push(("UCX_NET_DEVICES".into(), "lo".into()));
+    }
+    if !env.iter().any(|(k, _)| k == "UCX_PROTO_INFO") {
+        env.push(("UCX_PROTO_INFO".into(), "used".into()));
     }
     if !loc.plugin_dir_from_env {
         if let Some(d) = &loc.plugin_dir {
@@ -387,7 +440,7 @@ fn drive(
     }
     let events = init.stdout_lines().ok_or_else(|| anyhow!("no stdout from the initiator"))?;
 
-    let total = (plan.ops.len() * plan.sizes.len()) as u64;
+    let total = (plan.ops.len() * plan.sizes.len() * plan.backends.len()) as u64;
     let pb = progress::bar(total, a.quiet || a.json);
     // A hung NIXL call emits nothing; anything slower than one transfer timeout
     // plus one control timeout (with margin) without a heartbeat is a hang.
@@ -415,19 +468,40 @@ fn drive(
                 };
                 match ev {
                     Event::Started(s) => {
-                        results.header.nixl.library_version = s.library_version;
-                        results.header.nixl.plugins = s.plugins;
-                        results.header.nixl.backend_params = s.backend_params;
+                        if let Some(u) = results.header.ucx.as_mut() {
+                            u.resources = s.resources;
+                        }
                         results.header.target = Some(s.target);
                         results.header.initiator_pid = Some(s.initiator_pid);
                         report::write_all(out_dir, results)?;
                     }
-                    Event::Point { op, size, .. } => {
-                        current = format!("{op} {}", Bytes(size));
+                    Event::Backend(b) => {
+                        match b.backend {
+                            BackendKind::Nixl => {
+                                results.header.nixl.library_version = b.library_version;
+                                results.header.nixl.plugins = b.plugins;
+                                results.header.nixl.backend_params = b.backend_params;
+                                if let Some(t) = results.header.target.as_mut() {
+                                    t.backend_params = b.target_backend_params;
+                                }
+                            }
+                            BackendKind::Ucx => {
+                                if let Some(u) = results.header.ucx.as_mut() {
+                                    u.raw = b.ucx;
+                                }
+                            }
+                        }
+                        report::write_all(out_dir, results)?;
+                    }
+                    Event::Point { op, size, backend, .. } => {
+                        current = format!("{backend} {op} {}", Bytes(size));
                         pb.set_message(current.clone());
                     }
                     Event::Heartbeat => {}
-                    Event::Row(row) => {
+                    Event::Row(mut row) => {
+                        if let Some(t) = row.transport.as_mut() {
+                            t.flags = transport::flags(t, intra_node(results), resources(results));
+                        }
                         results.rows.push(*row);
                         report::write_all(out_dir, results)?;
                         pb.inc(1);
@@ -463,6 +537,10 @@ fn drive(
         init.kill();
     }
     let istatus = init.wait_timeout(Duration::from_secs(30)).or_else(|| init.kill());
+    // UCX printed the protocols NIXL's worker used when the initiator released
+    // it (UCX_PROTO_INFO=used): attribute them to the NIXL rows.
+    annotate_nixl_rows(results, &std::fs::read_to_string(&ilog).unwrap_or_default());
+    report::write_all(out_dir, results)?;
     // After the initiator said goodbye (or died), the target has nothing left to do.
     let tstatus = target.wait_timeout(Duration::from_secs(10)).or_else(|| target.kill());
 
@@ -499,6 +577,32 @@ fn drive(
         results.warnings.push(format!("the initiator {} after reporting every row", child::describe(s)));
     }
     Ok(())
+}
+
+/// Whether both ends ran on one host.
+fn intra_node(r: &SweepResults) -> bool {
+    r.header.target.as_ref().is_none_or(|t| t.host == r.header.host.hostname)
+}
+
+fn resources(r: &SweepResults) -> &[crate::ucx::info::Resource] {
+    r.header.ucx.as_ref().map_or(&[], |u| &u.resources[..])
+}
+
+/// Fills the transport of every NIXL row from UCX's protocol tables in the
+/// initiator's log, and flags it.
+fn annotate_nixl_rows(r: &mut SweepResults, log: &str) {
+    let Some(pid) = r.header.initiator_pid else { return };
+    let tables = transport::parse_proto_tables(log);
+    let context = format!("kvprobe-initiator-{pid}");
+    let intra = intra_node(r);
+    let res = resources(r).to_vec();
+    for row in r.rows.iter_mut().filter(|row| row.backend == "nixl" && row.transport.is_none()) {
+        let read = row.op == XferOp::Read;
+        if let Some(mut t) = transport::from_proto_tables(&tables, &context, read, &[row.block_bytes, row.size_bytes]) {
+            t.flags = transport::flags(&t, intra, &res);
+            row.transport = Some(t);
+        }
+    }
 }
 
 fn indent(s: &str) -> String {

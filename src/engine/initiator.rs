@@ -1,27 +1,70 @@
 //! The initiator side: connects, sets the target up, measures every row.
+//!
+//! Rows are measured for each (op, size) and then each backend, so NIXL and
+//! raw UCX rows of the same point sit side by side and NIXL's overhead is
+//! their ratio, measured minutes apart at most. Both backends go through one
+//! measurement loop ([`Transfer`]); only how a transfer is started and
+//! finished differs.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use std::collections::BTreeMap;
-
 use crate::mem::{HostBuffer, Region, Verify};
 use crate::nixl::{
-    Agent, Backend, MemType, Nixl, OptArgs, RegDescList, Registration, Status, XferDescList, XferOp, XferReq,
+    Agent, Backend, MemType, Nixl, OptArgs, RegDescList, Registration, Status, Telemetry, XferDescList, XferOp, XferReq,
 };
-use crate::peer::{Channel, PROTOCOL, Request, Response, TargetReady, TargetSetup, from_hex};
-use crate::report::schema::{Check, PeerInfo, Row, XferPath, stats_from_ns};
-
-use super::{EngineError, Event, Inject, Started, SweepPlan, seed_for, ucx_tls_env};
-use crate::nixl::Telemetry;
-use crate::report::schema::Stats;
+use crate::peer::{
+    BackendKind, Channel, NixlReady, PROTOCOL, Request, Response, TargetReady, TargetSetup, UcxReady, UcxSetup,
+    from_hex,
+};
+use crate::report::schema::{Check, PeerInfo, Row, Stats, Transport, XferPath, stats_from_ns};
+use crate::ucx::{Context, Endpoint, MemHandle, RemoteKey, Ucx, Worker};
 use crate::units::Bytes;
+
+use super::{BackendReady, EngineError, Event, Inject, Started, SweepPlan, UcxInfo, seed_for, ucx_tls_env};
 
 /// Most descriptors one transfer may have (indices are C ints).
 pub const MAX_DESCS: u64 = 1 << 22;
 
-/// An initiator connected to a target: both agents set up, the target's
-/// metadata loaded, one buffer registered on each side.
+/// The NIXL side of a connection: a local agent holding the target's metadata.
+#[derive(Debug)]
+pub struct NixlLink {
+    /// Plugins available to the local agent.
+    pub plugins: Vec<String>,
+    /// Effective local backend parameters.
+    pub backend_params: BTreeMap<String, String>,
+    /// The target agent's name (as loaded from its metadata).
+    pub remote_name: String,
+    /// The registration of the local buffer (drops before backend and agent).
+    pub reg: Registration,
+    /// The local backend.
+    pub backend: Backend,
+    /// The local agent.
+    pub agent: Agent,
+}
+
+/// The raw UCX side: an endpoint to the target's worker and its remote key.
+#[derive(Debug)]
+pub struct UcxLink {
+    /// The target buffer's remote key.
+    pub rkey: RemoteKey,
+    /// Endpoint to the target's worker.
+    pub ep: Endpoint,
+    /// The local buffer, mapped.
+    pub mem: MemHandle,
+    /// The local worker.
+    pub worker: Worker,
+    /// The local context.
+    pub ctx: Context,
+    /// The UCX loaded.
+    pub ucx: Ucx,
+    /// Address of the target's buffer.
+    pub remote_addr: u64,
+}
+
+/// An initiator connected to a target, with the backends of the setup built
+/// on both sides over one buffer each.
 pub struct Connection {
     /// Control channel to the target.
     pub ch: Channel,
@@ -31,37 +74,30 @@ pub struct Connection {
     pub target_host: String,
     /// Target process id.
     pub target_pid: u32,
-    /// Plugins available to the local agent.
-    pub plugins: Vec<String>,
-    /// Effective local backend parameters.
-    pub backend_params: BTreeMap<String, String>,
-    /// The target agent's name (as loaded from its metadata).
-    pub remote_name: String,
-    // Drop order: registration, buffer, backend, agent.
-    /// The registration of `buf`.
-    pub reg: Registration,
-    /// The local registered buffer.
+    /// The NIXL side, when built.
+    pub nixl: Option<NixlLink>,
+    /// The raw UCX side, when built.
+    pub ucx: Option<UcxLink>,
+    /// The local buffer (registered with each side; dropped last).
     pub buf: Rc<HostBuffer>,
-    /// The local backend.
-    pub backend: Backend,
-    /// The local agent.
-    pub agent: Agent,
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
-            .field("target", &self.target.agent_name)
-            .field("remote_name", &self.remote_name)
+            .field("target_pid", &self.target_pid)
+            .field("nixl", &self.nixl.is_some())
+            .field("ucx", &self.ucx.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Connection {
     /// Connects to the target at `addr`, authenticates with `token`, has it
-    /// build `setup`, builds the same locally and loads the target's metadata.
+    /// build `setup`, and builds the same sides locally. `nixl` is needed when
+    /// the setup asks for the NIXL backend.
     pub fn open(
-        nixl: &Nixl,
+        nixl: Option<&Nixl>,
         addr: &str,
         token: &str,
         setup: &TargetSetup,
@@ -76,74 +112,227 @@ impl Connection {
             Err(crate::peer::PeerError::Remote(m)) => return Err(EngineError::Handshake(m)),
             Err(e) => return Err(e.into()),
         };
-        let target = match ch.call(&Request::Setup(setup.clone()), peer_timeout, "the target's setup")? {
+        let len = usize::try_from(setup.buffer_bytes).map_err(|_| EngineError::Invalid("size too large".into()))?;
+        let buf = Rc::new(HostBuffer::new(len)?);
+        let target = TargetReady {
+            buffer_addr: 0,
+            buffer_len: 0,
+            nixl_lib: String::new(),
+            ucx_tls: None,
+            nixl: None,
+            ucx: None,
+        };
+        let mut conn = Connection { ch, target, target_host, target_pid, nixl: None, ucx: None, buf };
+        conn.rebuild(nixl, setup, peer_timeout)?;
+        Ok(conn)
+    }
+
+    /// Replaces the backends on both sides by those of `setup`: the local
+    /// sides are released first, then the target rebuilds (it releases its
+    /// old ones), then the new local sides are built. Measuring one backend
+    /// at a time keeps the other's threads (NIXL's progress threads, the
+    /// target's UCX progress) from competing for the cores.
+    pub fn rebuild(
+        &mut self,
+        nixl: Option<&Nixl>,
+        setup: &TargetSetup,
+        peer_timeout: Duration,
+    ) -> Result<(), EngineError> {
+        if setup.buffer_bytes > self.buf.len() as u64 {
+            return Err(EngineError::Invalid("a rebuild cannot grow the buffer".into()));
+        }
+        self.nixl = None;
+        self.ucx = None;
+        self.target = match self.ch.call(&Request::Setup(setup.clone()), peer_timeout, "the target's setup")? {
             Response::SetupDone(r) => r,
             other => return Err(EngineError::Invalid(format!("unexpected answer to setup: {other:?}"))),
         };
+        let missing = |what: &str| EngineError::Invalid(format!("the target built no {what} side"));
+        if setup.backends.contains(&BackendKind::Nixl) {
+            let nixl = nixl.ok_or_else(|| EngineError::Invalid("the nixl backend needs NIXL loaded".into()))?;
+            let r = self.target.nixl.as_ref().ok_or_else(|| missing("NIXL"))?;
+            self.nixl = Some(NixlLink::open(nixl, setup, &self.buf, r)?);
+        }
+        if setup.backends.contains(&BackendKind::Ucx) {
+            let u =
+                setup.ucx.as_ref().ok_or_else(|| EngineError::Invalid("the ucx backend needs its settings".into()))?;
+            let r = self.target.ucx.as_ref().ok_or_else(|| missing("UCX"))?;
+            self.ucx = Some(UcxLink::open(u, &self.buf, r, self.target.buffer_addr)?);
+        }
+        Ok(())
+    }
+
+    /// NIXL descriptor lists for the first `size` bytes of both buffers, in
+    /// blocks of `block` bytes.
+    pub fn desc_lists(&self, size: u64, block: u64) -> Result<(XferDescList, XferDescList), EngineError> {
+        let link = self.nixl.as_ref().ok_or_else(|| EngineError::Invalid("no NIXL side".into()))?;
+        check_split(size, block, self.buf.len() as u64, self.target.buffer_len)?;
+        let n = (size / block) as usize;
+        let nixl = link.agent.nixl();
+        let mut local = XferDescList::new(nixl, MemType::Dram)?;
+        local.add_local_strided(&link.reg, self.buf.addr(), block as usize, n, 0)?;
+        let mut remote = XferDescList::new(nixl, MemType::Dram)?;
+        remote.add_strided(self.target.buffer_addr as usize, block as usize, n, 0)?;
+        Ok((local, remote))
+    }
+
+    /// Says goodbye; the target releases everything and exits. Returns the
+    /// errors the target met while releasing its NIXL and UCX objects.
+    pub fn close(mut self, peer_timeout: Duration) -> Result<Vec<String>, EngineError> {
+        match self.ch.call(&Request::Bye, peer_timeout, "the target's goodbye")? {
+            Response::Bye { drop_errors } => Ok(drop_errors),
+            other => Err(EngineError::Invalid(format!("unexpected answer to bye: {other:?}"))),
+        }
+    }
+}
+
+fn check_split(size: u64, block: u64, local: u64, remote: u64) -> Result<(), EngineError> {
+    if block == 0 || size % block != 0 || size > local || size > remote {
+        return Err(EngineError::Invalid(format!(
+            "cannot split {size} B into {block}-byte descriptors of the buffers"
+        )));
+    }
+    Ok(())
+}
+
+impl NixlLink {
+    fn open(nixl: &Nixl, setup: &TargetSetup, buf: &Rc<HostBuffer>, r: &NixlReady) -> Result<NixlLink, EngineError> {
         let agent = Agent::new(nixl, &format!("kvprobe-initiator-{}", std::process::id()), &setup.agent)?;
         let plugins = agent.available_plugins()?;
         if !plugins.iter().any(|p| p == &setup.backend) {
             return Err(EngineError::Invalid(format!(
-                "NIXL backend plugin '{}' is not available (NIXL can load: {}). Check the plugin directory (NIXL_PLUGIN_DIR) and the plugin's dependencies.",
+                "NIXL backend plugin '{}' is not available (NIXL can load: {}). Check the plugin directory (NIXL_PLUGIN_DIR) and the plugin's dependencies (kvprobe doctor).",
                 setup.backend,
                 if plugins.is_empty() { "none".to_string() } else { plugins.join(", ") }
             )));
         }
         let backend = agent.create_backend(&setup.backend, &setup.backend_params)?;
         let backend_params = agent.backend_params(&backend).map(|p| p.params).unwrap_or_default();
-        let len = usize::try_from(setup.buffer_bytes).map_err(|_| EngineError::Invalid("size too large".into()))?;
-        let buf = Rc::new(HostBuffer::new(len)?);
         let mut dl = RegDescList::new(nixl, MemType::Dram)?;
         dl.add(buf.addr(), buf.len(), 0)?;
-        let reg = agent.register_owned(Rc::clone(&buf), dl, Some(&backend))?;
-        let md = from_hex(&target.metadata_hex).map_err(|e| EngineError::Invalid(format!("target metadata: {e}")))?;
+        let reg = agent.register_owned(Rc::clone(buf), dl, Some(&backend))?;
+        let md = from_hex(&r.metadata_hex).map_err(|e| EngineError::Invalid(format!("target metadata: {e}")))?;
         let remote_name = agent.load_remote_metadata(&md)?;
-        if remote_name != target.agent_name {
+        if remote_name != r.agent_name {
             return Err(EngineError::Invalid(format!(
                 "metadata names agent '{remote_name}', expected '{}'",
-                target.agent_name
+                r.agent_name
             )));
         }
-        Ok(Connection {
-            ch,
-            target,
-            target_host,
-            target_pid,
-            plugins,
-            backend_params,
-            remote_name,
-            reg,
-            buf,
-            backend,
-            agent,
-        })
+        Ok(NixlLink { plugins, backend_params, remote_name, reg, backend, agent })
+    }
+}
+
+impl UcxLink {
+    fn open(u: &UcxSetup, buf: &Rc<HostBuffer>, r: &UcxReady, remote_addr: u64) -> Result<UcxLink, EngineError> {
+        let ucx = Ucx::open(&u.lib)?;
+        let ctx = Context::new(
+            &ucx,
+            &format!("kvprobe-ucx-initiator-{}", std::process::id()),
+            &u.settings_for(ucx.version_tuple()),
+        )?;
+        let worker = Worker::new(&ctx)?;
+        let mem = MemHandle::map(&ctx, Rc::clone(buf))?;
+        let bad = |what: &str, e: String| EngineError::Invalid(format!("target {what}: {e}"));
+        let addr = from_hex(&r.worker_address_hex).map_err(|e| bad("worker address", e))?;
+        let ep = Endpoint::connect(&worker, &addr, u.peer_errors)?;
+        let rkey = RemoteKey::unpack(&ep, &from_hex(&r.rkey_hex).map_err(|e| bad("remote key", e))?)?;
+        Ok(UcxLink { rkey, ep, mem, worker, ctx, ucx, remote_addr })
+    }
+}
+
+/// One transfer as the measurement loop sees it.
+trait Transfer {
+    /// Starts it; `true` when it already finished.
+    fn post(&mut self) -> Result<bool, EngineError>;
+    /// Waits until it finishes; an error after `limit` from `start`.
+    fn wait(&mut self, start: Instant, limit: Duration) -> Result<(), EngineError>;
+}
+
+/// A NIXL request, reposted each time.
+struct NixlXfer<'a>(&'a XferReq);
+
+impl Transfer for NixlXfer<'_> {
+    #[inline]
+    fn post(&mut self) -> Result<bool, EngineError> {
+        Ok(self.0.post()? == Status::Done)
+    }
+    #[inline]
+    fn wait(&mut self, start: Instant, limit: Duration) -> Result<(), EngineError> {
+        Ok(self.0.wait_since(start, limit)?)
+    }
+}
+
+/// A raw UCX transfer: one get or put per descriptor and, for WRITE, an
+/// endpoint flush, so that completion means the data is at the target (what
+/// NIXL reports for a WRITE). The handles are shared clones, so a transfer
+/// borrows nothing from the connection.
+struct UcxXfer {
+    ep: Endpoint,
+    mem: MemHandle,
+    rkey: RemoteKey,
+    remote_addr: u64,
+    op: XferOp,
+    block: usize,
+    descs: usize,
+    pending: Vec<crate::ucx::Request>,
+    /// Ask UCX for a request on the first descriptor of the next post and
+    /// keep its protocol string.
+    describe: bool,
+    described: Option<String>,
+}
+
+impl UcxXfer {
+    fn new(link: &UcxLink, op: XferOp, block: usize, descs: usize, describe: bool) -> UcxXfer {
+        UcxXfer {
+            ep: link.ep.clone(),
+            mem: link.mem.clone(),
+            rkey: link.rkey.clone(),
+            remote_addr: link.remote_addr,
+            op,
+            block,
+            descs,
+            pending: Vec::with_capacity(descs + 1),
+            describe,
+            described: None,
+        }
+    }
+}
+
+impl Transfer for UcxXfer {
+    fn post(&mut self) -> Result<bool, EngineError> {
+        for i in 0..self.descs {
+            let off = i * self.block;
+            let force = self.describe && i == 0;
+            let remote = self.remote_addr + off as u64;
+            let r = match self.op {
+                XferOp::Read => self.ep.get(&self.mem, off, self.block, remote, &self.rkey, force)?,
+                XferOp::Write => self.ep.put(&self.mem, off, self.block, remote, &self.rkey, force)?,
+            };
+            if let Some(r) = r {
+                if force {
+                    self.described = r.info().ok();
+                    self.describe = false;
+                }
+                self.pending.push(r);
+            }
+        }
+        if self.op == XferOp::Write {
+            if let Some(f) = self.ep.flush()? {
+                self.pending.push(f);
+            }
+        }
+        Ok(self.pending.is_empty())
     }
 
-    /// Descriptor lists for the first `size` bytes of both buffers, in
-    /// blocks of `block` bytes.
-    pub fn desc_lists(&self, size: u64, block: u64) -> Result<(XferDescList, XferDescList), EngineError> {
-        if block == 0 || size % block != 0 || size > self.buf.len() as u64 || size > self.target.buffer_len {
-            return Err(EngineError::Invalid(format!(
-                "cannot split {size} B into {block}-byte descriptors of the registered buffers"
-            )));
+    fn wait(&mut self, start: Instant, limit: Duration) -> Result<(), EngineError> {
+        // The last operation (or the flush) ends last: wait for it first, then
+        // the rest are already done.
+        while let Some(r) = self.pending.last() {
+            r.wait_since(start, limit)?;
+            self.pending.pop();
         }
-        let n = (size / block) as usize;
-        let nixl = self.agent.nixl();
-        let mut local = XferDescList::new(nixl, MemType::Dram)?;
-        local.add_local_strided(&self.reg, self.buf.addr(), block as usize, n, 0)?;
-        let mut remote = XferDescList::new(nixl, MemType::Dram)?;
-        remote.add_strided(self.target.buffer_addr as usize, block as usize, n, 0)?;
-        Ok((local, remote))
-    }
-
-    /// Says goodbye; the target releases everything and exits.
-    /// Says goodbye; the target releases everything and exits. Returns the
-    /// errors the target met while releasing its NIXL objects.
-    pub fn close(mut self, peer_timeout: Duration) -> Result<Vec<String>, EngineError> {
-        match self.ch.call(&Request::Bye, peer_timeout, "the target's goodbye")? {
-            Response::Bye { drop_errors } => Ok(drop_errors),
-            other => Err(EngineError::Invalid(format!("unexpected answer to bye: {other:?}"))),
-        }
+        Ok(())
     }
 }
 
@@ -158,29 +347,39 @@ struct Session<'a> {
 
 /// Runs the whole plan, reporting through `emit`. Returns after the last row,
 /// or at the first error (rows already emitted stay valid). On success, the
-/// errors the target met while releasing its NIXL objects.
-pub fn run(plan: &SweepPlan, nixl: &Nixl, emit: &mut dyn FnMut(Event)) -> Result<Vec<String>, EngineError> {
+/// errors the target met while releasing its objects.
+pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -> Result<Vec<String>, EngineError> {
     validate(plan)?;
     let peer_timeout = Duration::from_secs_f64(plan.timing.peer_timeout_s);
-    let setup = TargetSetup {
+    let setup_for = |backend: BackendKind| TargetSetup {
         agent: plan.agent.clone(),
         backend: plan.backend.clone(),
         backend_params: plan.backend_params.clone(),
         buffer_bytes: plan.sizes.iter().copied().max().unwrap_or(0),
+        backends: vec![backend],
+        ucx: plan.ucx.clone(),
     };
-    let conn = Connection::open(nixl, &plan.target_addr, &plan.token, &setup, peer_timeout)?;
+    let first = *plan.backends.first().ok_or_else(|| EngineError::Invalid("no backend".into()))?;
+    let conn = Connection::open(nixl, &plan.target_addr, &plan.token, &setup_for(first), peer_timeout)?;
+    // This host's UCX transports (the device view), from the UCX in use: the
+    // raw side's, or the one NIXL links (NIXL's plugin has loaded it).
+    let view_ucx = match (&conn.ucx, &plan.ucx) {
+        (Some(l), _) => Some(l.ucx.clone()),
+        (None, Some(u)) => Ucx::open(&u.lib).ok(),
+        (None, None) => None,
+    };
+    let resources =
+        view_ucx.and_then(|u| crate::ucx::info::device_view(&u).ok()).map(|v| v.resources).unwrap_or_default();
     emit(Event::Started(Started {
         initiator_pid: std::process::id(),
-        library_version: nixl.version(),
-        plugins: conn.plugins.clone(),
-        backend_params: conn.backend_params.clone(),
+        resources,
         target: PeerInfo {
             addr: plan.target_addr.clone(),
             host: conn.target_host.clone(),
             pid: conn.target_pid,
             nixl_lib: conn.target.nixl_lib.clone(),
             ucx_tls: conn.target.ucx_tls.clone(),
-            backend_params: conn.target.backend_params.clone(),
+            backend_params: conn.target.nixl.as_ref().map(|n| n.backend_params.clone()).unwrap_or_default(),
         },
     }));
 
@@ -192,33 +391,43 @@ pub fn run(plan: &SweepPlan, nixl: &Nixl, emit: &mut dyn FnMut(Event)) -> Result
         xfer_timeout: Duration::from_secs_f64(plan.timing.xfer_timeout_s),
         conn,
     };
-    let total = plan.ops.len() * plan.sizes.len();
+    let total = plan.ops.len() * plan.sizes.len() * plan.backends.len();
     let mut index = 0;
-    for &op in &plan.ops {
-        for &size in &plan.sizes {
-            (s.emit)(Event::Point { index, total, op, size });
-            let row = s.measure(index, op, size)?;
-            let verified = row.verified;
-            let notifs_ok = row.notifs_received == row.notifs_expected && row.unexpected_notifs.is_empty();
-            let what = format!("{op} {size} B: {:?}", row.checks.iter().filter(|c| !c.ok).collect::<Vec<_>>());
-            let notif_msg = format!(
-                "{op} {size} B: the target received {} notifications where {} were sent{}",
-                row.notifs_received,
-                row.notifs_expected,
-                if row.unexpected_notifs.is_empty() {
-                    String::new()
-                } else {
-                    format!(", and unexpected messages {:?}", row.unexpected_notifs)
+    for (bi, &backend) in plan.backends.iter().enumerate() {
+        if bi > 0 {
+            s.conn.rebuild(nixl, &setup_for(backend), peer_timeout)?;
+        }
+        let ready = s.backend_ready(backend, nixl)?;
+        (s.emit)(Event::Backend(ready));
+        let mut first_point = true;
+        for &op in &plan.ops {
+            for &size in &plan.sizes {
+                (s.emit)(Event::Point { index, total, op, size, backend });
+                let row = s.measure(index, first_point, op, size, backend)?;
+                first_point = false;
+                let verified = row.verified;
+                let notifs_ok = row.notifs_received == row.notifs_expected && row.unexpected_notifs.is_empty();
+                let what =
+                    format!("{backend} {op} {size} B: {:?}", row.checks.iter().filter(|c| !c.ok).collect::<Vec<_>>());
+                let notif_msg = format!(
+                    "{backend} {op} {size} B: the target received {} notifications where {} were sent{}",
+                    row.notifs_received,
+                    row.notifs_expected,
+                    if row.unexpected_notifs.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", and unexpected messages {:?}", row.unexpected_notifs)
+                    }
+                );
+                (s.emit)(Event::Row(Box::new(row)));
+                if !verified {
+                    return Err(EngineError::Verification(what));
                 }
-            );
-            (s.emit)(Event::Row(Box::new(row)));
-            if !verified {
-                return Err(EngineError::Verification(what));
+                if !notifs_ok {
+                    return Err(EngineError::Verification(notif_msg));
+                }
+                index += 1;
             }
-            if !notifs_ok {
-                return Err(EngineError::Verification(notif_msg));
-            }
-            index += 1;
         }
     }
     let target_drop_errors = s.conn.close(peer_timeout)?;
@@ -230,6 +439,9 @@ pub fn validate(plan: &SweepPlan) -> Result<(), EngineError> {
     let bad = |m: String| Err(EngineError::Invalid(m));
     if plan.sizes.is_empty() || plan.ops.is_empty() {
         return bad("nothing to measure: no sizes (--sizes) or no operations (--ops)".into());
+    }
+    if plan.backends.is_empty() {
+        return bad("no backend to measure (--backend)".into());
     }
     if let Some(b) = plan.block {
         if b == 0 {
@@ -257,6 +469,43 @@ pub fn validate(plan: &SweepPlan) -> Result<(), EngineError> {
         return bad(format!("need 1 <= --min-iters ({}) <= --max-iters ({})", t.min_iters, t.max_iters));
     }
     Ok(())
+}
+
+/// One checked transfer: what to move, which pattern, what to expect.
+#[derive(Clone, Copy)]
+struct CheckSpec<'a> {
+    op: XferOp,
+    size: u64,
+    seed: u64,
+    when: &'a str,
+    tag: &'a str,
+    /// Notifications the target should have for `tag` once this transfer is
+    /// done (None: the transfer carries none, as with raw UCX).
+    notifs_so_far: Option<u64>,
+    /// Flip a target byte (self-test).
+    inject: bool,
+}
+
+/// What one point measured, before it becomes a [`Row`].
+#[derive(Default)]
+struct Measured {
+    op: XferOp,
+    size: u64,
+    descs: u64,
+    block: u64,
+    prep: Duration,
+    make: Duration,
+    warmup: u64,
+    iterations: u64,
+    elapsed: Duration,
+    latency: Stats,
+    post: Stats,
+    telemetry: Option<Telemetry>,
+    checks: Vec<Check>,
+    notifs_expected: u64,
+    notifs_received: u64,
+    unexpected: Vec<String>,
+    transport: Option<Transport>,
 }
 
 impl Session<'_> {
@@ -302,17 +551,17 @@ impl Session<'_> {
     }
 
     /// Posts once and waits for completion.
-    fn once(&self, req: &XferReq) -> Result<(), EngineError> {
+    fn once(&self, t: &mut dyn Transfer) -> Result<(), EngineError> {
         let start = Instant::now();
-        if req.post()? == Status::InProgress {
-            req.wait_since(start, self.xfer_timeout)?;
+        if !t.post()? {
+            t.wait(start, self.xfer_timeout)?;
         }
         Ok(())
     }
 
-    /// Moves data with `req` and checks it: the owner writes a fresh pattern,
+    /// Moves data with `t` and checks it: the owner writes a fresh pattern,
     /// the destination is poisoned first, the reader checks every byte.
-    fn checked_transfer(&mut self, req: &XferReq, c: &CheckSpec<'_>) -> Result<Check, EngineError> {
+    fn checked_transfer(&mut self, t: &mut dyn Transfer, c: &CheckSpec<'_>) -> Result<Check, EngineError> {
         let CheckSpec { op, size, seed, when, tag, notifs_so_far, inject } = *c;
         let n = size as usize;
         match op {
@@ -324,7 +573,7 @@ impl Session<'_> {
                 // SAFETY: no transfer is in flight: the previous one completed
                 // (once() waits) and this process posts one at a time.
                 unsafe { self.conn.buf.poison(0, n) }?;
-                self.once(req)?;
+                self.once(t)?;
                 // SAFETY: the READ completed in once(); nothing else is in flight.
                 let v = unsafe { self.conn.buf.verify(0, n, seed) }?;
                 Ok(check(when, "initiator", v))
@@ -333,14 +582,17 @@ impl Session<'_> {
                 // SAFETY: no transfer is in flight (one at a time, each waited for).
                 unsafe { self.conn.buf.fill(0, n, seed) }?;
                 self.call(Request::Poison { off: 0, len: size }, "the target's poison")?;
-                self.once(req)?;
-                // The notification arrives after the data: once the target has
-                // it, the bytes are in place.
-                let (got, _) = self.target_notifs(tag, notifs_so_far, false)?;
-                if got < notifs_so_far {
-                    return Err(EngineError::Verification(format!(
-                        "WRITE {size} B: the target saw {got} of {notifs_so_far} notifications before its data check"
-                    )));
+                self.once(t)?;
+                if let Some(expected) = notifs_so_far {
+                    // NIXL: the notification arrives after the data; once the
+                    // target has it, the bytes are in place. (Raw UCX: the
+                    // flush inside the transfer already guaranteed that.)
+                    let (got, _) = self.target_notifs(tag, expected, false)?;
+                    if got < expected {
+                        return Err(EngineError::Verification(format!(
+                            "WRITE {size} B: the target saw {got} of {expected} notifications before its data check"
+                        )));
+                    }
                 }
                 if inject {
                     self.call(Request::Corrupt { off: size / 2 }, "the target's fault injection")?;
@@ -351,90 +603,21 @@ impl Session<'_> {
         }
     }
 
-    fn measure(&mut self, index: usize, op: XferOp, size: u64) -> Result<Row, EngineError> {
-        let plan = self.plan;
-        let block = plan.block.map_or(size, |b| b.min(size));
-        let descs = size / block;
-        let tag = format!("kvprobe:{index}:{op}:{size}");
-        let nixl = self.conn.agent.nixl().clone();
-        let first_point = index == 0;
-        let inject_missing = first_point && plan.inject == Some(Inject::MissingNotif);
-
-        let with_notif = Rc::new(OptArgs::with_backend(&nixl, &self.conn.backend)?);
-        with_notif.set_notification(tag.as_bytes())?;
-        let plain = Rc::new(OptArgs::with_backend(&nixl, &self.conn.backend)?);
-        // A request without a notification: the timed one with --no-notif, and
-        // the fault injected by --inject missing-notif.
-        let want_plain = !plan.notif_every_transfer || inject_missing;
-
-        // Build the request(s). prep = descriptor lists (+ prep_xfer_dlist on
-        // the prepped path); make = make_xfer_req / create_xfer_req.
-        let t0 = Instant::now();
-        let (local, remote) = self.conn.desc_lists(size, block)?;
-        let (check_req, plain_req, prep, make) = match plan.xfer_path {
-            XferPath::Prepped => {
-                let lp = self.conn.agent.prep_local(&local, Some(&self.conn.backend))?;
-                let rp = self.conn.agent.prep_remote(&self.conn.remote_name, &remote, Some(&self.conn.backend))?;
-                let prep = t0.elapsed();
-                let idx: Vec<i32> = (0..descs as i32).collect();
-                let t = Instant::now();
-                let c = self.conn.agent.make_xfer_req(op, &lp, &idx, &rp, &idx, size, Some(Rc::clone(&with_notif)))?;
-                let make = t.elapsed();
-                let p = if want_plain {
-                    Some(self.conn.agent.make_xfer_req(op, &lp, &idx, &rp, &idx, size, Some(Rc::clone(&plain)))?)
-                } else {
-                    None
-                };
-                (c, p, prep, make)
-            }
-            XferPath::Create => {
-                let prep = t0.elapsed();
-                let name = self.conn.remote_name.clone();
-                let t = Instant::now();
-                let c = self.conn.agent.create_xfer_req(op, &local, &remote, &name, Some(Rc::clone(&with_notif)))?;
-                let make = t.elapsed();
-                let p = if want_plain {
-                    Some(self.conn.agent.create_xfer_req(op, &local, &remote, &name, Some(Rc::clone(&plain)))?)
-                } else {
-                    None
-                };
-                (c, p, prep, make)
-            }
-        };
-        let timed: &XferReq = match (&plain_req, plan.notif_every_transfer) {
-            (Some(p), false) => p,
-            _ => &check_req,
-        };
-        let mut m = Measured { op, size, descs, block, prep, make, ..Measured::default() };
-
-        // First checked transfer.
-        m.notifs_expected = 1;
-        let spec = CheckSpec {
-            op,
-            size,
-            seed: seed_for(index, 1),
-            when: "first",
-            tag: &tag,
-            notifs_so_far: m.notifs_expected,
-            inject: first_point && plan.inject == Some(Inject::CorruptFirst),
-        };
-        m.checks.push(self.checked_transfer(&check_req, &spec)?);
-        if !m.checks[0].ok {
-            // Stop here: the numbers of a path that corrupts data mean nothing.
-            let (received, unexpected) = self.target_notifs(&tag, m.notifs_expected, true)?;
-            m.notifs_received = received;
-            m.unexpected = unexpected;
-            return Ok(self.row(m));
-        }
-
-        // Warm-up.
-        let timing = &plan.timing;
+    /// Warm-up then the timed loop (one transfer in flight, back to back);
+    /// `first_alt` replaces the first warm-up transfer (fault injection).
+    fn run_loops(
+        &mut self,
+        t: &mut dyn Transfer,
+        first_alt: Option<&mut dyn Transfer>,
+        m: &mut Measured,
+    ) -> Result<(), EngineError> {
+        let timing = self.plan.timing;
         let warm_start = Instant::now();
+        let mut alt = first_alt;
         while m.warmup < timing.warmup_iters || warm_start.elapsed().as_secs_f64() < timing.warmup_s {
-            match (&plain_req, inject_missing && m.warmup == 0) {
-                // counted below as if it carried its notification: the target must come up one short
-                (Some(p), true) => self.once(p)?,
-                _ => self.once(timed)?,
+            match alt.take() {
+                Some(a) => self.once(a)?,
+                None => self.once(t)?,
             }
             self.beat();
             m.warmup += 1;
@@ -442,18 +625,16 @@ impl Session<'_> {
                 break;
             }
         }
-
-        // Timed loop: one transfer in flight, back to back.
         let cap = timing.max_iters.min(1 << 20) as usize;
         let mut lat: Vec<u64> = Vec::with_capacity(cap);
         let mut post: Vec<u64> = Vec::with_capacity(cap);
         let start = Instant::now();
         loop {
             let s = Instant::now();
-            let st = timed.post()?;
+            let done = t.post()?;
             let p = Instant::now();
-            if st == Status::InProgress {
-                timed.wait_since(s, self.xfer_timeout)?;
+            if !done {
+                t.wait(s, self.xfer_timeout)?;
             }
             let e = Instant::now();
             lat.push((e - s).as_nanos() as u64);
@@ -470,6 +651,143 @@ impl Session<'_> {
         m.iterations = lat.len() as u64;
         m.latency = stats_from_ns(&mut lat);
         m.post = stats_from_ns(&mut post);
+        Ok(())
+    }
+
+    /// What the backend just set up is, for the report.
+    fn backend_ready(&self, backend: BackendKind, nixl: Option<&Nixl>) -> Result<BackendReady, EngineError> {
+        let mut r = BackendReady {
+            backend,
+            library_version: None,
+            plugins: Vec::new(),
+            backend_params: BTreeMap::new(),
+            target_backend_params: BTreeMap::new(),
+            ucx: None,
+        };
+        if let Some(n) = &self.conn.nixl {
+            r.library_version = nixl.and_then(Nixl::version);
+            r.plugins = n.plugins.clone();
+            r.backend_params = n.backend_params.clone();
+            r.target_backend_params =
+                self.conn.target.nixl.as_ref().map(|t| t.backend_params.clone()).unwrap_or_default();
+        }
+        if let Some(l) = &self.conn.ucx {
+            r.ucx = Some(UcxInfo {
+                lib: l.ucx.path().display().to_string(),
+                version: l.ucx.version(),
+                applied: l.ctx.applied.clone(),
+                not_applied: l.ctx.not_applied.clone(),
+                endpoint_lanes: l.ep.lanes()?.into_iter().map(|x| format!("{}/{}", x.transport, x.device)).collect(),
+            });
+        }
+        Ok(r)
+    }
+
+    fn measure(
+        &mut self,
+        index: usize,
+        first: bool,
+        op: XferOp,
+        size: u64,
+        backend: BackendKind,
+    ) -> Result<Row, EngineError> {
+        let block = self.plan.block.map_or(size, |b| b.min(size));
+        let m = match backend {
+            BackendKind::Nixl => self.measure_nixl(index, first, op, size, block)?,
+            BackendKind::Ucx => self.measure_ucx(index, first, op, size, block)?,
+        };
+        Ok(self.row(backend, m))
+    }
+
+    fn measure_nixl(
+        &mut self,
+        index: usize,
+        first_point: bool,
+        op: XferOp,
+        size: u64,
+        block: u64,
+    ) -> Result<Measured, EngineError> {
+        let plan = self.plan;
+        let descs = size / block;
+        let tag = format!("kvprobe:{index}:{op}:{size}");
+        let inject_missing = first_point && plan.inject == Some(Inject::MissingNotif);
+        let link = self.conn.nixl.as_ref().ok_or_else(|| EngineError::Invalid("no NIXL side".into()))?;
+        let (agent, nbackend, remote_name) = (link.agent.clone(), link.backend.clone(), link.remote_name.clone());
+        let nixl = agent.nixl().clone();
+
+        let with_notif = Rc::new(OptArgs::with_backend(&nixl, &nbackend)?);
+        with_notif.set_notification(tag.as_bytes())?;
+        let plain = Rc::new(OptArgs::with_backend(&nixl, &nbackend)?);
+        // A request without a notification: the timed one with --no-notif, and
+        // the fault injected by --inject missing-notif.
+        let want_plain = !plan.notif_every_transfer || inject_missing;
+
+        // Build the request(s). prep = descriptor lists (+ prep_xfer_dlist on
+        // the prepped path); make = make_xfer_req / create_xfer_req.
+        let t0 = Instant::now();
+        let (local, remote) = self.conn.desc_lists(size, block)?;
+        let (check_req, plain_req, prep, make) = match plan.xfer_path {
+            XferPath::Ucp => return Err(EngineError::Invalid("the ucp path is raw UCX's, not NIXL's".into())),
+            XferPath::Prepped => {
+                let lp = agent.prep_local(&local, Some(&nbackend))?;
+                let rp = agent.prep_remote(&remote_name, &remote, Some(&nbackend))?;
+                let prep = t0.elapsed();
+                let idx: Vec<i32> = (0..descs as i32).collect();
+                let t = Instant::now();
+                let c = agent.make_xfer_req(op, &lp, &idx, &rp, &idx, size, Some(Rc::clone(&with_notif)))?;
+                let make = t.elapsed();
+                let p = if want_plain {
+                    Some(agent.make_xfer_req(op, &lp, &idx, &rp, &idx, size, Some(Rc::clone(&plain)))?)
+                } else {
+                    None
+                };
+                (c, p, prep, make)
+            }
+            XferPath::Create => {
+                let prep = t0.elapsed();
+                let t = Instant::now();
+                let c = agent.create_xfer_req(op, &local, &remote, &remote_name, Some(Rc::clone(&with_notif)))?;
+                let make = t.elapsed();
+                let p = if want_plain {
+                    Some(agent.create_xfer_req(op, &local, &remote, &remote_name, Some(Rc::clone(&plain)))?)
+                } else {
+                    None
+                };
+                (c, p, prep, make)
+            }
+        };
+        let mut m = Measured { op, size, descs, block, prep, make, ..Measured::default() };
+
+        // First checked transfer.
+        m.notifs_expected = 1;
+        let spec = CheckSpec {
+            op,
+            size,
+            seed: seed_for(index, 1),
+            when: "first",
+            tag: &tag,
+            notifs_so_far: Some(m.notifs_expected),
+            inject: first_point && plan.inject == Some(Inject::CorruptFirst),
+        };
+        m.checks.push(self.checked_transfer(&mut NixlXfer(&check_req), &spec)?);
+        if !m.checks[0].ok {
+            // Stop here: the numbers of a path that corrupts data mean nothing.
+            let (received, unexpected) = self.target_notifs(&tag, m.notifs_expected, true)?;
+            m.notifs_received = received;
+            m.unexpected = unexpected;
+            return Ok(m);
+        }
+
+        let timed_req: &XferReq = match (&plain_req, plan.notif_every_transfer) {
+            (Some(p), false) => p,
+            _ => &check_req,
+        };
+        let mut alt = match (&plain_req, inject_missing) {
+            // counted as if it carried its notification: the target must come up one short
+            (Some(p), true) => Some(NixlXfer(p)),
+            _ => None,
+        };
+        self.run_loops(&mut NixlXfer(timed_req), alt.as_mut().map(|a| a as &mut dyn Transfer), &mut m)?;
         if plan.notif_every_transfer {
             m.notifs_expected += m.warmup + m.iterations;
         }
@@ -482,27 +800,81 @@ impl Session<'_> {
             seed: seed_for(index, 2),
             when: "last",
             tag: &tag,
-            notifs_so_far: m.notifs_expected,
+            notifs_so_far: Some(m.notifs_expected),
             inject: first_point && plan.inject == Some(Inject::CorruptLast),
         };
-        m.checks.push(self.checked_transfer(&check_req, &spec)?);
+        m.checks.push(self.checked_transfer(&mut NixlXfer(&check_req), &spec)?);
         m.telemetry = check_req.telemetry().ok().flatten();
         let (received, unexpected) = self.target_notifs(&tag, m.notifs_expected, true)?;
         m.notifs_received = received;
         m.unexpected = unexpected;
-        Ok(self.row(m))
+        Ok(m)
     }
 
-    fn row(&self, m: Measured) -> Row {
+    fn measure_ucx(
+        &mut self,
+        index: usize,
+        first_point: bool,
+        op: XferOp,
+        size: u64,
+        block: u64,
+    ) -> Result<Measured, EngineError> {
+        let plan = self.plan;
+        let descs = size / block;
+        check_split(size, block, self.conn.buf.len() as u64, self.conn.target.buffer_len)?;
+        let link = self.conn.ucx.as_ref().ok_or_else(|| EngineError::Invalid("no UCX side".into()))?;
+        let endpoint_lanes: Vec<String> =
+            link.ep.lanes()?.into_iter().map(|l| format!("{}/{}", l.transport, l.device)).collect();
+        // The checked transfers ask UCX how it carries the first descriptor.
+        let mut check_xfer = UcxXfer::new(link, op, block as usize, descs as usize, true);
+        let mut timed = UcxXfer::new(link, op, block as usize, descs as usize, false);
+        let mut m = Measured { op, size, descs, block, ..Measured::default() };
+
+        let spec = CheckSpec {
+            op,
+            size,
+            seed: seed_for(index, 1),
+            when: "first",
+            tag: "",
+            notifs_so_far: None,
+            inject: first_point && plan.inject == Some(Inject::CorruptFirst),
+        };
+        m.checks.push(self.checked_transfer(&mut check_xfer, &spec)?);
+        m.transport =
+            Some(crate::transport::from_request_info(check_xfer.described.as_deref().unwrap_or(""), endpoint_lanes));
+        if !m.checks[0].ok {
+            return Ok(m);
+        }
+        self.run_loops(&mut timed, None, &mut m)?;
+        let spec = CheckSpec {
+            op,
+            size,
+            seed: seed_for(index, 2),
+            when: "last",
+            tag: "",
+            notifs_so_far: None,
+            inject: first_point && plan.inject == Some(Inject::CorruptLast),
+        };
+        m.checks.push(self.checked_transfer(&mut check_xfer, &spec)?);
+        Ok(m)
+    }
+
+    fn row(&self, backend: BackendKind, m: Measured) -> Row {
         let secs = m.elapsed.as_secs_f64();
         Row {
-            backend: "nixl".into(),
-            plugin: self.plan.backend.clone(),
+            backend: backend.to_string(),
+            plugin: match backend {
+                BackendKind::Nixl => self.plan.backend.clone(),
+                BackendKind::Ucx => "UCP".into(),
+            },
             op: m.op,
             size_bytes: m.size,
             descs: m.descs,
             block_bytes: m.block,
-            xfer_path: self.plan.xfer_path,
+            xfer_path: match backend {
+                BackendKind::Nixl => self.plan.xfer_path,
+                BackendKind::Ucx => XferPath::Ucp,
+            },
             iterations: m.iterations,
             warmup_iterations: m.warmup,
             elapsed_s: secs,
@@ -518,43 +890,9 @@ impl Session<'_> {
             notifs_expected: m.notifs_expected,
             notifs_received: m.notifs_received,
             unexpected_notifs: m.unexpected,
+            transport: m.transport,
         }
     }
-}
-
-/// What one point measured, before it becomes a [`Row`].
-#[derive(Default)]
-struct Measured {
-    op: XferOp,
-    size: u64,
-    descs: u64,
-    block: u64,
-    prep: Duration,
-    make: Duration,
-    warmup: u64,
-    iterations: u64,
-    elapsed: Duration,
-    latency: Stats,
-    post: Stats,
-    telemetry: Option<Telemetry>,
-    checks: Vec<Check>,
-    notifs_expected: u64,
-    notifs_received: u64,
-    unexpected: Vec<String>,
-}
-
-/// One checked transfer: what to move, which pattern, what to expect.
-#[derive(Clone, Copy)]
-struct CheckSpec<'a> {
-    op: XferOp,
-    size: u64,
-    seed: u64,
-    when: &'a str,
-    tag: &'a str,
-    /// Notifications the target should have for `tag` once this transfer is done.
-    notifs_so_far: u64,
-    /// Flip a target byte (self-test).
-    inject: bool,
 }
 
 fn check(when: &str, side: &str, v: Verify) -> Check {

@@ -41,6 +41,11 @@ pub struct SweepPlan {
     pub block: Option<u64>,
     /// Request-building path.
     pub xfer_path: XferPath,
+    /// Backends to measure, row by row (op, size, backend).
+    pub backends: Vec<crate::peer::BackendKind>,
+    /// How to build the raw UCX side (when `backends` has `ucx`).
+    #[serde(default)]
+    pub ucx: Option<crate::peer::UcxSetup>,
     /// NIXL backend plugin.
     pub backend: String,
     /// Extra backend parameters.
@@ -91,8 +96,10 @@ pub struct Timing {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    /// Connected and set up.
+    /// Connected.
     Started(Started),
+    /// A backend is set up on both sides; its rows follow.
+    Backend(BackendReady),
     /// About to measure a point.
     Point {
         /// 0-based index.
@@ -103,6 +110,8 @@ pub enum Event {
         op: XferOp,
         /// Size.
         size: u64,
+        /// Backend.
+        backend: crate::peer::BackendKind,
     },
     /// Still alive (sent about once a second while a point is measured).
     Heartbeat,
@@ -120,19 +129,53 @@ pub enum Event {
     },
 }
 
-/// Facts the initiator learns at start.
+/// Facts the initiator learns when it connects.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Started {
     /// Initiator pid.
     pub initiator_pid: u32,
-    /// Version the library reports (releases after 1.5.1).
-    pub library_version: Option<String>,
-    /// Plugins available to the initiator's agent.
-    pub plugins: Vec<String>,
-    /// Effective backend parameters on the initiator.
-    pub backend_params: BTreeMap<String, String>,
+    /// This host's UCX transport resources (the `ucx_info -d` view).
+    #[serde(default)]
+    pub resources: Vec<crate::ucx::info::Resource>,
     /// The target as it described itself.
     pub target: crate::report::schema::PeerInfo,
+}
+
+/// One backend, set up on both sides.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendReady {
+    /// Which.
+    pub backend: crate::peer::BackendKind,
+    /// NIXL: the version the library reports (releases after 1.5.1).
+    #[serde(default)]
+    pub library_version: Option<String>,
+    /// NIXL: plugins the initiator's agent can load.
+    #[serde(default)]
+    pub plugins: Vec<String>,
+    /// NIXL: effective backend parameters on the initiator.
+    #[serde(default)]
+    pub backend_params: BTreeMap<String, String>,
+    /// NIXL: effective backend parameters on the target.
+    #[serde(default)]
+    pub target_backend_params: BTreeMap<String, String>,
+    /// Raw UCX: the initiator's side.
+    #[serde(default)]
+    pub ucx: Option<UcxInfo>,
+}
+
+/// The initiator's raw UCX side.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UcxInfo {
+    /// The libucp loaded (the one NIXL links, normally).
+    pub lib: String,
+    /// Its version.
+    pub version: String,
+    /// UCX settings kvprobe applied (NIXL's defaults).
+    pub applied: Vec<(String, String)>,
+    /// Settings left alone, with the reason (set by the user, unknown to this UCX).
+    pub not_applied: Vec<(String, String)>,
+    /// The endpoint's lanes (`ucp_ep_query`): transport/device.
+    pub endpoint_lanes: Vec<String>,
 }
 
 /// Engine failures.
@@ -144,6 +187,9 @@ pub enum EngineError {
     /// Control channel failed.
     #[error(transparent)]
     Peer(#[from] PeerError),
+    /// A UCX call failed.
+    #[error(transparent)]
+    Ucx(#[from] crate::ucx::UcxError),
     /// Memory.
     #[error(transparent)]
     Mem(#[from] MemError),

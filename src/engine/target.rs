@@ -1,24 +1,47 @@
 //! The target side: serves one initiator session.
+//!
+//! It owns one buffer, exposed through NIXL (an agent with a registration)
+//! and/or raw UCX (a context, a worker and a memory map whose remote key the
+//! initiator gets). It never starts a transfer. With a UCX side it keeps its
+//! worker progressing while it waits for the next control request, since some
+//! transports (TCP, emulated RMA) need the target to make progress.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::mem::{HostBuffer, Region};
 use crate::nixl::{Agent, Backend, MemType, Nixl, NotifMap, RegDescList, Registration};
-use crate::peer::{Channel, PROTOCOL, PeerError, Request, Response, TargetReady, TargetSetup, to_hex};
+use crate::peer::{
+    BackendKind, Channel, NixlReady, PROTOCOL, PeerError, Request, Response, TargetReady, TargetSetup, UcxReady,
+    UcxSetup, to_hex,
+};
+use crate::ucx::{Context, MemHandle, Ucx, Worker};
 
 use super::{EngineError, ucx_tls_env};
 
-/// What the target built during setup. Field order is drop order: the
-/// registration goes before the backend and agent it belongs to.
-struct State {
+/// The NIXL side. Field order is drop order: the registration goes before the
+/// backend and agent it belongs to.
+struct NixlSide {
     _reg: Registration,
-    buf: Rc<HostBuffer>,
     notifs: NotifMap,
     counts: HashMap<String, u64>,
     _backend: Backend,
     agent: Agent,
+}
+
+/// The raw UCX side (memory map, then worker, then context).
+struct UcxSide {
+    _mem: MemHandle,
+    worker: Worker,
+    _ctx: Context,
+}
+
+/// What the target built during setup; the buffer goes last.
+struct State {
+    nixl: Option<NixlSide>,
+    ucx: Option<UcxSide>,
+    buf: Rc<HostBuffer>,
 }
 
 /// Serves one session on `ch`: handshake, then requests until `Bye`, the
@@ -54,7 +77,8 @@ pub fn serve(ch: &mut Channel, token: &str, nixl: &Nixl, idle: Duration) -> Resu
 
     let mut state: Option<State> = None;
     loop {
-        let req = match ch.recv::<Request>(Some(idle), "the next request") {
+        let worker = state.as_ref().and_then(|s| s.ucx.as_ref()).map(|u| u.worker.clone());
+        let req = match next_request(ch, worker.as_ref(), idle) {
             Ok(r) => r,
             // The initiator went away: nothing more to do.
             Err(PeerError::Closed { .. }) => return Ok(()),
@@ -64,7 +88,8 @@ pub fn serve(ch: &mut Channel, token: &str, nixl: &Nixl, idle: Duration) -> Resu
             Request::KeepAlive => continue,
             Request::Bye => {
                 drop(state.take());
-                let drop_errors = crate::nixl::error::take_drop_errors();
+                let mut drop_errors = crate::nixl::error::take_drop_errors();
+                drop_errors.extend(crate::ucx::error::take_drop_errors());
                 ch.send(&Response::Bye { drop_errors }, "bye")?;
                 return Ok(());
             }
@@ -75,6 +100,28 @@ pub fn serve(ch: &mut Channel, token: &str, nixl: &Nixl, idle: Duration) -> Resu
             Err(e) => Response::Error { message: e.to_string() },
         };
         ch.send(&resp, "a response")?;
+    }
+}
+
+/// The next control request. Without a UCX worker this blocks in the read;
+/// with one it progresses the worker and looks at the socket every 64
+/// progress calls, so the worker never stalls while the initiator transfers.
+fn next_request(ch: &mut Channel, worker: Option<&Worker>, idle: Duration) -> Result<Request, PeerError> {
+    let Some(w) = worker else {
+        return ch.recv::<Request>(Some(idle), "the next request");
+    };
+    let start = Instant::now();
+    loop {
+        for _ in 0..64 {
+            w.progress();
+        }
+        if ch.readable(Duration::ZERO)? {
+            // A message has begun to arrive; the rest follows at once.
+            return ch.recv::<Request>(Some(idle), "the next request");
+        }
+        if start.elapsed() > idle {
+            return Err(PeerError::Timeout { what: "the next request".into(), timeout: idle });
+        }
     }
 }
 
@@ -115,21 +162,23 @@ fn handle(req: Request, state: &mut Option<State>, nixl: &Nixl) -> Result<Respon
             Ok(Response::Verified(unsafe { s.buf.verify(off as usize, len as usize, seed) }?))
         }
         Request::WaitNotifs { tag, count, timeout_ms, settle_ms } => {
+            let n =
+                s.nixl.as_mut().ok_or_else(|| EngineError::Invalid("no NIXL side to count notifications on".into()))?;
             let deadline = Instant::now() + Duration::from_millis(timeout_ms);
             let mut unexpected = Vec::new();
             let mut settled = false;
             loop {
-                for (_agent, msgs) in s.notifs.fetch(&s.agent)? {
+                for (_agent, msgs) in n.notifs.fetch(&n.agent)? {
                     for m in msgs {
                         let m = String::from_utf8_lossy(&m).into_owned();
                         if m.starts_with("kvprobe:") {
-                            *s.counts.entry(m).or_default() += 1;
+                            *n.counts.entry(m).or_default() += 1;
                         } else if unexpected.len() < 16 {
                             unexpected.push(m);
                         }
                     }
                 }
-                let got = s.counts.get(&tag).copied().unwrap_or(0);
+                let got = n.counts.get(&tag).copied().unwrap_or(0);
                 if got >= count && !settled && settle_ms > 0 {
                     // Look once more after a pause: late duplicates count too.
                     settled = true;
@@ -148,24 +197,53 @@ fn handle(req: Request, state: &mut Option<State>, nixl: &Nixl) -> Result<Respon
 
 fn setup_target(setup: &TargetSetup, nixl: &Nixl) -> Result<(State, TargetReady), EngineError> {
     let len = usize::try_from(setup.buffer_bytes).map_err(|_| EngineError::Invalid("buffer too large".into()))?;
-    let name = format!("kvprobe-target-{}", std::process::id());
-    let agent = Agent::new(nixl, &name, &setup.agent)?;
-    let backend = agent.create_backend(&setup.backend, &setup.backend_params)?;
-    let effective = agent.backend_params(&backend).map(|p| p.params).unwrap_or_else(|_| BTreeMap::new());
     let buf = Rc::new(HostBuffer::new(len)?);
-    let mut dl = RegDescList::new(nixl, MemType::Dram)?;
-    dl.add(buf.addr(), buf.len(), 0)?;
-    let reg = agent.register_owned(Rc::clone(&buf), dl, Some(&backend))?;
-    let md = agent.local_metadata()?;
-    let notifs = NotifMap::new(nixl)?;
-    let ready = TargetReady {
-        agent_name: name,
-        metadata_hex: to_hex(&md),
+    let mut ready = TargetReady {
         buffer_addr: buf.addr() as u64,
         buffer_len: buf.len() as u64,
         nixl_lib: nixl.path().display().to_string(),
-        backend_params: effective,
         ucx_tls: ucx_tls_env(),
+        nixl: None,
+        ucx: None,
     };
-    Ok((State { _reg: reg, buf, notifs, counts: HashMap::new(), _backend: backend, agent }, ready))
+    let mut state = State { nixl: None, ucx: None, buf: Rc::clone(&buf) };
+    if setup.backends.contains(&BackendKind::Nixl) {
+        let name = format!("kvprobe-target-{}", std::process::id());
+        let agent = Agent::new(nixl, &name, &setup.agent)?;
+        let backend = agent.create_backend(&setup.backend, &setup.backend_params)?;
+        let effective = agent.backend_params(&backend).map(|p| p.params).unwrap_or_default();
+        let mut dl = RegDescList::new(nixl, MemType::Dram)?;
+        dl.add(buf.addr(), buf.len(), 0)?;
+        let reg = agent.register_owned(Rc::clone(&buf), dl, Some(&backend))?;
+        let md = agent.local_metadata()?;
+        let notifs = NotifMap::new(nixl)?;
+        ready.nixl = Some(NixlReady { agent_name: name, metadata_hex: to_hex(&md), backend_params: effective });
+        state.nixl = Some(NixlSide { _reg: reg, notifs, counts: HashMap::new(), _backend: backend, agent });
+    }
+    if setup.backends.contains(&BackendKind::Ucx) {
+        let u = setup.ucx.as_ref().ok_or_else(|| EngineError::Invalid("the ucx backend needs its settings".into()))?;
+        let (side, r) = setup_ucx(u, &buf)?;
+        ready.ucx = Some(r);
+        state.ucx = Some(side);
+    }
+    Ok((state, ready))
+}
+
+fn setup_ucx(u: &UcxSetup, buf: &Rc<HostBuffer>) -> Result<(UcxSide, UcxReady), EngineError> {
+    let ucx = Ucx::open(&u.lib)?;
+    let ctx = Context::new(
+        &ucx,
+        &format!("kvprobe-ucx-target-{}", std::process::id()),
+        &u.settings_for(ucx.version_tuple()),
+    )?;
+    let worker = Worker::new(&ctx)?;
+    let mem = MemHandle::map(&ctx, Rc::clone(buf))?;
+    let ready = UcxReady {
+        worker_address_hex: to_hex(&worker.address()?),
+        rkey_hex: to_hex(&mem.pack_rkey()?),
+        lib: ucx.path().display().to_string(),
+        version: ucx.version(),
+        applied: ctx.applied.clone(),
+    };
+    Ok((UcxSide { _mem: mem, worker, _ctx: ctx }, ready))
 }

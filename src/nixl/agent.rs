@@ -83,6 +83,8 @@ impl Drop for AgentInner {
 }
 
 /// A NIXL agent: the unit that owns backends, registrations and transfers.
+/// Clones are handles to the same agent.
+#[derive(Clone)]
 pub struct Agent {
     pub(crate) inner: Rc<AgentInner>,
 }

@@ -74,6 +74,10 @@ pub struct Header {
     /// PID of the initiator process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initiator_pid: Option<u32>,
+    /// UCX: where its libucp is, what the raw UCX side applied, and the
+    /// transports this host's UCX offers (None when UCX was not found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ucx: Option<UcxHeader>,
     /// The target process (peer) as it described itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<PeerInfo>,
@@ -112,6 +116,19 @@ pub struct NixlInfo {
     pub backend_params: BTreeMap<String, String>,
 }
 
+/// UCX facts of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UcxHeader {
+    /// Where libucp was found and how.
+    pub location: crate::locate::UcxLocation,
+    /// The raw UCX side of the initiator (with `--backend ucx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<crate::engine::UcxInfo>,
+    /// This host's UCX transport resources (transport, device, kind).
+    #[serde(default)]
+    pub resources: Vec<crate::ucx::info::Resource>,
+}
+
 /// The peer process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerInfo {
@@ -139,6 +156,8 @@ pub enum XferPath {
     Prepped,
     /// `create_xfer_req` from two descriptor lists.
     Create,
+    /// Raw UCX: `ucp_get_nbx` / `ucp_put_nbx` per descriptor (+ `ucp_ep_flush_nbx` for WRITE).
+    Ucp,
 }
 
 impl std::fmt::Display for XferPath {
@@ -146,6 +165,7 @@ impl std::fmt::Display for XferPath {
         f.write_str(match self {
             XferPath::Prepped => "prepped",
             XferPath::Create => "create",
+            XferPath::Ucp => "ucp",
         })
     }
 }
@@ -267,6 +287,52 @@ pub struct Row {
     /// never happen; any makes the row fail).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unexpected_notifs: Vec<String>,
+    /// What carried the bytes, as UCX itself reports it, and what is wrong
+    /// with it. None only when UCX said nothing (the process died first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
+}
+
+/// What carried a row's bytes (transport truth).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Transport {
+    /// Where this comes from: `ucp_request_query` (raw UCX: the request of the
+    /// first checked transfer) or `UCX_PROTO_INFO` (NIXL: UCX's table of the
+    /// protocols its worker used, with counts, printed when NIXL releases it).
+    pub source: String,
+    /// UCX's description of the protocol for this operation and size
+    /// (`zero-copy`, `copy-in`, `software emulation`...).
+    pub protocol: String,
+    /// Transport/device pairs that carried the data (`cma/memory`, `tcp/lo`,
+    /// `rc_mlx5/mlx5_0:1`...), with their share when UCX splits a transfer.
+    pub lanes: Vec<String>,
+    /// Transport/device pairs that carried NIXL's notifications (active
+    /// messages); empty for raw UCX, which sends none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notif_lanes: Vec<String>,
+    /// The endpoint's lanes (`ucp_ep_query`; raw UCX only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_lanes: Vec<String>,
+    /// How many times UCX used this protocol in the process (UCX_PROTO_INFO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// UCX's own words: the request string, or the table row.
+    pub detail: String,
+    /// What kvprobe finds wrong with this path (empty: nothing).
+    #[serde(default)]
+    pub flags: Vec<Flag>,
+}
+
+/// A problem with the path a row took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flag {
+    /// `software-emulation`, `tcp-while-faster-exists`, `notifications-over-tcp`,
+    /// `numa-mismatch`, `unknown-transport`.
+    pub kind: String,
+    /// What was seen.
+    pub evidence: String,
+    /// What to do about it.
+    pub fix: String,
 }
 
 /// The unit legend written into every header.

@@ -3,11 +3,36 @@
 use comfy_table::presets::UTF8_HORIZONTAL_ONLY;
 use comfy_table::{CellAlignment, ContentArrangement, Table, TableComponent};
 
-use super::schema::{RunStatus, SweepResults};
+use super::schema::{Flag, Row, RunStatus, SweepResults};
 use super::style::{FAIL, PASS, Style};
 use crate::units::{Bytes, fmt_gbps, fmt_us};
 
-/// Renders the header lines, the table of rows and the legend.
+/// A short transport cell: `cma/memory zero-copy` (+ ` !` when flagged).
+fn transport_cell(r: &Row, style: Style) -> String {
+    match &r.transport {
+        None => style.dim("?"),
+        Some(t) => {
+            let mut s = format!("{} {}", t.lanes.join("+"), t.protocol);
+            if !t.notif_lanes.is_empty() {
+                s.push_str(&format!(" (notif {})", t.notif_lanes.join("+")));
+            }
+            if t.flags.is_empty() { s } else { style.warn(&format!("{s} !")) }
+        }
+    }
+}
+
+/// The NIXL row's GB/s over the raw UCX row's for the same point.
+fn ratio(r: &Row, rows: &[Row]) -> Option<f64> {
+    if r.backend != "nixl" {
+        return None;
+    }
+    let u = rows
+        .iter()
+        .find(|u| u.backend == "ucx" && u.op == r.op && u.size_bytes == r.size_bytes && u.descs == r.descs)?;
+    (u.gbps > 0.0).then(|| r.gbps / u.gbps)
+}
+
+/// Renders the header lines, the table of rows, the findings and the legend.
 pub fn render(r: &SweepResults, style: Style) -> String {
     let h = &r.header;
     let mut out = String::new();
@@ -17,6 +42,13 @@ pub fn render(r: &SweepResults, style: Style) -> String {
         .clone()
         .or_else(|| h.nixl.location.version.clone())
         .unwrap_or_else(|| "unknown version".into());
+    let backends: Vec<&str> = {
+        let mut v: Vec<&str> = r.rows.iter().map(|x| x.backend.as_str()).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let multi = backends.len() > 1;
     out.push_str(&format!(
         "kvprobe sweep on {} ({} CPUs) - NIXL {} [{}] - {} backend - UCX_TLS={}\n",
         h.host.hostname,
@@ -26,6 +58,20 @@ pub fn render(r: &SweepResults, style: Style) -> String {
         h.settings.backend,
         h.ucx_tls.as_deref().unwrap_or("(unset: UCX chooses)"),
     ));
+    if let Some(u) = &h.ucx {
+        out.push_str(&format!(
+            "UCX {} [{}]",
+            u.raw.as_ref().map_or("", |x| x.version.as_str()),
+            u.location.lib.display()
+        ));
+        if let Some(raw) = &u.raw {
+            out.push_str(&format!(
+                "; raw UCX with NIXL's defaults ({})",
+                raw.applied.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+            ));
+        }
+        out.push('\n');
+    }
     out.push_str(&format!(
         "{} memory, {} path, progress thread {}, notifications on {} transfer\n",
         h.settings.mem,
@@ -45,43 +91,60 @@ pub fn render(r: &SweepResults, style: Style) -> String {
     ] {
         t.remove_style(c);
     }
-    t.set_header(vec![
-        "op",
-        "size",
-        "descs",
-        "GB/s",
-        "lat p50 us",
-        "lat p99 us",
-        "post p50 us",
-        "prep+make us",
-        "iters",
-        "data",
-        "notifs",
-    ]);
-    for row in &r.rows {
+    let mut header = Vec::new();
+    if multi {
+        header.push("backend");
+    }
+    header.extend(["op", "size", "descs", "GB/s"]);
+    if multi {
+        header.push("nixl/ucx");
+    }
+    header.extend(["lat p50 us", "lat p99 us", "post p50 us", "prep+make us", "iters", "data", "notifs", "transport"]);
+    t.set_header(header.clone());
+
+    // Points in the order measured; within a point, backends side by side.
+    let mut order: Vec<&Row> = r.rows.iter().collect();
+    let op_rank = |x: &Row| h.settings.ops.iter().position(|o| *o == x.op).unwrap_or(usize::MAX);
+    order.sort_by_key(|x| (op_rank(x), x.size_bytes, x.backend.clone()));
+    for row in order {
         let data = if row.verified { style.good(PASS) } else { style.bad(FAIL) };
-        let notifs = if row.notifs_received == row.notifs_expected {
-            format!("{}", row.notifs_received)
+        let notifs = if row.backend == "ucx" {
+            "-".to_string()
+        } else if row.notifs_received == row.notifs_expected {
+            row.notifs_received.to_string()
         } else {
             style.bad(&format!("{}/{}", row.notifs_received, row.notifs_expected))
         };
-        t.add_row(vec![
+        let mut cells = Vec::new();
+        if multi {
+            cells.push(row.backend.clone());
+        }
+        cells.extend([
             row.op.to_string(),
             Bytes(row.size_bytes).to_string(),
             row.descs.to_string(),
             fmt_gbps(row.gbps),
+        ]);
+        if multi {
+            cells.push(ratio(row, &r.rows).map_or(String::new(), |x| format!("{x:.2}x")));
+        }
+        cells.extend([
             fmt_us(row.latency_us.p50),
             fmt_us(row.latency_us.p99),
             fmt_us(row.post_us.p50),
-            fmt_us(row.prep_us + row.make_us),
+            if row.backend == "ucx" { "-".to_string() } else { fmt_us(row.prep_us + row.make_us) },
             row.iterations.to_string(),
             data,
             notifs,
+            transport_cell(row, style),
         ]);
+        t.add_row(cells);
     }
-    for i in [1, 2, 3, 4, 5, 6, 7, 8, 10] {
-        if let Some(c) = t.column_mut(i) {
-            c.set_cell_alignment(CellAlignment::Right);
+    for (i, name) in header.iter().enumerate() {
+        if !["backend", "op", "data", "transport"].contains(name) {
+            if let Some(c) = t.column_mut(i) {
+                c.set_cell_alignment(CellAlignment::Right);
+            }
         }
     }
     out.push_str(&t.to_string());
@@ -89,6 +152,12 @@ pub fn render(r: &SweepResults, style: Style) -> String {
     out.push_str(&style.dim(
         "GB/s = 1e9 bytes/s over the timed loop (one transfer in flight); lat = post to observed completion; data = pattern check of the first and last transfer\n",
     ));
+    if multi {
+        out.push_str(&style.dim(
+            "nixl/ucx = NIXL's GB/s over raw UCX's for the same point (NIXL's overhead; each backend measured alone)\n",
+        ));
+    }
+    out.push_str(&findings(r, style));
     match r.status {
         RunStatus::Complete => {}
         RunStatus::Running => out.push_str(&style.warn("status: running (incomplete)\n")),
@@ -97,6 +166,37 @@ pub fn render(r: &SweepResults, style: Style) -> String {
     }
     for e in &r.errors {
         out.push_str(&style.bad(&format!("error: {e}\n")));
+    }
+    for w in &r.warnings {
+        out.push_str(&style.warn(&format!("warning: {w}\n")));
+    }
+    out
+}
+
+/// Every distinct flag of the rows, with the rows it concerns, its evidence and its fix.
+pub fn findings(r: &SweepResults, style: Style) -> String {
+    let mut seen: Vec<(&Flag, Vec<String>)> = Vec::new();
+    for row in &r.rows {
+        for f in row.transport.iter().flat_map(|t| &t.flags) {
+            let label = format!("{} {} {}", row.backend, row.op, Bytes(row.size_bytes));
+            match seen.iter_mut().find(|(g, _)| g.kind == f.kind && g.evidence == f.evidence) {
+                Some((_, rows)) => rows.push(label),
+                None => seen.push((f, vec![label])),
+            }
+        }
+    }
+    if seen.is_empty() {
+        return String::new();
+    }
+    let mut out = style.warn("findings:\n");
+    for (f, rows) in seen {
+        let which = if rows.len() > 3 { format!("{} rows", rows.len()) } else { rows.join(", ") };
+        out.push_str(&format!(
+            "  ! {} ({which})\n    seen: {}\n    fix:  {}\n",
+            style.warn(&f.kind),
+            f.evidence,
+            f.fix
+        ));
     }
     out
 }

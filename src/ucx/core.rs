@@ -400,23 +400,9 @@ impl Endpoint {
         // memory (checked), which the returned Request keeps mapped and alive.
         let p = unsafe {
             if get {
-                lib.raw.api.ucp_get_nbx(
-                    self.inner.raw.as_ptr(),
-                    buf,
-                    len,
-                    remote_addr,
-                    rkey.inner.raw.as_ptr(),
-                    &param,
-                )
+                lib.raw.api.ucp_get_nbx(self.inner.raw.as_ptr(), buf, len, remote_addr, rkey.inner.raw.as_ptr(), &param)
             } else {
-                lib.raw.api.ucp_put_nbx(
-                    self.inner.raw.as_ptr(),
-                    buf,
-                    len,
-                    remote_addr,
-                    rkey.inner.raw.as_ptr(),
-                    &param,
-                )
+                lib.raw.api.ucp_put_nbx(self.inner.raw.as_ptr(), buf, len, remote_addr, rkey.inner.raw.as_ptr(), &param)
             }
         };
         self.request_from(p, if get { "ucp_get_nbx" } else { "ucp_put_nbx" }, Some(local.clone()))
@@ -618,7 +604,8 @@ impl Drop for RkeyInner {
     }
 }
 
-/// A peer's remote key, unpacked on an endpoint.
+/// A peer's remote key, unpacked on an endpoint (clones share it).
+#[derive(Clone)]
 pub struct RemoteKey {
     inner: Rc<RkeyInner>,
 }
