@@ -16,54 +16,126 @@ fn assert_complete(v: &serde_json::Value, rows: usize) {
         assert!(row["iterations"].as_u64().unwrap() >= 3);
         assert!(row["gbps"].as_f64().unwrap() > 0.0);
         assert_eq!(row["notifs_received"], row["notifs_expected"], "{row:#}");
-        // every timed transfer plus warm-up plus the two checked ones carried a notification
-        let expected = row["iterations"].as_u64().unwrap() + row["warmup_iterations"].as_u64().unwrap() + 2;
+        let expected = if row["backend"] == "nixl" {
+            // every timed transfer plus warm-up plus the two checked ones carried a notification
+            row["iterations"].as_u64().unwrap() + row["warmup_iterations"].as_u64().unwrap() + 2
+        } else {
+            0 // raw UCX sends none
+        };
         assert_eq!(row["notifs_expected"].as_u64().unwrap(), expected);
+        assert!(row["transport"].is_object(), "every row names its transport: {row:#}");
     }
 }
 
-/// Runs READ and WRITE with `tls`, checks the data and which UCX transports
-/// carried the bytes and the notifications (from UCX's own protocol table).
-fn run_with_tls(tls: &str, params: &[&str], want_rma: &str, want_am: &str) {
+/// The lanes and protocol of a row's transport.
+fn lanes(row: &serde_json::Value, key: &str) -> Vec<String> {
+    row["transport"][key]
+        .as_array()
+        .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn flag_kinds(row: &serde_json::Value) -> Vec<String> {
+    row["transport"]["flags"].as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap().to_string()).collect()
+}
+
+/// Runs READ and WRITE with `tls` on both backends and checks the data; the
+/// caller checks what carried the bytes.
+fn run_with_tls(tls: &str, params: &[&str]) -> serde_json::Value {
     require_nixl();
     let dir = tempfile::tempdir().unwrap();
-    let mut args = vec!["--sizes", "4K,1M", "--ucx-tls", tls];
+    let mut args = vec!["--sizes", "4K,1M", "--backend", "nixl,ucx", "--ucx-tls", tls];
     args.extend_from_slice(params);
-    let out = sweep(dir.path(), &args, &[("UCX_PROTO_INFO", "y")]);
+    let out = sweep(dir.path(), &args, &[]);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let v = results(dir.path());
-    assert_complete(&v, 4);
+    assert_complete(&v, 8);
     assert_eq!(v["header"]["ucx_tls"], tls);
     assert_eq!(v["header"]["env"]["UCX_NET_DEVICES"], "lo");
+    assert_eq!(v["header"]["env"]["UCX_PROTO_INFO"], "used");
     assert_eq!(v["header"]["target"]["ucx_tls"], tls, "the target ran with the same UCX_TLS");
     for row in v["rows"].as_array().unwrap() {
         assert_eq!(row["ucx_tls"], tls);
+        let source = row["transport"]["source"].as_str().unwrap();
+        assert_eq!(source, if row["backend"] == "nixl" { "UCX_PROTO_INFO" } else { "ucp_request_query" });
     }
-    let (rma, am) = ucx_lanes(&read(&dir.path().join("initiator.log")));
-    assert!(!rma.is_empty() && rma.iter().all(|l| l.starts_with(want_rma)), "RMA lanes {rma:?}, expected {want_rma}");
-    assert!(!am.is_empty() && am.iter().all(|l| l.starts_with(want_am)), "AM lanes {am:?}, expected {want_am}");
-    // the table is on stdout
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("READ") && table.contains("WRITE") && table.contains("1 MiB"), "{table}");
+    assert!(table.contains("nixl/ucx") && table.contains("1 MiB") && table.contains("WRITE"), "{table}");
+    v
+}
+
+/// Every row of `backend` carried its data on lanes starting with `want`.
+fn assert_data_lanes(v: &serde_json::Value, backend: &str, want: &str) {
+    for row in v["rows"].as_array().unwrap().iter().filter(|r| r["backend"] == backend) {
+        let l = lanes(row, "lanes");
+        assert!(
+            !l.is_empty() && l.iter().all(|x| x.starts_with(want)),
+            "{backend} {}: lanes {l:?}, expected {want}",
+            row["op"]
+        );
+    }
 }
 
 #[test]
 fn shared_memory_read_write_verified() {
     // Data over cross-memory attach; NIXL's default UCX error handling (peer)
-    // rules posix/sysv out for active messages, so notifications use TCP.
-    run_with_tls("shm,tcp", &[], "cma/", "tcp/");
+    // rules posix/sysv out for active messages, so notifications use TCP:
+    // kvprobe reports that and flags it.
+    let v = run_with_tls("shm,tcp", &[]);
+    assert_data_lanes(&v, "nixl", "cma/");
+    assert_data_lanes(&v, "ucx", "cma/");
+    for row in v["rows"].as_array().unwrap().iter().filter(|r| r["backend"] == "nixl") {
+        assert_eq!(lanes(row, "notif_lanes"), vec!["tcp/lo"]);
+        assert_eq!(flag_kinds(row), vec!["notifications-over-tcp"], "{row:#}");
+        assert!(row["transport"]["count"].as_u64().unwrap() > 0, "UCX counted the protocol's use");
+    }
+    for row in v["rows"].as_array().unwrap().iter().filter(|r| r["backend"] == "ucx") {
+        assert!(flag_kinds(row).is_empty(), "{row:#}");
+        assert!(lanes(row, "endpoint_lanes").iter().any(|l| l.starts_with("cma/")));
+    }
 }
 
 #[test]
 fn shared_memory_only_read_write_verified() {
-    // Without peer error handling, notifications move to shared memory too.
-    run_with_tls("shm", &["--backend-param", "ucx_error_handling_mode=none"], "cma/", "sysv/");
+    // Without peer error handling, notifications move to shared memory too: nothing to flag.
+    let v = run_with_tls("shm", &["--backend-param", "ucx_error_handling_mode=none"]);
+    assert_data_lanes(&v, "nixl", "cma/");
+    assert_data_lanes(&v, "ucx", "cma/");
+    for row in v["rows"].as_array().unwrap() {
+        assert!(flag_kinds(row).is_empty(), "{row:#}");
+        if row["backend"] == "nixl" {
+            assert!(lanes(row, "notif_lanes").iter().all(|l| l.starts_with("sysv/") || l.starts_with("posix/")));
+        }
+    }
 }
 
 #[test]
-fn tcp_read_write_verified() {
-    // a local sweep pins UCX's network devices to loopback
-    run_with_tls("tcp", &[], "tcp/lo", "tcp/lo");
+fn tcp_read_write_verified_and_flagged() {
+    // A local sweep pins UCX's network devices to loopback. READ over TCP is
+    // software emulation, and TCP while this host has shared memory is flagged.
+    let v = run_with_tls("tcp", &[]);
+    assert_data_lanes(&v, "nixl", "tcp/lo");
+    assert_data_lanes(&v, "ucx", "tcp/lo");
+    for row in v["rows"].as_array().unwrap() {
+        let kinds = flag_kinds(row);
+        assert!(kinds.contains(&"tcp-while-faster-exists".to_string()), "{row:#}");
+        if row["op"] == "READ" {
+            assert_eq!(row["transport"]["protocol"], "software emulation", "{row:#}");
+            assert!(kinds.contains(&"software-emulation".to_string()));
+        }
+    }
+}
+
+#[test]
+fn an_emulating_run_is_flagged() {
+    // posix alone has no zero-copy RMA: UCX emulates every put and get with
+    // messages, for NIXL and raw UCX alike.
+    let v = run_with_tls("posix", &["--backend-param", "ucx_error_handling_mode=none"]);
+    for row in v["rows"].as_array().unwrap() {
+        assert_eq!(row["transport"]["protocol"], "software emulation", "{row:#}");
+        assert_eq!(lanes(row, "lanes"), vec!["posix/memory"]);
+        assert!(flag_kinds(row).contains(&"software-emulation".to_string()));
+    }
 }
 
 #[test]
@@ -97,10 +169,14 @@ fn notifications_only_on_checked_transfers() {
 /// A byte of the target's buffer is flipped in the `which` checked transfer of
 /// the first point; the run must stop there with the byte found.
 fn corruption_is_caught(op: &str, side: &str, which: &str) {
+    corruption_is_caught_on(op, side, which, "nixl");
+}
+
+fn corruption_is_caught_on(op: &str, side: &str, which: &str, backend: &str) {
     require_nixl();
     let dir = tempfile::tempdir().unwrap();
     let inject = format!("corrupt-{which}");
-    let out = sweep(dir.path(), &["--sizes", "64K,1M", "--ops", op, "--inject", &inject], &[]);
+    let out = sweep(dir.path(), &["--sizes", "64K,1M", "--ops", op, "--inject", &inject, "--backend", backend], &[]);
     assert_eq!(out.status.code(), Some(1), "a corrupted byte must fail the run");
     let v = results(dir.path());
     assert_eq!(v["status"], "failed");
@@ -143,6 +219,16 @@ fn corruption_in_the_last_transfer_is_caught_on_read() {
 #[test]
 fn corruption_in_the_last_transfer_is_caught_on_write() {
     corruption_is_caught("WRITE", "target", "last");
+}
+
+#[test]
+fn raw_ucx_corruption_is_caught_on_read() {
+    corruption_is_caught_on("READ", "initiator", "first", "ucx");
+}
+
+#[test]
+fn raw_ucx_corruption_is_caught_on_write() {
+    corruption_is_caught_on("WRITE", "target", "last", "ucx");
 }
 
 #[test]

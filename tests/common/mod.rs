@@ -76,38 +76,3 @@ pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid as i32, sig) };
 }
-
-/// The transports UCX's protocol table (UCX_PROTO_INFO=y) names for the
-/// intra-node endpoint's remote-memory operations and active messages, from a log.
-pub fn ucx_lanes(log: &str) -> (Vec<String>, Vec<String>) {
-    let mut rma = Vec::new();
-    let mut am = Vec::new();
-    let mut section: Option<bool> = None; // Some(true) = RMA, Some(false) = AM
-    for line in log.lines() {
-        if line.contains("intra-node cfg#") {
-            section = None;
-            continue;
-        }
-        if line.contains("remote memory") {
-            section = Some(true);
-            continue;
-        }
-        if line.contains("active message") {
-            section = Some(false);
-            continue;
-        }
-        if line.contains("self cfg#") {
-            section = None;
-        }
-        let cols: Vec<&str> = line.split('|').map(str::trim).collect();
-        if cols.len() >= 5 && cols[1].chars().next().is_some_and(|c| c.is_ascii_digit()) {
-            let lane = cols[3].to_string();
-            match section {
-                Some(true) => rma.push(lane),
-                Some(false) => am.push(lane),
-                None => {}
-            }
-        }
-    }
-    (rma, am)
-}
