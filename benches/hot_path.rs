@@ -20,7 +20,7 @@ use kvprobe::engine::initiator::Connection;
 use kvprobe::locate::{Inputs, locate};
 use kvprobe::mem::Region;
 use kvprobe::nixl::{AgentConfig, MemType, Nixl, Status, XferDescList, XferOp};
-use kvprobe::peer::TargetSetup;
+use kvprobe::peer::{BackendKind, TargetSetup};
 
 const BUF: u64 = 64 << 20;
 
@@ -75,21 +75,25 @@ fn rig() -> Rig {
         backend: "UCX".into(),
         backend_params: BTreeMap::from([("ucx_error_handling_mode".to_string(), "none".to_string())]),
         buffer_bytes: BUF,
+        backends: vec![BackendKind::Nixl],
+        ucx: None,
     };
-    let conn = Connection::open(&nixl, &addr, "bench", &setup, Duration::from_secs(30)).expect("connect to target");
+    let conn =
+        Connection::open(Some(&nixl), &addr, "bench", &setup, Duration::from_secs(30)).expect("connect to target");
     Rig { conn, nixl, _target: target }
 }
 
 fn benches(c: &mut Criterion) {
     let rig = rig();
     let conn = &rig.conn;
+    let link = conn.nixl.as_ref().expect("NIXL side");
 
     let mut g = c.benchmark_group("desc_list/build");
     for n in [1usize, 10_000] {
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
             b.iter(|| {
                 let mut l = XferDescList::new(&rig.nixl, MemType::Dram).unwrap();
-                l.add_local_strided(&conn.reg, conn.buf.addr(), 4096, n, 0).unwrap();
+                l.add_local_strided(&link.reg, conn.buf.addr(), 4096, n, 0).unwrap();
                 black_box(l)
             })
         });
@@ -99,19 +103,19 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("request/make");
     for n in [1usize, 10_000] {
         let (local, remote) = conn.desc_lists(n as u64 * 4096, 4096).unwrap();
-        let lp = conn.agent.prep_local(&local, Some(&conn.backend)).unwrap();
-        let rp = conn.agent.prep_remote(&conn.remote_name, &remote, Some(&conn.backend)).unwrap();
+        let lp = link.agent.prep_local(&local, Some(&link.backend)).unwrap();
+        let rp = link.agent.prep_remote(&link.remote_name, &remote, Some(&link.backend)).unwrap();
         let idx: Vec<i32> = (0..n as i32).collect();
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
             b.iter(|| {
-                black_box(conn.agent.make_xfer_req(XferOp::Read, &lp, &idx, &rp, &idx, n as u64 * 4096, None).unwrap())
+                black_box(link.agent.make_xfer_req(XferOp::Read, &lp, &idx, &rp, &idx, n as u64 * 4096, None).unwrap())
             })
         });
     }
     g.finish();
 
     let (local, remote) = conn.desc_lists(4096, 4096).unwrap();
-    let req = conn.agent.create_xfer_req(XferOp::Read, &local, &remote, &conn.remote_name, None).unwrap();
+    let req = link.agent.create_xfer_req(XferOp::Read, &local, &remote, &link.remote_name, None).unwrap();
     let mut g = c.benchmark_group("transfer/post_poll");
     g.bench_function("4KiB_shm", |b| {
         b.iter(|| {

@@ -147,7 +147,7 @@ pub enum Response {
         pid: u32,
     },
     /// Setup finished.
-    SetupDone(TargetReady),
+    SetupDone(Box<TargetReady>),
     /// Done.
     Ok,
     /// Result of a verify.

@@ -248,7 +248,7 @@ pub fn flags(t: &Transport, intra_node: bool, resources: &[Resource]) -> Vec<Fla
             fix: "the transport has no native RMA for this memory pair, so UCX emulates it with messages. On EFA use UCX >= 1.20 with srd, or NIXL's LIBFABRIC backend; GPU memory over RDMA needs GPUDirect (nvidia_peermem / dma-buf). UCX_PROTO_EMULATION_ENABLE=n (UCX >= 1.21) makes this fail instead of crawl".into(),
         });
     }
-    if lane_names.iter().any(|l| *l == "tcp") {
+    if lane_names.contains(&"tcp") {
         let faster: Vec<&str> = if intra_node {
             [SHM, &["cuda_ipc"][..]].concat().into_iter().filter(|n| has(&[n])).collect()
         } else {

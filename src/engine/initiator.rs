@@ -144,7 +144,7 @@ impl Connection {
         self.nixl = None;
         self.ucx = None;
         self.target = match self.ch.call(&Request::Setup(setup.clone()), peer_timeout, "the target's setup")? {
-            Response::SetupDone(r) => r,
+            Response::SetupDone(r) => *r,
             other => return Err(EngineError::Invalid(format!("unexpected answer to setup: {other:?}"))),
         };
         let missing = |what: &str| EngineError::Invalid(format!("the target built no {what} side"));

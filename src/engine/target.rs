@@ -130,7 +130,7 @@ fn handle(req: Request, state: &mut Option<State>, nixl: &Nixl) -> Result<Respon
         *state = None;
         let (st, ready) = setup_target(setup, nixl)?;
         *state = Some(st);
-        return Ok(Response::SetupDone(ready));
+        return Ok(Response::SetupDone(Box::new(ready)));
     }
     let s = state.as_mut().ok_or_else(|| EngineError::Invalid("the target is not set up yet".into()))?;
     // SAFETY (for the buffer accesses below): the control protocol is strictly
