@@ -10,12 +10,14 @@
 
 pub mod child;
 pub mod cmd;
+pub mod doctor;
 pub mod elf;
 pub mod engine;
 pub mod hostinfo;
 pub mod locate;
 pub mod mem;
 pub mod nixl;
+pub mod nvml;
 pub mod peer;
 pub mod report;
 pub mod topology;

@@ -201,6 +201,28 @@ impl Drop for HostBuffer {
     }
 }
 
+/// The NUMA node holding the page at `addr` (`get_mempolicy` with
+/// MPOL_F_NODE | MPOL_F_ADDR, which faults the page in if needed); None when
+/// the kernel has no NUMA support or the address is not mapped.
+pub fn numa_node_of(addr: usize) -> Option<i32> {
+    const MPOL_F_NODE: libc::c_ulong = 1;
+    const MPOL_F_ADDR: libc::c_ulong = 2;
+    let mut node: libc::c_int = -1;
+    // SAFETY: get_mempolicy writes one int into `node`; nodemask is null with
+    // maxnode 0; `addr` is only looked up by the kernel, never dereferenced here.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_get_mempolicy,
+            &mut node as *mut libc::c_int,
+            std::ptr::null_mut::<libc::c_ulong>(),
+            0 as libc::c_ulong,
+            addr as *mut libc::c_void,
+            MPOL_F_NODE | MPOL_F_ADDR,
+        )
+    };
+    (rc == 0 && node >= 0).then_some(node)
+}
+
 fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

@@ -282,6 +282,30 @@ pub fn flags(t: &Transport, intra_node: bool, resources: &[Resource]) -> Vec<Fla
     out
 }
 
+/// Flags a lane whose network device sits on another NUMA node than the
+/// buffer (`buffer_node`): every byte then crosses the CPU interconnect.
+pub fn numa_flags(t: &Transport, buffer_node: Option<i32>, topo: &crate::topology::Topology) -> Vec<Flag> {
+    let Some(b) = buffer_node else { return Vec::new() };
+    let far: Vec<String> = t
+        .lanes
+        .iter()
+        .filter_map(|l| {
+            let lane = l.rsplit(" on ").next().unwrap_or(l).trim();
+            let dev = lane.split_once('/').map(|(_, d)| d)?;
+            let n = topo.numa_of_ucx_device(dev)?;
+            (n != b).then(|| format!("{lane} (NUMA {n})"))
+        })
+        .collect();
+    if far.is_empty() {
+        return Vec::new();
+    }
+    vec![Flag {
+        kind: "numa-mismatch".into(),
+        evidence: format!("the buffer is on NUMA node {b}; the data went over {}", far.join(", ")),
+        fix: "allocate the KV cache on the NIC's node (numactl --membind / --cpunodebind, or the GPU next to the NIC) or pick the NIC on the buffer's node with UCX_NET_DEVICES".into(),
+    }]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,5 +476,43 @@ mod tests {
             "tcp-while-faster-exists"
         );
         assert_eq!(lane_transport("52% on tcp/lo"), "tcp");
+    }
+
+    #[test]
+    fn a_nic_on_another_numa_node_is_flagged() {
+        use crate::topology::{RdmaDevice, RdmaPort, Topology};
+        let dev = |name: &str, numa: i32| RdmaDevice {
+            name: name.into(),
+            driver: Some("mlx5_core".into()),
+            efa: false,
+            numa: Some(numa),
+            ports: vec![RdmaPort {
+                port: 1,
+                state: "ACTIVE".into(),
+                rate: String::new(),
+                rate_gbps: None,
+                link_layer: "InfiniBand".into(),
+            }],
+        };
+        let topo = Topology { rdma: vec![dev("mlx5_0", 0), dev("mlx5_1", 1)], ..Topology::default() };
+        let mut t = from_request_info("{proto} get into host memory length 1048576 zero-copy rc_mlx5/mlx5_1:1", vec![]);
+        let f = numa_flags(&t, Some(0), &topo);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].kind, "numa-mismatch");
+        assert!(f[0].evidence.contains("mlx5_1:1 (NUMA 1)"), "{}", f[0].evidence);
+        assert!(numa_flags(&t, Some(1), &topo).is_empty());
+        assert!(numa_flags(&t, None, &topo).is_empty(), "unknown buffer node: no claim");
+        t.lanes = vec!["cma/memory".into()];
+        assert!(numa_flags(&t, Some(0), &topo).is_empty(), "shared memory has no NIC");
+    }
+
+    #[test]
+    fn this_process_memory_has_a_numa_node() {
+        let v = vec![1u8; 4096];
+        let n = crate::mem::numa_node_of(v.as_ptr() as usize);
+        // kernels without NUMA support answer ENOSYS: None, never a bogus node
+        if std::path::Path::new("/sys/devices/system/node/node0").exists() {
+            assert!(n.is_some_and(|n| n >= 0), "{n:?}");
+        }
     }
 }

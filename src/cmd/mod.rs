@@ -4,6 +4,7 @@
 //! error, lost peer); 2 bad input or setup (bad flag, NIXL not found);
 //! 130 interrupted.
 
+pub mod doctor;
 pub mod info;
 pub mod initiator;
 pub mod sweep;
@@ -27,6 +28,8 @@ pub struct Cli {
 pub enum Cmd {
     /// Measure NIXL transfer bandwidth and latency between two processes on this host, READ and WRITE, 4 KiB .. 256 MiB (the main job)
     Sweep(Box<sweep::SweepArgs>),
+    /// Tell what will carry KV traffic on this host and what is wrong (exit 0 healthy, 1 warnings, 2 errors)
+    Doctor(doctor::DoctorArgs),
     /// Show where NIXL was found, its version, plugins and backend parameters
     Info(info::InfoArgs),
     /// (internal) serve one initiator session as the target process
@@ -68,6 +71,7 @@ impl From<anyhow::Error> for CliError {
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.cmd {
         Cmd::Sweep(a) => sweep::run(*a),
+        Cmd::Doctor(a) => doctor::run(a),
         Cmd::Info(a) => info::run(a),
         Cmd::Target(a) => target::run(a),
         Cmd::Initiator(a) => initiator::run(a),

@@ -287,6 +287,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
                 mem: "DRAM".into(),
             },
             initiator_pid: None,
+            initiator_buffer_numa: None,
             ucx: ucx_loc.map(|location| UcxHeader { location, raw: None, resources: Vec::new() }),
             target: None,
             units: units_legend(),
@@ -473,6 +474,7 @@ fn drive(
                         }
                         results.header.target = Some(s.target);
                         results.header.initiator_pid = Some(s.initiator_pid);
+                        results.header.initiator_buffer_numa = s.buffer_numa;
                         report::write_all(out_dir, results)?;
                     }
                     Event::Backend(b) => {
@@ -500,7 +502,7 @@ fn drive(
                     Event::Heartbeat => {}
                     Event::Row(mut row) => {
                         if let Some(t) = row.transport.as_mut() {
-                            t.flags = transport::flags(t, intra_node(results), resources(results));
+                            t.flags = row_flags(t, results);
                         }
                         results.rows.push(*row);
                         report::write_all(out_dir, results)?;
@@ -580,6 +582,19 @@ fn drive(
 }
 
 /// Whether both ends ran on one host.
+/// This host's hardware, read once.
+fn host_topology() -> &'static crate::topology::Topology {
+    static T: std::sync::OnceLock<crate::topology::Topology> = std::sync::OnceLock::new();
+    T.get_or_init(|| crate::topology::discover(std::path::Path::new("/")))
+}
+
+/// Every flag of a row's transport.
+fn row_flags(t: &crate::report::schema::Transport, r: &SweepResults) -> Vec<crate::report::schema::Flag> {
+    let mut f = transport::flags(t, intra_node(r), resources(r));
+    f.extend(transport::numa_flags(t, r.header.initiator_buffer_numa, host_topology()));
+    f
+}
+
 fn intra_node(r: &SweepResults) -> bool {
     r.header.target.as_ref().is_none_or(|t| t.host == r.header.host.hostname)
 }
@@ -600,6 +615,7 @@ fn annotate_nixl_rows(r: &mut SweepResults, log: &str) {
         let read = row.op == XferOp::Read;
         if let Some(mut t) = transport::from_proto_tables(&tables, &context, read, &[row.block_bytes, row.size_bytes]) {
             t.flags = transport::flags(&t, intra, &res);
+            t.flags.extend(transport::numa_flags(&t, r.header.initiator_buffer_numa, host_topology()));
             row.transport = Some(t);
         }
     }

@@ -371,6 +371,7 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
     let resources =
         view_ucx.and_then(|u| crate::ucx::info::device_view(&u).ok()).map(|v| v.resources).unwrap_or_default();
     emit(Event::Started(Started {
+        buffer_numa: crate::mem::numa_node_of(conn.buf.addr()),
         initiator_pid: std::process::id(),
         resources,
         target: PeerInfo {

@@ -139,6 +139,9 @@ pub struct Started {
     pub resources: Vec<crate::ucx::info::Resource>,
     /// The target as it described itself.
     pub target: crate::report::schema::PeerInfo,
+    /// NUMA node of the initiator's buffer.
+    #[serde(default)]
+    pub buffer_numa: Option<i32>,
 }
 
 /// One backend, set up on both sides.

@@ -2,6 +2,7 @@
 //! (table, CSV, JSON text), plus the atomic file writer and the progress bar.
 
 pub mod csv;
+pub mod doctor;
 pub mod progress;
 pub mod schema;
 pub mod style;

@@ -74,6 +74,10 @@ pub struct Header {
     /// PID of the initiator process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initiator_pid: Option<u32>,
+    /// NUMA node of the initiator's buffer (what the `numa-mismatch` flag
+    /// compares the network device's node with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator_buffer_numa: Option<i32>,
     /// UCX: where its libucp is, what the raw UCX side applied, and the
     /// transports this host's UCX offers (None when UCX was not found).
     #[serde(default, skip_serializing_if = "Option::is_none")]

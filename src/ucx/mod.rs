@@ -95,6 +95,29 @@ impl Ucx {
     }
 }
 
+/// The `./configure` flags a UCX build was made with, as libucp embeds them
+/// (UCX prints them at UCX_LOG_LEVEL=debug as "Configured with: ..."; no API
+/// returns them, so they are read from the file: the longest NUL-terminated
+/// string whose every word is a `--option`).
+pub fn configure_flags(libucp: &Path) -> Option<String> {
+    let bytes = std::fs::read(libucp).ok()?;
+    configure_flags_in(&bytes)
+}
+
+/// [`configure_flags`] on the bytes of a file.
+pub fn configure_flags_in(bytes: &[u8]) -> Option<String> {
+    bytes
+        .split(|&b| b == 0)
+        .filter(|s| s.len() > 16 && s.starts_with(b"--") && s.iter().all(|&b| (0x20..0x7f).contains(&b)))
+        .filter_map(|s| std::str::from_utf8(s).ok())
+        .filter(|s| {
+            let words: Vec<&str> = s.split_whitespace().collect();
+            words.len() >= 3 && words.iter().all(|w| w.starts_with("--"))
+        })
+        .max_by_key(|s| s.len())
+        .map(str::to_string)
+}
+
 /// The libucp already mapped into this process, if any (from /proc/self/maps).
 pub fn mapped_libucp() -> Option<PathBuf> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
@@ -112,6 +135,13 @@ pub fn is_libucp(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configure_flags_are_found_among_other_strings() {
+        let blob = b"\x7fELF\0Configured with: %s\0--x\0--enable-mt --with-efa --without-dc\0--help me\0-- a b\0";
+        assert_eq!(configure_flags_in(blob).as_deref(), Some("--enable-mt --with-efa --without-dc"));
+        assert_eq!(configure_flags_in(b"nothing here\0"), None);
+    }
 
     #[test]
     fn libucp_names() {
