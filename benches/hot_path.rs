@@ -77,6 +77,7 @@ fn rig() -> Rig {
         buffer_bytes: BUF,
         backends: vec![BackendKind::Nixl],
         ucx: None,
+        hugepages: true,
     };
     let conn =
         Connection::open(Some(&nixl), &addr, "bench", &setup, Duration::from_secs(30)).expect("connect to target");

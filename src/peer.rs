@@ -107,6 +107,14 @@ pub struct TargetSetup {
     /// Raw UCX settings, when `backends` has `ucx`.
     #[serde(default)]
     pub ucx: Option<UcxSetup>,
+    /// DRAM buffer on transparent huge pages (false: 4 KiB pages).
+    #[serde(default = "yes")]
+    pub hugepages: bool,
+}
+
+/// `true`, for serde defaults.
+pub fn yes() -> bool {
+    true
 }
 
 /// How to build the raw UCX side.

@@ -155,6 +155,27 @@ fn create_path_with_many_descriptors() {
 }
 
 #[test]
+fn small_pages_and_local_completion_are_recorded_and_still_verified() {
+    require_nixl();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--sizes", "64K,1M", "--backend", "ucx", "--ops", "WRITE", "--no-hugepages", "--ucx-local-completion"];
+    let out = sweep(dir.path(), &args, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = results(dir.path());
+    assert_complete(&v, 2);
+    assert_eq!(v["header"]["settings"]["hugepages"], false);
+    assert_eq!(v["header"]["settings"]["ucx_local_completion"], true);
+    // the last checked WRITE is flushed and read back at the target, whatever the timed loop did
+    assert!(
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["checks"][1]["side"] == "target" && r["checks"][1]["ok"] == true)
+    );
+}
+
+#[test]
 fn notifications_only_on_checked_transfers() {
     require_nixl();
     let dir = tempfile::tempdir().unwrap();

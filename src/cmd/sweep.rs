@@ -96,6 +96,12 @@ pub struct SweepArgs {
     /// Run NIXL without its progress thread
     #[arg(long)]
     pub no_progress_thread: bool,
+    /// Back DRAM buffers with 4 KiB pages (default: transparent huge pages, as large numpy/PyTorch host buffers get; ucx_perftest's buffers are small pages)
+    #[arg(long)]
+    pub no_hugepages: bool,
+    /// ucx backend: time WRITEs to local completion and flush once per timed loop, as ucx_perftest put_bw does (default: flush every WRITE, so it has reached the target, as NIXL reports)
+    #[arg(long)]
+    pub ucx_local_completion: bool,
     /// Do not ask NIXL to capture per-request telemetry
     #[arg(long)]
     pub no_telemetry: bool,
@@ -226,6 +232,8 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         agent: agent.clone(),
         timing,
         notif_every_transfer: !a.no_notif,
+        hugepages: !a.no_hugepages,
+        ucx_local_completion: a.ucx_local_completion,
         inject: a.inject.map(Into::into),
     };
     crate::engine::initiator::validate(&plan).map_err(CliError::usage)?;
@@ -284,6 +292,8 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
                 min_iters: timing.min_iters,
                 max_iters: timing.max_iters,
                 notif_every_transfer: plan.notif_every_transfer,
+                hugepages: plan.hugepages,
+                ucx_local_completion: plan.ucx_local_completion,
                 mem: "DRAM".into(),
             },
             initiator_pid: None,

@@ -113,7 +113,7 @@ impl Connection {
             Err(e) => return Err(e.into()),
         };
         let len = usize::try_from(setup.buffer_bytes).map_err(|_| EngineError::Invalid("size too large".into()))?;
-        let buf = Rc::new(HostBuffer::new(len)?);
+        let buf = Rc::new(HostBuffer::with_options(len, setup.hugepages)?);
         let target = TargetReady {
             buffer_addr: 0,
             buffer_len: 0,
@@ -247,6 +247,11 @@ trait Transfer {
     fn post(&mut self) -> Result<bool, EngineError>;
     /// Waits until it finishes; an error after `limit` from `start`.
     fn wait(&mut self, start: Instant, limit: Duration) -> Result<(), EngineError>;
+    /// Ends a timed loop (inside its clock): completes whatever the
+    /// transfers left pending at the target.
+    fn finish(&mut self, _start: Instant, _limit: Duration) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// A NIXL request, reposted each time.
@@ -280,6 +285,10 @@ struct UcxXfer {
     /// keep its protocol string.
     describe: bool,
     described: Option<String>,
+    /// Flush after every WRITE (remote completion, NIXL's meaning); false:
+    /// local completion per WRITE and one flush at the end of the loop
+    /// (ucx_perftest put_bw's meaning).
+    flush_each: bool,
 }
 
 impl UcxXfer {
@@ -295,6 +304,7 @@ impl UcxXfer {
             pending: Vec::with_capacity(descs + 1),
             describe,
             described: None,
+            flush_each: true,
         }
     }
 }
@@ -317,12 +327,21 @@ impl Transfer for UcxXfer {
                 self.pending.push(r);
             }
         }
-        if self.op == XferOp::Write {
+        if self.op == XferOp::Write && self.flush_each {
             if let Some(f) = self.ep.flush()? {
                 self.pending.push(f);
             }
         }
         Ok(self.pending.is_empty())
+    }
+
+    fn finish(&mut self, start: Instant, limit: Duration) -> Result<(), EngineError> {
+        if self.op == XferOp::Write && !self.flush_each {
+            if let Some(f) = self.ep.flush()? {
+                f.wait_since(start, limit)?;
+            }
+        }
+        Ok(())
     }
 
     fn wait(&mut self, start: Instant, limit: Duration) -> Result<(), EngineError> {
@@ -358,6 +377,7 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
         buffer_bytes: plan.sizes.iter().copied().max().unwrap_or(0),
         backends: vec![backend],
         ucx: plan.ucx.clone(),
+        hugepages: plan.hugepages,
     };
     let first = *plan.backends.first().ok_or_else(|| EngineError::Invalid("no backend".into()))?;
     let conn = Connection::open(nixl, &plan.target_addr, &plan.token, &setup_for(first), peer_timeout)?;
@@ -648,6 +668,7 @@ impl Session<'_> {
                 break;
             }
         }
+        t.finish(Instant::now(), self.xfer_timeout)?;
         m.elapsed = start.elapsed();
         m.iterations = lat.len() as u64;
         m.latency = stats_from_ns(&mut lat);
@@ -829,6 +850,7 @@ impl Session<'_> {
         // The checked transfers ask UCX how it carries the first descriptor.
         let mut check_xfer = UcxXfer::new(link, op, block as usize, descs as usize, true);
         let mut timed = UcxXfer::new(link, op, block as usize, descs as usize, false);
+        timed.flush_each = !plan.ucx_local_completion;
         let mut m = Measured { op, size, descs, block, ..Measured::default() };
 
         let spec = CheckSpec {

@@ -56,6 +56,13 @@ pub struct SweepPlan {
     pub timing: Timing,
     /// Whether timed transfers carry notifications.
     pub notif_every_transfer: bool,
+    /// DRAM buffers on transparent huge pages (false: 4 KiB pages).
+    #[serde(default = "crate::peer::yes")]
+    pub hugepages: bool,
+    /// Raw UCX WRITEs complete locally, one flush ends the timed loop
+    /// (ucx_perftest put_bw's meaning; default: a flush per WRITE).
+    #[serde(default)]
+    pub ucx_local_completion: bool,
     /// Fault injection for kvprobe's self-tests (None in real runs).
     #[serde(default)]
     pub inject: Option<Inject>,

@@ -205,6 +205,14 @@ pub struct Settings {
     pub notif_every_transfer: bool,
     /// Memory type on both sides.
     pub mem: String,
+    /// DRAM buffers on transparent huge pages (`madvise`); false: 4 KiB pages.
+    #[serde(default = "crate::peer::yes")]
+    pub hugepages: bool,
+    /// Raw UCX WRITEs timed to local completion with one flush at the end of
+    /// each timed loop (ucx_perftest put_bw's meaning); false: every WRITE is
+    /// flushed, so it has reached the target (NIXL's meaning).
+    #[serde(default)]
+    pub ucx_local_completion: bool,
 }
 
 /// Summary statistics of a set of durations, microseconds.

@@ -73,11 +73,17 @@ pub fn render(r: &SweepResults, style: Style) -> String {
         out.push('\n');
     }
     out.push_str(&format!(
-        "{} memory, {} path, progress thread {}, notifications on {} transfer\n",
+        "{} memory ({}), {} path, progress thread {}, notifications on {} transfer{}\n",
         h.settings.mem,
+        if h.settings.hugepages { "huge pages" } else { "4 KiB pages" },
         h.settings.xfer_path,
         if h.settings.agent.progress_thread { "on" } else { "off" },
         if h.settings.notif_every_transfer { "every" } else { "the checked" },
+        if h.settings.ucx_local_completion {
+            "; raw UCX WRITEs timed to local completion, one flush per loop (ucx_perftest's meaning)"
+        } else {
+            ""
+        },
     ));
 
     let mut t = Table::new();
