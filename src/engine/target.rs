@@ -197,7 +197,7 @@ fn handle(req: Request, state: &mut Option<State>, nixl: &Nixl) -> Result<Respon
 
 fn setup_target(setup: &TargetSetup, nixl: &Nixl) -> Result<(State, TargetReady), EngineError> {
     let len = usize::try_from(setup.buffer_bytes).map_err(|_| EngineError::Invalid("buffer too large".into()))?;
-    let buf = Rc::new(HostBuffer::new(len)?);
+    let buf = Rc::new(HostBuffer::with_options(len, setup.hugepages)?);
     let mut ready = TargetReady {
         buffer_addr: buf.addr() as u64,
         buffer_len: buf.len() as u64,
