@@ -27,7 +27,6 @@ use crate::nvml::{Nvml, NvmlReport};
 use crate::report::schema::{Flag, Transport};
 use crate::topology::{self, Topology};
 use crate::transport::{self, RDMA, SHM};
-use crate::ucx::core::{NIXL_UCX_DEFAULTS, NIXL_UCX_EFA_DEFAULTS};
 use crate::ucx::info::{Component, Resource};
 use crate::ucx::{Context, Endpoint, MemHandle, RemoteKey, Request, Ucx, Worker};
 
@@ -328,15 +327,12 @@ fn gather_ucx(cli: Option<PathBuf>, nixl: Option<&NixlLocation>, topo: &Topology
         Ok(c) => (parse_context_resources(&c.print_info()), None),
         Err(e) => (Vec::new(), Some(e.to_string())),
     };
-    let mut settings: Vec<(String, String)> = NIXL_UCX_DEFAULTS
-        .iter()
-        .chain(if topo.has_efa() { NIXL_UCX_EFA_DEFAULTS } else { &[] })
-        .filter(|(_, _, min)| {
-            let (maj, minor) = ucx.version_tuple();
-            maj > 1 || minor >= *min
-        })
-        .map(|(k, v, _)| (k.to_string(), v.to_string()))
-        .collect();
+    let mut settings = crate::peer::UcxSetup {
+        lib: loc.lib.clone(),
+        settings: crate::ucx::core::nixl_defaults(topo.has_efa()),
+        peer_errors: true,
+    }
+    .settings_for(ucx.version_tuple());
     if std::env::var_os("UCX_NET_DEVICES").is_none() {
         // the probe stays on this host: TCP only over loopback
         settings.push(("NET_DEVICES".into(), "lo".into()));

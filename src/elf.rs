@@ -185,6 +185,13 @@ pub fn ld_cache() -> Vec<(String, PathBuf)> {
         .clone()
 }
 
+/// The first file mapped into this process whose path satisfies `pred`
+/// (from /proc/self/maps): which build of a library the loader really used.
+pub fn mapped(pred: impl Fn(&str) -> bool) -> Option<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| pred(p)).map(PathBuf::from)
+}
+
 /// The NEEDED libraries of `path` that the loader would not find.
 pub fn missing_needed(path: &Path) -> Result<Vec<String>, ElfError> {
     let d = read_dynamic(path)?;

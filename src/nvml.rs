@@ -267,14 +267,12 @@ impl Nvml {
 
     /// Driver version and GPUs.
     pub fn report(&self) -> Result<NvmlReport, NvmlError> {
-        Ok(NvmlReport { driver: self.driver_version()?, gpus: self.gpus()?, library: loaded_path() })
+        Ok(NvmlReport {
+            driver: self.driver_version()?,
+            gpus: self.gpus()?,
+            library: crate::elf::mapped(|p| p.contains("libnvidia-ml.so")),
+        })
     }
-}
-
-/// Where the loader found NVML (from /proc/self/maps).
-fn loaded_path() -> Option<PathBuf> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.contains("libnvidia-ml.so")).map(PathBuf::from)
 }
 
 impl Drop for Nvml {

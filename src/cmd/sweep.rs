@@ -26,7 +26,6 @@ use crate::report::schema::{
 };
 use crate::report::{self, progress, style::Style, table};
 use crate::transport;
-use crate::ucx::core::{NIXL_UCX_DEFAULTS, NIXL_UCX_EFA_DEFAULTS};
 use crate::units::{self, Bytes, SizeError};
 
 /// A parsed `--sizes` list.
@@ -250,7 +249,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
     };
     plan.ucx = ucx_loc.as_ref().map(|u| UcxSetup {
         lib: u.lib.clone(),
-        settings: nixl_ucx_settings(std::path::Path::new("/")),
+        settings: crate::ucx::core::nixl_defaults(crate::topology::has_efa(std::path::Path::new("/"))),
         peer_errors: plan.backend_params.get("ucx_error_handling_mode").is_none_or(|m| m != "none"),
     });
 
@@ -358,17 +357,6 @@ fn save(dir: &std::path::Path, r: &SweepResults) -> Result<(), CliError> {
     report::write_all(dir, r)
         .with_context(|| format!("cannot write results into {}", dir.display()))
         .map_err(CliError::failed)
-}
-
-/// NIXL's UCX defaults (with the EFA-only ones on EFA hosts), as the ucx
-/// backend applies them: name, value, first UCX 1.x minor version.
-fn nixl_ucx_settings(root: &std::path::Path) -> Vec<(String, String, u32)> {
-    let mut v: Vec<(String, String, u32)> =
-        NIXL_UCX_DEFAULTS.iter().map(|(k, val, m)| (k.to_string(), val.to_string(), *m)).collect();
-    if crate::topology::has_efa(root) {
-        v.extend(NIXL_UCX_EFA_DEFAULTS.iter().map(|(k, val, m)| (k.to_string(), val.to_string(), *m)));
-    }
-    v
 }
 
 /// Environment for both children: the plugin folder (unless the user set

@@ -29,6 +29,17 @@ pub const NIXL_UCX_DEFAULTS: &[(&str, &str, u32)] = &[
 pub const NIXL_UCX_EFA_DEFAULTS: &[(&str, &str, u32)] =
     &[("ADDRESS_VERSION", "v2", 0), ("MAX_COMPONENT_MDS", "32", 19)];
 
+/// NIXL's UCX defaults, with the EFA-only ones when `efa`: (name, value,
+/// first UCX 1.x minor version); [`crate::peer::UcxSetup::settings_for`]
+/// picks those the loaded UCX has.
+pub fn nixl_defaults(efa: bool) -> Vec<(String, String, u32)> {
+    NIXL_UCX_DEFAULTS
+        .iter()
+        .chain(if efa { NIXL_UCX_EFA_DEFAULTS } else { &[] })
+        .map(|(k, v, m)| (k.to_string(), v.to_string(), *m))
+        .collect()
+}
+
 pub(crate) struct ContextInner {
     raw: NonNull<sys::ucp_context>,
     ucx: Ucx,

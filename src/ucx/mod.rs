@@ -120,8 +120,7 @@ pub fn configure_flags_in(bytes: &[u8]) -> Option<String> {
 
 /// The libucp already mapped into this process, if any (from /proc/self/maps).
 pub fn mapped_libucp() -> Option<PathBuf> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| is_libucp(p)).map(PathBuf::from)
+    crate::elf::mapped(is_libucp)
 }
 
 /// Whether a file name is a libucp (`libucp.so.0`, `libucp-b39b3ed9.so.0.0.0`).
