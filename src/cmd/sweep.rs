@@ -208,6 +208,8 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         warmup_iters: a.warmup_iters,
         xfer_timeout_s: a.xfer_timeout.as_secs_f64(),
         peer_timeout_s: a.peer_timeout.as_secs_f64(),
+        // a fifth of the target's idle limit (at most 1 s): five chances before it gives up
+        keepalive_s: a.target_idle_timeout.map_or(1.0, |d| (d.as_secs_f64() / 5.0).clamp(0.05, 1.0)),
     };
     let mut backends: Vec<BackendKind> = Vec::new();
     for b in &a.backends {

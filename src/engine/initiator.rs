@@ -533,7 +533,7 @@ impl Session<'_> {
     /// Tells the watcher this process is alive, at most about once a second.
     #[inline]
     fn beat(&mut self) {
-        if self.last_beat.elapsed() >= Duration::from_secs(1) {
+        if self.last_beat.elapsed().as_secs_f64() >= self.plan.timing.keepalive_s {
             (self.emit)(Event::Heartbeat);
             // A failed send means the target is gone; the next request says so.
             let _ = self.conn.ch.send(&Request::KeepAlive, "keep-alive");

@@ -97,6 +97,14 @@ pub struct Timing {
     pub xfer_timeout_s: f64,
     /// A control request unanswered for this long (seconds) is an error.
     pub peer_timeout_s: f64,
+    /// Keep-alive period while measuring (seconds): well inside the
+    /// target's idle limit, so a descheduled initiator does not lose it.
+    #[serde(default = "one_second")]
+    pub keepalive_s: f64,
+}
+
+fn one_second() -> f64 {
+    1.0
 }
 
 /// What the initiator reports to the `sweep` command, one JSON line each.
