@@ -5,6 +5,7 @@
 #
 # usage: debug/compare-perftest.sh [SIZES] [ROUNDS]    (default 1M,4M,16M,64M and 3)
 #   TLS_LIST="default tcp"   UCX_TLS settings to compare ("default": unset, UCX picks)
+#   POINTS=FILE              only print the table of an earlier run's points.jsonl
 # needs: debug/setup.sh done (the libucx-cu12 wheel brings ucx_perftest), cargo build --release.
 #
 # Like for like:
@@ -68,6 +69,8 @@ perftest_run() { # size window log
   awk '/^Final:/ {print $7}' "$log"
 }
 
+points=${POINTS:-$out/points.jsonl}
+[ -n "${POINTS:-}" ] && tls_list=""
 for tls in $tls_list; do
   if [ "$tls" = default ]; then unset UCX_TLS; else export UCX_TLS=$tls; fi
   for r in $(seq 1 "$rounds"); do
@@ -104,8 +107,8 @@ EOF
   done
 done
 
-python3 - "$out/points.jsonl" <<'EOF'
-import json, statistics, sys
+python3 - "$points" <<'EOF'
+import json, random, statistics, sys
 pts = [json.loads(l) for l in open(sys.argv[1])]
 def gbps(p):
     if "gbps" in p: return p["gbps"]
@@ -114,20 +117,33 @@ def label(b):
     for u, n in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
         if b >= u and b % u == 0: return f"{b // u} {n}"
     return f"{b} B"
-med = {}
+vals = {}
 for p in pts:
     v = gbps(p)
-    if v is not None: med.setdefault((p["tls"], p["size"], p["tool"]), []).append(v)
+    if v is not None: vals.setdefault((p["tls"], p["size"], p["tool"]), []).append(v)
 transport = {(p["tls"], p["size"]): p["transport"].strip() for p in pts if p["tool"] == "kvprobe-small"}
-print("| UCX_TLS | size | ucx_perftest -O 1 | kvprobe ucx, local completion | ratio | kvprobe ucx, flush per WRITE | ratio | ucx_perftest window 32 | kvprobe ucx, huge pages | transport (kvprobe) |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+rng = random.Random(1)
+def ratio_interval(a, b):
+    # 90% bootstrap interval of median(a) / median(b), rounds resampled per tool
+    if len(a) < 2 or len(b) < 2: return "-"
+    rs = sorted(statistics.median(rng.choices(a, k=len(a))) / statistics.median(rng.choices(b, k=len(b)))
+                for _ in range(2000))
+    return f"{rs[100]:.2f}-{rs[1899]:.2f}"
+def cell(v):
+    if not v: return "-"
+    return f"{statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else f"{v[0]:.2f}"
+print("| UCX_TLS | size | ucx_perftest -O 1 | kvprobe, local completion | ratio | 90% interval | kvprobe, flush per WRITE (default) | ratio | ucx_perftest window 32 | kvprobe, huge pages | transport (kvprobe) |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for tls in dict.fromkeys(p["tls"] for p in pts):
     for size in sorted({p["size"] for p in pts if p["tls"] == tls}):
-        m = {t: statistics.median(v) for (a, b, t), v in med.items() if a == tls and b == size}
+        v = {t: x for (a, b, t), x in vals.items() if a == tls and b == size}
+        m = {t: statistics.median(x) for t, x in v.items()}
         pt, loc, kv = m.get("perftest-O1"), m.get("kvprobe-local"), m.get("kvprobe-small")
         ratio = lambda x: f"{x / pt:.3f}" if pt and x else "-"
-        f = lambda x: f"{x:.2f}" if x is not None else "-"
-        print(f"| {tls} | {label(size)} | {f(pt)} | {f(loc)} | {ratio(loc)} | {f(kv)} | {ratio(kv)} | {f(m.get('perftest-Odefault'))} | {f(m.get('kvprobe-huge'))} | {transport.get((tls, size), '')} |")
+        print(f"| {tls} | {label(size)} | {cell(v.get('perftest-O1'))} | {cell(v.get('kvprobe-local'))} | {ratio(loc)} "
+              f"| {ratio_interval(v.get('kvprobe-local', []), v.get('perftest-O1', []))} | {cell(v.get('kvprobe-small'))} "
+              f"| {ratio(kv)} | {cell(v.get('perftest-Odefault'))} | {cell(v.get('kvprobe-huge'))} | {transport.get((tls, size), '')} |")
 print()
-print(f"GB/s = 1e9 bytes/s, median of {max(p['round'] for p in pts)} rounds; raw points: {sys.argv[1]}")
+print(f"GB/s = 1e9 bytes/s: median (min-max) of {max(p['round'] for p in pts)} rounds; ratio = median / median of ucx_perftest -O 1,")
+print(f"with a 90% bootstrap interval (rounds resampled per tool); raw points: {sys.argv[1]}")
 EOF

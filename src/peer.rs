@@ -20,7 +20,7 @@ use crate::mem::Verify;
 use crate::nixl::AgentConfig;
 
 /// Protocol version; both sides must agree.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 /// Largest message accepted (metadata of a big registration is a few MB at most).
 const MAX_MESSAGE: u32 = 64 << 20;
@@ -55,6 +55,15 @@ pub enum Request {
         off: u64,
         /// Length.
         len: u64,
+    },
+    /// Raw UCX side: connect an endpoint back to the initiator's worker, as
+    /// ucx_perftest's server does. UCX's adaptive progress polls only the
+    /// interfaces an endpoint of the worker uses; without one of its own the
+    /// target handles incoming TCP RMA through its async thread, at about
+    /// half the rate (docs/results/perftest-2026-11-24.md).
+    UcxConnect {
+        /// The initiator's UCP worker address, hex.
+        worker_address_hex: String,
     },
     /// Flip one byte (fault injection used by kvprobe's self-tests).
     Corrupt {

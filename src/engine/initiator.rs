@@ -16,7 +16,7 @@ use crate::nixl::{
 };
 use crate::peer::{
     BackendKind, Channel, NixlReady, PROTOCOL, Request, Response, TargetReady, TargetSetup, UcxReady, UcxSetup,
-    from_hex,
+    from_hex, to_hex,
 };
 use crate::report::schema::{Check, PeerInfo, Row, Stats, Transport, XferPath, stats_from_ns};
 use crate::ucx::{Context, Endpoint, MemHandle, RemoteKey, Ucx, Worker};
@@ -157,7 +157,15 @@ impl Connection {
             let u =
                 setup.ucx.as_ref().ok_or_else(|| EngineError::Invalid("the ucx backend needs its settings".into()))?;
             let r = self.target.ucx.as_ref().ok_or_else(|| missing("UCX"))?;
-            self.ucx = Some(UcxLink::open(u, &self.buf, r, self.target.buffer_addr)?);
+            let link = UcxLink::open(u, &self.buf, r, self.target.buffer_addr)?;
+            // The target connects back, as ucx_perftest's server does, so that
+            // UCX polls its interface (see Request::UcxConnect).
+            let req = Request::UcxConnect { worker_address_hex: to_hex(&link.worker.address()?) };
+            match self.ch.call(&req, peer_timeout, "the target's UCX endpoint back")? {
+                Response::Ok => {}
+                other => return Err(EngineError::Invalid(format!("unexpected answer to ucx connect: {other:?}"))),
+            }
+            self.ucx = Some(link);
         }
         Ok(())
     }

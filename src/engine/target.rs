@@ -14,9 +14,9 @@ use crate::mem::{HostBuffer, Region};
 use crate::nixl::{Agent, Backend, MemType, Nixl, NotifMap, RegDescList, Registration};
 use crate::peer::{
     BackendKind, Channel, NixlReady, PROTOCOL, PeerError, Request, Response, TargetReady, TargetSetup, UcxReady,
-    UcxSetup, to_hex,
+    UcxSetup, from_hex, to_hex,
 };
-use crate::ucx::{Context, MemHandle, Ucx, Worker};
+use crate::ucx::{Context, Endpoint, MemHandle, Ucx, Worker};
 
 use super::{EngineError, ucx_tls_env};
 
@@ -30,8 +30,11 @@ struct NixlSide {
     agent: Agent,
 }
 
-/// The raw UCX side (memory map, then worker, then context).
+/// The raw UCX side (endpoint back to the initiator, memory map, then
+/// worker, then context).
 struct UcxSide {
+    back: Option<Endpoint>,
+    peer_errors: bool,
     _mem: MemHandle,
     worker: Worker,
     _ctx: Context,
@@ -152,6 +155,14 @@ fn handle(req: Request, state: &mut Option<State>, nixl: &Nixl) -> Result<Respon
             unsafe { s.buf.poison(off as usize, len as usize) }?;
             Ok(Response::Ok)
         }
+        Request::UcxConnect { worker_address_hex } => {
+            let u = s.ucx.as_mut().ok_or_else(|| EngineError::Invalid("no raw UCX side to connect".into()))?;
+            let addr = from_hex(&worker_address_hex)
+                .map_err(|e| EngineError::Invalid(format!("initiator worker address: {e}")))?;
+            u.back = None;
+            u.back = Some(Endpoint::connect(&u.worker, &addr, u.peer_errors)?);
+            Ok(Response::Ok)
+        }
         Request::Corrupt { off } => {
             // SAFETY: see above.
             unsafe { s.buf.corrupt(off as usize) }?;
@@ -245,5 +256,5 @@ fn setup_ucx(u: &UcxSetup, buf: &Rc<HostBuffer>) -> Result<(UcxSide, UcxReady), 
         version: ucx.version(),
         applied: ctx.applied.clone(),
     };
-    Ok((UcxSide { _mem: mem, worker, _ctx: ctx }, ready))
+    Ok((UcxSide { back: None, peer_errors: u.peer_errors, _mem: mem, worker, _ctx: ctx }, ready))
 }
