@@ -78,6 +78,7 @@ fn rig() -> Rig {
         backends: vec![BackendKind::Nixl],
         ucx: None,
         hugepages: true,
+        kv: None,
     };
     let conn =
         Connection::open(Some(&nixl), &addr, "bench", &setup, Duration::from_secs(30)).expect("connect to target");

@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod elf;
 pub mod engine;
 pub mod hostinfo;
+pub mod kv;
 pub mod locate;
 pub mod mem;
 pub mod nixl;

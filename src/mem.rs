@@ -135,6 +135,35 @@ impl HostBuffer {
         Ok(())
     }
 
+    /// Writes the pattern for `seed` into `[off, off+len)` as if the range
+    /// began at offset `base` (KV chunks use 0: their pattern does not depend
+    /// on where the chunk lives, so the two sides can compare).
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn fill_as(&self, off: usize, len: usize, base: u64, seed: u64) -> Result<(), MemError> {
+        self.check(off, len)?;
+        // SAFETY: as in fill.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(off), len) };
+        fill_pattern(bytes, base, seed);
+        Ok(())
+    }
+
+    /// Checks `[off, off+len)` against the pattern written by
+    /// [`HostBuffer::fill_as`] with the same `base`; offsets in the result
+    /// are absolute in this buffer.
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn verify_as(&self, off: usize, len: usize, base: u64, seed: u64) -> Result<Verify, MemError> {
+        self.check(off, len)?;
+        // SAFETY: as in verify.
+        let bytes = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) };
+        let mut v = verify_pattern(bytes, base, seed);
+        v.first_bad_offset = v.first_bad_offset.map(|p| p - base + off as u64);
+        Ok(v)
+    }
+
     /// Fills `[off, off+len)` with the poison byte.
     ///
     /// # Safety
@@ -277,6 +306,20 @@ impl Verify {
     /// True when every byte matched.
     pub fn ok(&self) -> bool {
         self.mismatched_bytes == 0
+    }
+
+    /// Adds another check's outcome (the first bad byte stays the earliest seen).
+    pub fn merge(&mut self, o: Verify) {
+        self.mismatched_bytes += o.mismatched_bytes;
+        if self.first_bad_offset.is_none() {
+            self.first_bad_offset = o.first_bad_offset;
+            self.first_bad = o.first_bad;
+        }
+    }
+
+    /// A clean result.
+    pub fn clean() -> Verify {
+        Verify { mismatched_bytes: 0, first_bad_offset: None, first_bad: None }
     }
 }
 

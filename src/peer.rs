@@ -39,7 +39,7 @@ pub enum Request {
         kvprobe: String,
     },
     /// Create the agent and backend, allocate and register the buffer.
-    Setup(TargetSetup),
+    Setup(Box<TargetSetup>),
     /// Write the pattern for `seed` into the target buffer.
     Fill {
         /// Offset in the target buffer.
@@ -92,6 +92,30 @@ pub enum Request {
         #[serde(default)]
         settle_ms: u64,
     },
+    /// KV mode: write the pattern of a request (or, with `poison`, the poison
+    /// byte) into the prefill blocks `ids` (block k of the request is block
+    /// `ids[k]` of every region); every head of each block the request moves.
+    KvFill {
+        /// Input length of the request (sliding layers move fewer blocks).
+        isl: u64,
+        /// Prefill block id of each request block.
+        ids: Vec<u64>,
+        /// Pattern seed of the request.
+        seed: u64,
+        /// Poison instead of the pattern.
+        #[serde(default)]
+        poison: bool,
+    },
+    /// KV mode: check the decode rank's head slice of the prefill blocks
+    /// `ids` against the request's pattern (after a WRITE).
+    KvVerify {
+        /// Input length of the request.
+        isl: u64,
+        /// Prefill block id of each request block.
+        ids: Vec<u64>,
+        /// Pattern seed of the request.
+        seed: u64,
+    },
     /// One-way (no response): the initiator is alive and busy measuring. Sent
     /// about once a second during a point, so the target's idle timeout only
     /// fires for a peer that is really gone.
@@ -119,6 +143,20 @@ pub struct TargetSetup {
     /// DRAM buffer on transparent huge pages (false: 4 KiB pages).
     #[serde(default = "yes")]
     pub hugepages: bool,
+    /// KV mode: the prefill rank's KV regions to allocate and register too.
+    #[serde(default)]
+    pub kv: Option<KvSetup>,
+}
+
+/// The KV cache a side builds: geometry, layer kinds and blocks per region.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KvSetup {
+    /// Per-rank geometry.
+    pub geometry: crate::kv::Geometry,
+    /// Kind of each layer (sliding layers move fewer blocks).
+    pub layer_kinds: Vec<crate::kv::LayerKind>,
+    /// Blocks per region.
+    pub pool_blocks: u64,
 }
 
 /// `true`, for serde defaults.
@@ -203,6 +241,10 @@ pub struct TargetReady {
     pub nixl: Option<NixlReady>,
     /// The raw UCX side, when built.
     pub ucx: Option<UcxReady>,
+    /// KV mode: address of the target's KV buffer (regions at the offsets
+    /// [`crate::kv::SideLayout::regions`] gives).
+    #[serde(default)]
+    pub kv_addr: Option<u64>,
 }
 
 /// The target's NIXL side.
@@ -223,6 +265,9 @@ pub struct UcxReady {
     pub worker_address_hex: String,
     /// The packed remote key of its buffer, hex-encoded.
     pub rkey_hex: String,
+    /// KV mode: the packed remote key of its KV buffer.
+    #[serde(default)]
+    pub kv_rkey_hex: Option<String>,
     /// The libucp it loaded.
     pub lib: String,
     /// Its UCX version.

@@ -7,6 +7,7 @@
 pub mod doctor;
 pub mod info;
 pub mod initiator;
+pub mod kv_shape;
 pub mod sweep;
 pub mod target;
 
@@ -30,6 +31,8 @@ pub enum Cmd {
     Sweep(Box<sweep::SweepArgs>),
     /// Tell what will carry KV traffic on this host and what is wrong (exit 0 healthy, 1 warnings, 2 errors)
     Doctor(doctor::DoctorArgs),
+    /// Print what one prefill->decode request moves for a model: bytes per token, regions, block length per rank, descriptors and bytes per request
+    KvShape(kv_shape::KvShapeArgs),
     /// Show where NIXL was found, its version, plugins and backend parameters
     Info(info::InfoArgs),
     /// (internal) serve one initiator session as the target process
@@ -72,6 +75,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.cmd {
         Cmd::Sweep(a) => sweep::run(*a),
         Cmd::Doctor(a) => doctor::run(a),
+        Cmd::KvShape(a) => kv_shape::run(a),
         Cmd::Info(a) => info::run(a),
         Cmd::Target(a) => target::run(a),
         Cmd::Initiator(a) => initiator::run(a),

@@ -22,7 +22,7 @@ use crate::locate::{self, Inputs, NixlLocation};
 use crate::nixl::{AgentConfig, XferOp};
 use crate::peer::{BackendKind, UcxSetup};
 use crate::report::schema::{
-    Header, NixlInfo, RunStatus, SCHEMA, Settings, SweepResults, UcxHeader, XferPath, units_legend,
+    BlockPattern, Header, NixlInfo, RunStatus, SCHEMA, Settings, SweepResults, UcxHeader, XferPath, units_legend,
 };
 use crate::report::{self, progress, style::Style, table};
 use crate::transport;
@@ -47,13 +47,34 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 #[derive(Debug, clap::Args)]
 pub struct SweepArgs {
     /// Transfer sizes, comma-separated, binary units (4K = 4096) [default: 4K,16K,...,256M: every power of 4]
-    #[arg(long, value_name = "LIST", value_parser = parse_sizes)]
+    #[arg(long, value_name = "LIST", value_parser = parse_sizes, conflicts_with_all = ["model", "model_config"])]
     pub sizes: Option<SizeList>,
+    /// KV-shaped rows for a model (see `kvprobe kv-shape`): vLLM's pattern, one descriptor per (region, block), a row per ISL
+    #[command(flatten)]
+    pub kv: super::kv_shape::ModelArgs,
+    /// KV mode: prefill TP size
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub p_tp: u32,
+    /// KV mode: decode TP size
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub d_tp: u32,
+    /// KV mode: input lengths (tokens), comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,20000", value_name = "N,...")]
+    pub isl: Vec<u64>,
+    /// KV mode: tokens per KV block (vLLM --block-size), comma-separated for several
+    #[arg(long, value_delimiter = ',', default_value = "16", value_name = "TOKENS,...")]
+    pub kv_block_size: Vec<u32>,
+    /// KV mode: request block ids contiguous (fresh cache) or random (scattered, as in a long-running server)
+    #[arg(long, default_value = "contiguous", value_name = "contiguous|random")]
+    pub block_pattern: String,
+    /// KV mode: requests in flight at once
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub inflight: u32,
     /// Operations, from the initiator's side (READ pulls, as vLLM's decode does; WRITE pushes)
     #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "READ,WRITE")]
     pub ops: Vec<XferOp>,
     /// Split every transfer into descriptors of this size (KV blocks are 4-32 KiB) [default: one descriptor]
-    #[arg(long, value_name = "SIZE", value_parser = units::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_size, conflicts_with_all = ["model", "model_config"])]
     pub block_size: Option<u64>,
     /// Backends, comma-separated: nixl (NIXL with its UCX plugin), ucx (UCX's UCP put/get directly, with NIXL's UCX
     /// defaults: the ratio of the two rows is NIXL's overhead)
@@ -140,6 +161,8 @@ pub enum InjectArg {
     CorruptLast,
     /// One warm-up transfer of the first point carries no notification.
     MissingNotif,
+    /// KV mode: the first checked request moves every block one block off at the prefill side.
+    KvMisplaced,
 }
 
 impl From<InjectArg> for crate::engine::Inject {
@@ -148,6 +171,7 @@ impl From<InjectArg> for crate::engine::Inject {
             InjectArg::CorruptFirst => crate::engine::Inject::CorruptFirst,
             InjectArg::CorruptLast => crate::engine::Inject::CorruptLast,
             InjectArg::MissingNotif => crate::engine::Inject::MissingNotif,
+            InjectArg::KvMisplaced => crate::engine::Inject::KvMisplaced,
         }
     }
 }
@@ -159,6 +183,36 @@ pub enum XferPathArg {
     Prepped,
     /// create_xfer_req
     Create,
+}
+
+/// The KV plan of `--model`/`--model-config` (None without a model).
+fn kv_plan(a: &SweepArgs) -> Result<Option<crate::engine::KvPlan>, CliError> {
+    if !a.kv.given() {
+        return Ok(None);
+    }
+    if a.isl.is_empty() || a.isl.contains(&0) {
+        return Err(CliError::usage(anyhow!("--isl needs input lengths of at least 1 token")));
+    }
+    if a.inflight == 0 {
+        return Err(CliError::usage(anyhow!("--inflight must be at least 1")));
+    }
+    let pattern: BlockPattern = a.block_pattern.parse().map_err(|e: String| CliError::usage(anyhow!(e)))?;
+    let mut geometries = Vec::new();
+    let mut kinds = Vec::new();
+    let mut block_sizes = a.kv_block_size.clone();
+    block_sizes.dedup();
+    for &bt in &block_sizes {
+        let spec = a.kv.spec(a.p_tp, a.d_tp, bt)?;
+        geometries.push(spec.geometry().map_err(CliError::usage)?);
+        kinds = spec.model.layer_kinds;
+    }
+    Ok(Some(crate::engine::KvPlan {
+        geometries,
+        layer_kinds: kinds,
+        isls: a.isl.clone(),
+        pattern,
+        inflight: a.inflight,
+    }))
 }
 
 /// Default sizes: every power of 4 from 4 KiB to 256 MiB.
@@ -178,8 +232,19 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
             ops.push(*op);
         }
     }
+    let kv_plan = kv_plan(&a)?;
     let max = sizes.iter().copied().max().unwrap_or(0);
-    if let Some(avail) = crate::hostinfo::mem_available() {
+    if let (Some(k), Some(avail)) = (&kv_plan, crate::hostinfo::mem_available()) {
+        let need = k.memory_bytes();
+        if need.saturating_add(256 << 20) > avail {
+            return Err(CliError::usage(anyhow!(
+                "these KV caches need {} of memory (both ranks' regions for {} requests in flight plus a contiguous buffer of the largest request on each side), but only {} is available: use fewer/shorter --isl, a smaller --inflight, or contiguous --block-pattern",
+                Bytes(need),
+                k.inflight,
+                Bytes(avail)
+            )));
+        }
+    } else if let Some(avail) = crate::hostinfo::mem_available() {
         // each of the two processes holds one buffer of the largest size
         let need = max.saturating_mul(2);
         if need.saturating_add(256 << 20) > avail {
@@ -236,6 +301,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         hugepages: !a.no_hugepages,
         ucx_local_completion: a.ucx_local_completion,
         inject: a.inject.map(Into::into),
+        kv: kv_plan,
     };
     crate::engine::initiator::validate(&plan).map_err(CliError::usage)?;
 
@@ -295,6 +361,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
                 notif_every_transfer: plan.notif_every_transfer,
                 hugepages: plan.hugepages,
                 ucx_local_completion: plan.ucx_local_completion,
+                kv: plan.kv.clone(),
                 mem: "DRAM".into(),
             },
             initiator_pid: None,
@@ -441,7 +508,11 @@ fn drive(
     }
     let events = init.stdout_lines().ok_or_else(|| anyhow!("no stdout from the initiator"))?;
 
-    let total = (plan.ops.len() * plan.sizes.len() * plan.backends.len()) as u64;
+    let points = match &plan.kv {
+        Some(k) => k.isls.len() * k.geometries.len(),
+        None => plan.sizes.len(),
+    };
+    let total = (plan.ops.len() * points * plan.backends.len()) as u64;
     let pb = progress::bar(total, a.quiet || a.json);
     // A hung NIXL call emits nothing; anything slower than one transfer timeout
     // plus one control timeout (with margin) without a heartbeat is a hang.

@@ -10,19 +10,23 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::kv::{Side, SideLayout};
 use crate::mem::{HostBuffer, Region, Verify};
 use crate::nixl::{
-    Agent, Backend, MemType, Nixl, OptArgs, RegDescList, Registration, Status, Telemetry, XferDescList, XferOp, XferReq,
+    Agent, Backend, MemType, Nixl, OptArgs, PreppedDlist, RegDescList, Registration, Status, Telemetry, XferDescList,
+    XferOp, XferReq,
 };
 use crate::peer::{
-    BackendKind, Channel, NixlReady, PROTOCOL, Request, Response, TargetReady, TargetSetup, UcxReady, UcxSetup,
-    from_hex, to_hex,
+    BackendKind, Channel, KvSetup, NixlReady, PROTOCOL, Request, Response, TargetReady, TargetSetup, UcxReady,
+    UcxSetup, from_hex, to_hex,
 };
 use crate::report::schema::{Check, PeerInfo, Row, Stats, Transport, XferPath, stats_from_ns};
 use crate::ucx::{Context, Endpoint, MemHandle, RemoteKey, Ucx, Worker};
 use crate::units::Bytes;
 
 use super::{BackendReady, EngineError, Event, Inject, Started, SweepPlan, UcxInfo, seed_for, ucx_tls_env};
+
+mod kv;
 
 /// Most descriptors one transfer may have (indices are C ints).
 pub const MAX_DESCS: u64 = 1 << 22;
@@ -36,6 +40,10 @@ pub struct NixlLink {
     pub backend_params: BTreeMap<String, String>,
     /// The target agent's name (as loaded from its metadata).
     pub remote_name: String,
+    /// KV mode: the prepared descriptor lists of both caches (made once).
+    pub kv_prepped: Option<KvPrepped>,
+    /// KV mode: the registration of the local KV regions.
+    pub kv_reg: Option<Registration>,
     /// The registration of the local buffer (drops before backend and agent).
     pub reg: Registration,
     /// The local backend.
@@ -44,9 +52,25 @@ pub struct NixlLink {
     pub agent: Agent,
 }
 
+/// Descriptor lists over every (region, block) of both KV caches, prepared
+/// once with `prep_xfer_dlist` as vLLM does; descriptor id = region x pool + block.
+#[derive(Debug)]
+pub struct KvPrepped {
+    /// The decode side's (local).
+    pub local: PreppedDlist,
+    /// The prefill side's (remote).
+    pub remote: PreppedDlist,
+    /// Time to build and prepare both.
+    pub prep: Duration,
+}
+
 /// The raw UCX side: an endpoint to the target's worker and its remote key.
 #[derive(Debug)]
 pub struct UcxLink {
+    /// KV mode: the target KV buffer's remote key.
+    pub kv_rkey: Option<RemoteKey>,
+    /// KV mode: the local KV buffer, mapped.
+    pub kv_mem: Option<MemHandle>,
     /// The target buffer's remote key.
     pub rkey: RemoteKey,
     /// Endpoint to the target's worker.
@@ -78,8 +102,23 @@ pub struct Connection {
     pub nixl: Option<NixlLink>,
     /// The raw UCX side, when built.
     pub ucx: Option<UcxLink>,
+    /// KV mode: the decode rank's KV cache.
+    pub kv: Option<LocalKv>,
     /// The local buffer (registered with each side; dropped last).
     pub buf: Rc<HostBuffer>,
+}
+
+/// The decode rank's KV cache.
+#[derive(Debug)]
+pub struct LocalKv {
+    /// The buffer holding every region.
+    pub buf: Rc<HostBuffer>,
+    /// Where the blocks are.
+    pub layout: SideLayout,
+    /// The prefill side's layout (for remote addresses).
+    pub remote: SideLayout,
+    /// Geometry, layer kinds, pool.
+    pub setup: KvSetup,
 }
 
 impl std::fmt::Debug for Connection {
@@ -121,8 +160,9 @@ impl Connection {
             ucx_tls: None,
             nixl: None,
             ucx: None,
+            kv_addr: None,
         };
-        let mut conn = Connection { ch, target, target_host, target_pid, nixl: None, ucx: None, buf };
+        let mut conn = Connection { ch, target, target_host, target_pid, nixl: None, ucx: None, kv: None, buf };
         conn.rebuild(nixl, setup, peer_timeout)?;
         Ok(conn)
     }
@@ -143,21 +183,45 @@ impl Connection {
         }
         self.nixl = None;
         self.ucx = None;
-        self.target = match self.ch.call(&Request::Setup(setup.clone()), peer_timeout, "the target's setup")? {
-            Response::SetupDone(r) => *r,
-            other => return Err(EngineError::Invalid(format!("unexpected answer to setup: {other:?}"))),
-        };
+        self.kv = None;
+        if let Some(k) = &setup.kv {
+            let layout = k.geometry.side(Side::Decode, k.pool_blocks);
+            let len = usize::try_from(layout.total_bytes())
+                .map_err(|_| EngineError::Invalid("KV cache too large for this host".into()))?;
+            self.kv = Some(LocalKv {
+                buf: Rc::new(HostBuffer::with_options(len, setup.hugepages)?),
+                layout,
+                remote: k.geometry.side(Side::Prefill, k.pool_blocks),
+                setup: k.clone(),
+            });
+        }
+        self.target =
+            match self.ch.call(&Request::Setup(Box::new(setup.clone())), peer_timeout, "the target's setup")? {
+                Response::SetupDone(r) => *r,
+                other => return Err(EngineError::Invalid(format!("unexpected answer to setup: {other:?}"))),
+            };
         let missing = |what: &str| EngineError::Invalid(format!("the target built no {what} side"));
         if setup.backends.contains(&BackendKind::Nixl) {
             let nixl = nixl.ok_or_else(|| EngineError::Invalid("the nixl backend needs NIXL loaded".into()))?;
             let r = self.target.nixl.as_ref().ok_or_else(|| missing("NIXL"))?;
-            self.nixl = Some(NixlLink::open(nixl, setup, &self.buf, r)?);
+            let mut link = NixlLink::open(nixl, setup, &self.buf, r)?;
+            if let Some(kv) = &self.kv {
+                let addr = self.target.kv_addr.ok_or_else(|| missing("KV cache"))?;
+                link.open_kv(nixl, kv, addr)?;
+            }
+            self.nixl = Some(link);
         }
         if setup.backends.contains(&BackendKind::Ucx) {
             let u =
                 setup.ucx.as_ref().ok_or_else(|| EngineError::Invalid("the ucx backend needs its settings".into()))?;
             let r = self.target.ucx.as_ref().ok_or_else(|| missing("UCX"))?;
-            let link = UcxLink::open(u, &self.buf, r, self.target.buffer_addr)?;
+            let mut link = UcxLink::open(u, &self.buf, r, self.target.buffer_addr)?;
+            if let Some(kv) = &self.kv {
+                let packed = r.kv_rkey_hex.as_ref().ok_or_else(|| missing("UCX KV key"))?;
+                let packed = from_hex(packed).map_err(|e| EngineError::Invalid(format!("target KV key: {e}")))?;
+                link.kv_rkey = Some(RemoteKey::unpack(&link.ep, &packed)?);
+                link.kv_mem = Some(MemHandle::map(&link.ctx, Rc::clone(&kv.buf))?);
+            }
             // The target connects back, as ucx_perftest's server does, so that
             // UCX polls its interface (see Request::UcxConnect).
             let req = Request::UcxConnect { worker_address_hex: to_hex(&link.worker.address()?) };
@@ -227,7 +291,30 @@ impl NixlLink {
                 r.agent_name
             )));
         }
-        Ok(NixlLink { plugins, backend_params, remote_name, reg, backend, agent })
+        Ok(NixlLink { plugins, backend_params, remote_name, kv_prepped: None, kv_reg: None, reg, backend, agent })
+    }
+
+    /// KV mode: registers the local regions and prepares the descriptor lists
+    /// of both caches over every (region, block), once.
+    fn open_kv(&mut self, nixl: &Nixl, kv: &LocalKv, remote_base: u64) -> Result<(), EngineError> {
+        let reg = super::target::register_kv(&self.agent, &self.backend, nixl, &kv.buf, &kv.layout)?;
+        let t = Instant::now();
+        let g = &kv.setup.geometry;
+        let pool = kv.setup.pool_blocks;
+        let len = g.d_block_bytes as usize;
+        let mut local = XferDescList::new(nixl, MemType::Dram)?;
+        let mut remote = XferDescList::new(nixl, MemType::Dram)?;
+        for r in 0..g.desc_regions {
+            for b in 0..pool {
+                local.add_local(&reg, kv.buf.addr() + kv.layout.desc_offset(g, r, b) as usize, len, 0)?;
+                remote.add((remote_base + kv.remote.desc_offset(g, r, b)) as usize, len, 0)?;
+            }
+        }
+        let lp = self.agent.prep_local(&local, Some(&self.backend))?;
+        let rp = self.agent.prep_remote(&self.remote_name, &remote, Some(&self.backend))?;
+        self.kv_prepped = Some(KvPrepped { local: lp, remote: rp, prep: t.elapsed() });
+        self.kv_reg = Some(reg);
+        Ok(())
     }
 }
 
@@ -245,7 +332,7 @@ impl UcxLink {
         let addr = from_hex(&r.worker_address_hex).map_err(|e| bad("worker address", e))?;
         let ep = Endpoint::connect(&worker, &addr, u.peer_errors)?;
         let rkey = RemoteKey::unpack(&ep, &from_hex(&r.rkey_hex).map_err(|e| bad("remote key", e))?)?;
-        Ok(UcxLink { rkey, ep, mem, worker, ctx, ucx, remote_addr })
+        Ok(UcxLink { kv_rkey: None, kv_mem: None, rkey, ep, mem, worker, ctx, ucx, remote_addr })
     }
 }
 
@@ -378,15 +465,23 @@ struct Session<'a> {
 pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -> Result<Vec<String>, EngineError> {
     validate(plan)?;
     let peer_timeout = Duration::from_secs_f64(plan.timing.peer_timeout_s);
-    let setup_for = |backend: BackendKind| TargetSetup {
+    // KV mode: the plain buffer carries the contiguous reference transfer of
+    // a whole request's bytes.
+    let buffer_bytes = match &plan.kv {
+        Some(k) => k.max_request_bytes(),
+        None => plan.sizes.iter().copied().max().unwrap_or(0),
+    };
+    let setup_kv = |backend: BackendKind, kv: Option<KvSetup>| TargetSetup {
         agent: plan.agent.clone(),
         backend: plan.backend.clone(),
         backend_params: plan.backend_params.clone(),
-        buffer_bytes: plan.sizes.iter().copied().max().unwrap_or(0),
+        buffer_bytes,
         backends: vec![backend],
         ucx: plan.ucx.clone(),
         hugepages: plan.hugepages,
+        kv,
     };
+    let setup_for = |backend: BackendKind| setup_kv(backend, plan.kv.as_ref().map(|k| k.setup(0)));
     let first = *plan.backends.first().ok_or_else(|| EngineError::Invalid("no backend".into()))?;
     let conn = Connection::open(nixl, &plan.target_addr, &plan.token, &setup_for(first), peer_timeout)?;
     // This host's UCX transports (the device view), from the UCX in use: the
@@ -420,6 +515,34 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
         xfer_timeout: Duration::from_secs_f64(plan.timing.xfer_timeout_s),
         conn,
     };
+    if let Some(kvp) = &plan.kv {
+        let total = plan.ops.len() * kvp.isls.len() * kvp.geometries.len() * plan.backends.len();
+        let mut index = 0;
+        for (bi, &backend) in plan.backends.iter().enumerate() {
+            let mut first_point = true;
+            for gi in 0..kvp.geometries.len() {
+                if bi > 0 || gi > 0 {
+                    s.conn.rebuild(nixl, &setup_kv(backend, Some(kvp.setup(gi))), peer_timeout)?;
+                }
+                if gi == 0 {
+                    let ready = s.backend_ready(backend, nixl)?;
+                    (s.emit)(Event::Backend(ready));
+                }
+                for &op in &plan.ops {
+                    for &isl in &kvp.isls {
+                        let size = kvp.geometries[gi].request(&kvp.layer_kinds, isl).bytes;
+                        (s.emit)(Event::Point { index, total, op, size, backend });
+                        let row = s.measure_kv(index, first_point, op, isl, backend)?;
+                        first_point = false;
+                        s.emit_checked(row, &format!("{backend} {op} ISL {isl}"))?;
+                        index += 1;
+                    }
+                }
+            }
+        }
+        let target_drop_errors = s.conn.close(peer_timeout)?;
+        return Ok(target_drop_errors.into_iter().map(|e| format!("target: {e}")).collect());
+    }
     let total = plan.ops.len() * plan.sizes.len() * plan.backends.len();
     let mut index = 0;
     for (bi, &backend) in plan.backends.iter().enumerate() {
@@ -434,27 +557,7 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
                 (s.emit)(Event::Point { index, total, op, size, backend });
                 let row = s.measure(index, first_point, op, size, backend)?;
                 first_point = false;
-                let verified = row.verified;
-                let notifs_ok = row.notifs_received == row.notifs_expected && row.unexpected_notifs.is_empty();
-                let what =
-                    format!("{backend} {op} {size} B: {:?}", row.checks.iter().filter(|c| !c.ok).collect::<Vec<_>>());
-                let notif_msg = format!(
-                    "{backend} {op} {size} B: the target received {} notifications where {} were sent{}",
-                    row.notifs_received,
-                    row.notifs_expected,
-                    if row.unexpected_notifs.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", and unexpected messages {:?}", row.unexpected_notifs)
-                    }
-                );
-                (s.emit)(Event::Row(Box::new(row)));
-                if !verified {
-                    return Err(EngineError::Verification(what));
-                }
-                if !notifs_ok {
-                    return Err(EngineError::Verification(notif_msg));
-                }
+                s.emit_checked(row, &format!("{backend} {op} {size} B"))?;
                 index += 1;
             }
         }
@@ -538,6 +641,32 @@ struct Measured {
 }
 
 impl Session<'_> {
+    /// Emits a measured row, then fails the run if its data or notifications
+    /// were wrong (the row stays on disk with what went wrong).
+    fn emit_checked(&mut self, row: Row, what: &str) -> Result<(), EngineError> {
+        let verified = row.verified;
+        let notifs_ok = row.notifs_received == row.notifs_expected && row.unexpected_notifs.is_empty();
+        let bad = format!("{what}: {:?}", row.checks.iter().filter(|c| !c.ok).collect::<Vec<_>>());
+        let notif_msg = format!(
+            "{what}: the target received {} notifications where {} were sent{}",
+            row.notifs_received,
+            row.notifs_expected,
+            if row.unexpected_notifs.is_empty() {
+                String::new()
+            } else {
+                format!(", and unexpected messages {:?}", row.unexpected_notifs)
+            }
+        );
+        (self.emit)(Event::Row(Box::new(row)));
+        if !verified {
+            return Err(EngineError::Verification(bad));
+        }
+        if !notifs_ok {
+            return Err(EngineError::Verification(notif_msg));
+        }
+        Ok(())
+    }
+
     /// Tells the watcher this process is alive, at most about once a second.
     #[inline]
     fn beat(&mut self) {
@@ -922,6 +1051,7 @@ impl Session<'_> {
             notifs_received: m.notifs_received,
             unexpected_notifs: m.unexpected,
             transport: m.transport,
+            kv: None,
         }
     }
 }

@@ -66,6 +66,72 @@ pub struct SweepPlan {
     /// Fault injection for kvprobe's self-tests (None in real runs).
     #[serde(default)]
     pub inject: Option<Inject>,
+    /// KV-shaped rows instead of `sizes` (sweep --model).
+    #[serde(default)]
+    pub kv: Option<KvPlan>,
+}
+
+/// What a KV-shaped sweep measures: one geometry per block size, rows per
+/// (operation, input length).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KvPlan {
+    /// One per block size, in order.
+    pub geometries: Vec<crate::kv::Geometry>,
+    /// Kind of each layer.
+    pub layer_kinds: Vec<crate::kv::LayerKind>,
+    /// Input lengths, tokens.
+    pub isls: Vec<u64>,
+    /// How request block ids are chosen.
+    pub pattern: crate::report::schema::BlockPattern,
+    /// Requests in flight at once.
+    pub inflight: u32,
+}
+
+impl KvPlan {
+    /// Blocks per region for geometry `gi`: room for `inflight` requests of
+    /// the longest input, twice that for random ids (so they scatter).
+    pub fn pool_blocks(&self, gi: usize) -> u64 {
+        let g = &self.geometries[gi];
+        let most = self.isls.iter().map(|&n| g.blocks_of(n, false).1).max().unwrap_or(1).max(1);
+        let spread = match self.pattern {
+            crate::report::schema::BlockPattern::Contiguous => 1,
+            crate::report::schema::BlockPattern::Random => 2,
+        };
+        most * u64::from(self.inflight.max(1)) * spread
+    }
+
+    /// What the sides build for geometry `gi`.
+    pub fn setup(&self, gi: usize) -> crate::peer::KvSetup {
+        crate::peer::KvSetup {
+            geometry: self.geometries[gi].clone(),
+            layer_kinds: self.layer_kinds.clone(),
+            pool_blocks: self.pool_blocks(gi),
+        }
+    }
+
+    /// The largest request (bytes) over every geometry and input length.
+    pub fn max_request_bytes(&self) -> u64 {
+        self.geometries
+            .iter()
+            .flat_map(|g| self.isls.iter().map(move |&n| g.request(&self.layer_kinds, n).bytes))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Bytes both sides allocate for the largest geometry: (prefill, decode)
+    /// KV caches plus the contiguous reference buffer on each side.
+    pub fn memory_bytes(&self) -> u64 {
+        (0..self.geometries.len())
+            .map(|gi| {
+                let g = &self.geometries[gi];
+                let pool = self.pool_blocks(gi);
+                g.side(crate::kv::Side::Prefill, pool).total_bytes()
+                    + g.side(crate::kv::Side::Decode, pool).total_bytes()
+            })
+            .max()
+            .unwrap_or(0)
+            + 2 * self.max_request_bytes()
+    }
 }
 
 /// A fault the run must catch (used by kvprobe's own tests).
@@ -78,6 +144,9 @@ pub enum Inject {
     CorruptLast,
     /// Post one warm-up transfer of the first point without its notification.
     MissingNotif,
+    /// KV mode: the first checked request of the first point reads (or
+    /// writes) each block one block further on at the prefill side.
+    KvMisplaced,
 }
 
 /// How long to measure.

@@ -10,11 +10,12 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::mem::{HostBuffer, Region};
+use crate::kv::{Side, SideLayout};
+use crate::mem::{HostBuffer, Region, Verify};
 use crate::nixl::{Agent, Backend, MemType, Nixl, NotifMap, RegDescList, Registration};
 use crate::peer::{
-    BackendKind, Channel, NixlReady, PROTOCOL, PeerError, Request, Response, TargetReady, TargetSetup, UcxReady,
-    UcxSetup, from_hex, to_hex,
+    BackendKind, Channel, KvSetup, NixlReady, PROTOCOL, PeerError, Request, Response, TargetReady, TargetSetup,
+    UcxReady, UcxSetup, from_hex, to_hex,
 };
 use crate::ucx::{Context, Endpoint, MemHandle, Ucx, Worker};
 
@@ -23,6 +24,7 @@ use super::{EngineError, ucx_tls_env};
 /// The NIXL side. Field order is drop order: the registration goes before the
 /// backend and agent it belongs to.
 struct NixlSide {
+    _kv_reg: Option<Registration>,
     _reg: Registration,
     notifs: NotifMap,
     counts: HashMap<String, u64>,
@@ -35,15 +37,24 @@ struct NixlSide {
 struct UcxSide {
     back: Option<Endpoint>,
     peer_errors: bool,
+    _kv_mem: Option<MemHandle>,
     _mem: MemHandle,
     worker: Worker,
     _ctx: Context,
 }
 
-/// What the target built during setup; the buffer goes last.
+/// The prefill rank's KV cache (KV mode).
+struct KvSide {
+    buf: Rc<HostBuffer>,
+    layout: SideLayout,
+    setup: KvSetup,
+}
+
+/// What the target built during setup; the buffers go last.
 struct State {
     nixl: Option<NixlSide>,
     ucx: Option<UcxSide>,
+    kv: Option<KvSide>,
     buf: Rc<HostBuffer>,
 }
 
@@ -155,6 +166,33 @@ fn handle(req: Request, state: &mut Option<State>, nixl: &Nixl) -> Result<Respon
             unsafe { s.buf.poison(off as usize, len as usize) }?;
             Ok(Response::Ok)
         }
+        Request::KvFill { isl, ids, seed, poison } => {
+            let kv = s.kv.as_ref().ok_or_else(|| EngineError::Invalid("no KV cache on the target".into()))?;
+            let g = &kv.setup.geometry;
+            check_ids(&ids, kv.layout.pool)?;
+            for (off, len, chunk_seed) in g.request_chunks(&kv.setup.layer_kinds, &kv.layout, isl, &ids, false, seed) {
+                // SAFETY: see above (no transfer in flight during control requests).
+                unsafe {
+                    if poison {
+                        kv.buf.poison(off as usize, len as usize)
+                    } else {
+                        kv.buf.fill_as(off as usize, len as usize, 0, chunk_seed)
+                    }
+                }?;
+            }
+            Ok(Response::Ok)
+        }
+        Request::KvVerify { isl, ids, seed } => {
+            let kv = s.kv.as_ref().ok_or_else(|| EngineError::Invalid("no KV cache on the target".into()))?;
+            let g = &kv.setup.geometry;
+            check_ids(&ids, kv.layout.pool)?;
+            let mut v = Verify::clean();
+            for (off, len, chunk_seed) in g.request_chunks(&kv.setup.layer_kinds, &kv.layout, isl, &ids, true, seed) {
+                // SAFETY: see above.
+                v.merge(unsafe { kv.buf.verify_as(off as usize, len as usize, 0, chunk_seed) }?);
+            }
+            Ok(Response::Verified(v))
+        }
         Request::UcxConnect { worker_address_hex } => {
             let u = s.ucx.as_mut().ok_or_else(|| EngineError::Invalid("no raw UCX side to connect".into()))?;
             let addr = from_hex(&worker_address_hex)
@@ -216,8 +254,20 @@ fn setup_target(setup: &TargetSetup, nixl: &Nixl) -> Result<(State, TargetReady)
         ucx_tls: ucx_tls_env(),
         nixl: None,
         ucx: None,
+        kv_addr: None,
     };
-    let mut state = State { nixl: None, ucx: None, buf: Rc::clone(&buf) };
+    let kv = match &setup.kv {
+        Some(k) => {
+            let layout = k.geometry.side(Side::Prefill, k.pool_blocks);
+            let len = usize::try_from(layout.total_bytes())
+                .map_err(|_| EngineError::Invalid("KV cache too large for this host".into()))?;
+            let kbuf = Rc::new(HostBuffer::with_options(len, setup.hugepages)?);
+            ready.kv_addr = Some(kbuf.addr() as u64);
+            Some(KvSide { buf: kbuf, layout, setup: k.clone() })
+        }
+        None => None,
+    };
+    let mut state = State { nixl: None, ucx: None, kv: None, buf: Rc::clone(&buf) };
     if setup.backends.contains(&BackendKind::Nixl) {
         let name = format!("kvprobe-target-{}", std::process::id());
         let agent = Agent::new(nixl, &name, &setup.agent)?;
@@ -226,21 +276,55 @@ fn setup_target(setup: &TargetSetup, nixl: &Nixl) -> Result<(State, TargetReady)
         let mut dl = RegDescList::new(nixl, MemType::Dram)?;
         dl.add(buf.addr(), buf.len(), 0)?;
         let reg = agent.register_owned(Rc::clone(&buf), dl, Some(&backend))?;
+        let kv_reg = match &kv {
+            Some(k) => Some(register_kv(&agent, &backend, nixl, &k.buf, &k.layout)?),
+            None => None,
+        };
         let md = agent.local_metadata()?;
         let notifs = NotifMap::new(nixl)?;
         ready.nixl = Some(NixlReady { agent_name: name, metadata_hex: to_hex(&md), backend_params: effective });
-        state.nixl = Some(NixlSide { _reg: reg, notifs, counts: HashMap::new(), _backend: backend, agent });
+        state.nixl =
+            Some(NixlSide { _kv_reg: kv_reg, _reg: reg, notifs, counts: HashMap::new(), _backend: backend, agent });
     }
     if setup.backends.contains(&BackendKind::Ucx) {
         let u = setup.ucx.as_ref().ok_or_else(|| EngineError::Invalid("the ucx backend needs its settings".into()))?;
-        let (side, r) = setup_ucx(u, &buf)?;
+        let (side, r) = setup_ucx(u, &buf, kv.as_ref().map(|k| &k.buf))?;
         ready.ucx = Some(r);
         state.ucx = Some(side);
     }
+    state.kv = kv;
     Ok((state, ready))
 }
 
-fn setup_ucx(u: &UcxSetup, buf: &Rc<HostBuffer>) -> Result<(UcxSide, UcxReady), EngineError> {
+/// Registers every KV region of `buf` (one descriptor each, as vLLM
+/// registers one region per KV tensor).
+pub(super) fn register_kv(
+    agent: &Agent,
+    backend: &Backend,
+    nixl: &Nixl,
+    buf: &Rc<HostBuffer>,
+    layout: &SideLayout,
+) -> Result<Registration, EngineError> {
+    let mut dl = RegDescList::new(nixl, MemType::Dram)?;
+    for (off, len) in layout.regions() {
+        dl.add(buf.addr() + off as usize, len as usize, 0)?;
+    }
+    Ok(agent.register_owned(Rc::clone(buf), dl, Some(backend))?)
+}
+
+/// Block ids must name blocks of the cache.
+pub(super) fn check_ids(ids: &[u64], pool: u64) -> Result<(), EngineError> {
+    match ids.iter().find(|&&b| b >= pool) {
+        Some(b) => Err(EngineError::Invalid(format!("block id {b} is outside the {pool}-block cache"))),
+        None => Ok(()),
+    }
+}
+
+fn setup_ucx(
+    u: &UcxSetup,
+    buf: &Rc<HostBuffer>,
+    kv: Option<&Rc<HostBuffer>>,
+) -> Result<(UcxSide, UcxReady), EngineError> {
     let ucx = Ucx::open(&u.lib)?;
     let ctx = Context::new(
         &ucx,
@@ -249,12 +333,20 @@ fn setup_ucx(u: &UcxSetup, buf: &Rc<HostBuffer>) -> Result<(UcxSide, UcxReady), 
     )?;
     let worker = Worker::new(&ctx)?;
     let mem = MemHandle::map(&ctx, Rc::clone(buf))?;
+    let kv_mem = match kv {
+        Some(k) => Some(MemHandle::map(&ctx, Rc::clone(k))?),
+        None => None,
+    };
     let ready = UcxReady {
         worker_address_hex: to_hex(&worker.address()?),
         rkey_hex: to_hex(&mem.pack_rkey()?),
+        kv_rkey_hex: match &kv_mem {
+            Some(m) => Some(to_hex(&m.pack_rkey()?)),
+            None => None,
+        },
         lib: ucx.path().display().to_string(),
         version: ucx.version(),
         applied: ctx.applied.clone(),
     };
-    Ok((UcxSide { back: None, peer_errors: u.peer_errors, _mem: mem, worker, _ctx: ctx }, ready))
+    Ok((UcxSide { back: None, peer_errors: u.peer_errors, _kv_mem: kv_mem, _mem: mem, worker, _ctx: ctx }, ready))
 }

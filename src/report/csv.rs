@@ -31,6 +31,14 @@ pub const COLUMNS: &[&str] = &[
     "verified",
     "notifs_expected",
     "notifs_received",
+    "kv_model",
+    "kv_block_tokens",
+    "kv_isl",
+    "kv_effective_gbps",
+    "kv_contiguous_gbps",
+    "kv_layout_efficiency",
+    "kv_ttft_added_ms_p50",
+    "kv_ttft_added_ms_p99",
 ];
 
 /// Renders the rows as CSV with a header line.
@@ -65,6 +73,20 @@ pub fn to_csv(r: &SweepResults) -> String {
             row.notifs_expected.to_string(),
             row.notifs_received.to_string(),
         ];
+        let mut fields = fields;
+        match &row.kv {
+            Some(k) => fields.extend([
+                format!("\"{}\"", k.geometry.model.replace('"', "\"\"")),
+                k.geometry.block_tokens.to_string(),
+                k.isl.to_string(),
+                format!("{:.6}", k.effective_gbps),
+                format!("{:.6}", k.contiguous_gbps),
+                format!("{:.6}", k.layout_efficiency),
+                format!("{:.6}", k.ttft_added_ms_p50),
+                format!("{:.6}", k.ttft_added_ms_p99),
+            ]),
+            None => fields.extend(std::iter::repeat_n(String::new(), 8)),
+        }
         debug_assert_eq!(fields.len(), COLUMNS.len());
         out.push_str(&fields.join(","));
         out.push('\n');

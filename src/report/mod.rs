@@ -3,6 +3,7 @@
 
 pub mod csv;
 pub mod doctor;
+pub mod kv;
 pub mod progress;
 pub mod schema;
 pub mod style;

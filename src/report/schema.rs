@@ -213,6 +213,10 @@ pub struct Settings {
     /// flushed, so it has reached the target (NIXL's meaning).
     #[serde(default)]
     pub ucx_local_completion: bool,
+    /// KV mode (`sweep --model`): geometries per block size, input lengths,
+    /// block pattern, requests in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv: Option<crate::engine::KvPlan>,
 }
 
 /// Summary statistics of a set of durations, microseconds.
@@ -303,6 +307,80 @@ pub struct Row {
     /// with it. None only when UCX said nothing (the process died first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<Transport>,
+    /// KV-shaped rows: the geometry and what one request costs. In these rows
+    /// `size_bytes` is the bytes of one request, `descs` its descriptors,
+    /// `block_bytes` the bytes per descriptor, `latency_us` the time of one
+    /// request (make_xfer_req + post + completion) and `gbps` the aggregate
+    /// rate over the timed loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv: Option<KvRow>,
+}
+
+/// The KV-specific part of a row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KvRow {
+    /// Per-rank geometry (model, dtype, layout, TP, block sizes, regions).
+    pub geometry: crate::kv::Geometry,
+    /// Input length, tokens.
+    pub isl: u64,
+    /// Blocks per full-attention region (and per sliding region).
+    pub blocks: u64,
+    /// Blocks per sliding-window region.
+    pub sliding_blocks: u64,
+    /// Block ids: contiguous or random.
+    pub pattern: BlockPattern,
+    /// Requests in flight at once.
+    pub inflight: u32,
+    /// Blocks per registered region (the cache the request ids come from).
+    pub pool_blocks: u64,
+    /// Requests timed.
+    pub requests: u64,
+    /// make_xfer_req per request, microseconds (NIXL; zero for raw UCX).
+    pub make_us: Stats,
+    /// Bytes of one request over its median time, GB/s (1e9 bytes/s).
+    pub effective_gbps: f64,
+    /// The same bytes as one contiguous descriptor, same run, GB/s.
+    pub contiguous_gbps: f64,
+    /// Median time of that contiguous transfer, microseconds.
+    pub contiguous_us: f64,
+    /// effective_gbps / contiguous_gbps.
+    pub layout_efficiency: f64,
+    /// Time the transfer adds to time-to-first-token at this ISL (the
+    /// request's median and p99), milliseconds.
+    pub ttft_added_ms_p50: f64,
+    /// p99 of the same.
+    pub ttft_added_ms_p99: f64,
+}
+
+/// How a request's block ids are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockPattern {
+    /// Consecutive ids (a fresh cache): neighbouring blocks are adjacent in memory.
+    #[default]
+    Contiguous,
+    /// Ids scattered over the cache, as in a long-running server.
+    Random,
+}
+
+impl std::str::FromStr for BlockPattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "contiguous" => Ok(BlockPattern::Contiguous),
+            "random" => Ok(BlockPattern::Random),
+            other => Err(format!("unknown block pattern '{other}' (contiguous, random)")),
+        }
+    }
+}
+
+impl std::fmt::Display for BlockPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BlockPattern::Contiguous => "contiguous",
+            BlockPattern::Random => "random",
+        })
+    }
 }
 
 /// What carried a row's bytes (transport truth).

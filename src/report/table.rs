@@ -8,7 +8,7 @@ use super::style::{FAIL, PASS, Style};
 use crate::units::{Bytes, fmt_gbps, fmt_us};
 
 /// A short transport cell: `cma/memory zero-copy` (+ ` !` when flagged).
-fn transport_cell(r: &Row, style: Style) -> String {
+pub(super) fn transport_cell(r: &Row, style: Style) -> String {
     match &r.transport {
         None => style.dim("?"),
         Some(t) => {
@@ -22,7 +22,7 @@ fn transport_cell(r: &Row, style: Style) -> String {
 }
 
 /// The NIXL row's GB/s over the raw UCX row's for the same point.
-fn ratio(r: &Row, rows: &[Row]) -> Option<f64> {
+pub(super) fn ratio(r: &Row, rows: &[Row]) -> Option<f64> {
     if r.backend != "nixl" {
         return None;
     }
@@ -86,6 +86,31 @@ pub fn render(r: &SweepResults, style: Style) -> String {
         },
     ));
 
+    if h.settings.kv.is_some() {
+        out.push_str(&super::kv::render_rows(r, multi, style));
+    } else {
+        out.push_str(&size_table(r, multi, style));
+    }
+    out.push_str(&findings(r, style));
+    match r.status {
+        RunStatus::Complete => {}
+        RunStatus::Running => out.push_str(&style.warn("status: running (incomplete)\n")),
+        RunStatus::Failed => out.push_str(&style.bad("status: FAILED\n")),
+        RunStatus::Interrupted => out.push_str(&style.warn("status: interrupted\n")),
+    }
+    for e in &r.errors {
+        out.push_str(&style.bad(&format!("error: {e}\n")));
+    }
+    for w in &r.warnings {
+        out.push_str(&style.warn(&format!("warning: {w}\n")));
+    }
+    out
+}
+
+/// The table of size rows, with its footnotes.
+fn size_table(r: &SweepResults, multi: bool, style: Style) -> String {
+    let h = &r.header;
+    let mut out = String::new();
     let mut t = Table::new();
     t.load_preset(UTF8_HORIZONTAL_ONLY).set_content_arrangement(ContentArrangement::Disabled);
     // rule lines above, below and under the header only; none between rows
@@ -162,19 +187,6 @@ pub fn render(r: &SweepResults, style: Style) -> String {
         out.push_str(&style.dim(
             "nixl/ucx = NIXL's GB/s over raw UCX's for the same point (NIXL's overhead; each backend measured alone)\n",
         ));
-    }
-    out.push_str(&findings(r, style));
-    match r.status {
-        RunStatus::Complete => {}
-        RunStatus::Running => out.push_str(&style.warn("status: running (incomplete)\n")),
-        RunStatus::Failed => out.push_str(&style.bad("status: FAILED\n")),
-        RunStatus::Interrupted => out.push_str(&style.warn("status: interrupted\n")),
-    }
-    for e in &r.errors {
-        out.push_str(&style.bad(&format!("error: {e}\n")));
-    }
-    for w in &r.warnings {
-        out.push_str(&style.warn(&format!("warning: {w}\n")));
     }
     out
 }
