@@ -181,7 +181,18 @@ fn flashinfer_and_mla_layouts_move_verified_data() {
     let f = fixture();
     let cases: [Vec<&str>; 2] = [
         // one joint K|V region per layer: K and V blocks interleave
-        vec!["--model-config", f.to_str().unwrap(), "--layout", "flashinfer", "--d-tp", "2", "--backend", "nixl,ucx"],
+        // (and NIXL told not to merge adjacent descriptors)
+        vec![
+            "--model-config",
+            f.to_str().unwrap(),
+            "--layout",
+            "flashinfer",
+            "--d-tp",
+            "2",
+            "--backend",
+            "nixl,ucx",
+            "--no-desc-merge",
+        ],
         // MLA: replicated latent, prefill TP above decode TP is allowed
         vec!["--model", "DeepSeek-V3", "--p-tp", "2", "--d-tp", "1", "--backend", "nixl"],
     ];
@@ -192,6 +203,8 @@ fn flashinfer_and_mla_layouts_move_verified_data() {
         let out = sweep(dir.path(), &a, &[]);
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         let v = results(dir.path());
+        assert_eq!(v["header"]["settings"]["kv"]["no_desc_merge"], args.contains(&"--no-desc-merge"));
+        assert_eq!(v["rows"].as_array().unwrap().len(), if args.contains(&"nixl,ucx") { 4 } else { 2 });
         for row in v["rows"].as_array().unwrap() {
             assert_eq!(row["verified"], true, "{args:?}: {row:#}");
             let g = &row["kv"]["geometry"];

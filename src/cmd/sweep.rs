@@ -70,6 +70,9 @@ pub struct SweepArgs {
     /// KV mode: requests in flight at once
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub inflight: u32,
+    /// KV mode: keep NIXL from merging adjacent descriptors (what contiguous block ids cost without NIXL's merge)
+    #[arg(long)]
+    pub no_desc_merge: bool,
     /// Operations, from the initiator's side (READ pulls, as vLLM's decode does; WRITE pushes)
     #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "READ,WRITE")]
     pub ops: Vec<XferOp>,
@@ -212,6 +215,7 @@ fn kv_plan(a: &SweepArgs) -> Result<Option<crate::engine::KvPlan>, CliError> {
         isls: a.isl.clone(),
         pattern,
         inflight: a.inflight,
+        no_desc_merge: a.no_desc_merge,
     }))
 }
 

@@ -85,6 +85,9 @@ pub struct KvPlan {
     pub pattern: crate::report::schema::BlockPattern,
     /// Requests in flight at once.
     pub inflight: u32,
+    /// NIXL: keep make_xfer_req from merging adjacent descriptors.
+    #[serde(default)]
+    pub no_desc_merge: bool,
 }
 
 impl KvPlan {

@@ -119,10 +119,11 @@ pub fn render_rows(r: &SweepResults, multi: bool, style: Style) -> String {
             out.push('\n');
         }
         out.push_str(&format!(
-            "block ids {}, {} request{} in flight, one notification per request\n",
+            "block ids {}, {} request{} in flight, one notification per request{}\n",
             k.pattern,
             k.inflight,
-            if k.inflight == 1 { "" } else { "s" }
+            if k.inflight == 1 { "" } else { "s" },
+            if k.no_desc_merge { ", NIXL descriptor merging off" } else { "" }
         ));
     }
     let mut t = Table::new();

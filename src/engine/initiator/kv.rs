@@ -140,6 +140,9 @@ impl Session<'_> {
                 let p = link.kv_prepped.as_ref().ok_or_else(|| EngineError::Invalid("no prepared KV lists".into()))?;
                 let args = Rc::new(OptArgs::with_backend(link.agent.nixl(), &link.backend)?);
                 args.set_notification(tag.as_bytes())?;
+                if kvp.no_desc_merge {
+                    args.set_skip_desc_merge(true)?;
+                }
                 Issuer::Nixl { agent: link.agent.clone(), local: p.local.clone(), remote: p.remote.clone(), args }
             }
             BackendKind::Ucx => {
