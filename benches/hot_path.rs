@@ -55,6 +55,7 @@ fn rig() -> Rig {
         &env,
         false,
         None,
+        None,
     )
     .expect("start target");
     let lines = target.stdout_lines().expect("target stdout");

@@ -37,7 +37,19 @@ pub fn spawn(
     stdin: bool,
     log: Option<&Path>,
 ) -> std::io::Result<Child> {
-    spawn_exe(&std::env::current_exe()?, name, args, env, stdin, log)
+    spawn_exe(&std::env::current_exe()?, name, args, env, stdin, log, None)
+}
+
+/// As [`spawn`], and the child inherits the open file descriptor `fd` under
+/// its own number (a connection `kvprobe serve` hands to a target process).
+pub fn spawn_with_fd(
+    name: &'static str,
+    args: &[String],
+    env: &[(String, String)],
+    log: Option<&Path>,
+    fd: std::os::fd::RawFd,
+) -> std::io::Result<Child> {
+    spawn_exe(&std::env::current_exe()?, name, args, env, false, log, Some(fd))
 }
 
 /// As [`spawn`], for another kvprobe executable (benches and tests run from
@@ -49,6 +61,7 @@ pub fn spawn_exe(
     env: &[(String, String)],
     stdin: bool,
     log: Option<&Path>,
+    keep_fd: Option<std::os::fd::RawFd>,
 ) -> std::io::Result<Child> {
     let mut cmd = Command::new(exe);
     cmd.args(args).stdout(Stdio::piped()).stdin(if stdin { Stdio::piped() } else { Stdio::null() });
@@ -68,11 +81,17 @@ pub fn spawn_exe(
     // SAFETY: getpid is async-signal-safe; read before fork.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec and calls only
-    // async-signal-safe syscalls (prctl, getppid, _exit).
+    // async-signal-safe syscalls (prctl, getppid, fcntl, _exit).
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // Keep the handed-over descriptor open across exec.
+            if let Some(fd) = keep_fd {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             if libc::getppid() != parent {
                 libc::_exit(1);

@@ -413,6 +413,24 @@ impl Channel {
         Ok(n > 0)
     }
 
+    /// Whether the peer has closed the connection (or reset it): looks
+    /// without consuming anything, waiting at most `timeout`.
+    pub fn peer_closed(&self, timeout: Duration) -> bool {
+        use std::os::fd::AsRawFd;
+        match self.readable(timeout) {
+            Ok(true) => {
+                let mut b = [0u8; 1];
+                // SAFETY: a one-byte buffer we own; MSG_PEEK leaves the data in place.
+                let n = unsafe {
+                    libc::recv(self.stream.as_raw_fd(), b.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+                };
+                n == 0 || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock)
+            }
+            Ok(false) => false,
+            Err(_) => true,
+        }
+    }
+
     /// Receives one message, waiting at most `timeout` (None: forever).
     pub fn recv<T: DeserializeOwned>(&mut self, timeout: Option<Duration>, what: &str) -> Result<T, PeerError> {
         self.stream.set_read_timeout(timeout).map_err(|source| PeerError::Io { what: what.into(), source })?;
@@ -478,6 +496,75 @@ pub fn from_hex(s: &str) -> Result<Vec<u8>, String> {
         _ => Err(format!("bad hex digit {:?}", c as char)),
     };
     s.as_bytes().chunks(2).map(|p| Ok(val(p[0])? << 4 | val(p[1])?)).collect()
+}
+
+/// Compares a presented token with the expected one in time independent of
+/// where they differ.
+pub fn tokens_match(presented: &str, expected: &str) -> bool {
+    let (a, b) = (presented.as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Request {
+    /// The message's kind, for error messages (never its content: a hello
+    /// carries the token).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Setup(_) => "setup",
+            Request::Fill { .. } => "fill",
+            Request::Poison { .. } => "poison",
+            Request::UcxConnect { .. } => "ucx_connect",
+            Request::Corrupt { .. } => "corrupt",
+            Request::Verify { .. } => "verify",
+            Request::WaitNotifs { .. } => "wait_notifs",
+            Request::KvFill { .. } => "kv_fill",
+            Request::KvVerify { .. } => "kv_verify",
+            Request::KeepAlive => "keep_alive",
+            Request::Bye => "bye",
+        }
+    }
+}
+
+/// Reads one framed message (4-byte big-endian length, JSON) from an async
+/// stream: `kvprobe serve` checks hellos this way before handing the
+/// connection to a target process.
+pub async fn read_frame_async<R, T>(r: &mut R, what: &str) -> Result<T, PeerError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    use tokio::io::AsyncReadExt;
+    let io = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::UnexpectedEof {
+            PeerError::Closed { what: what.into() }
+        } else {
+            PeerError::Io { what: format!("reading {what}"), source }
+        }
+    };
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await.map_err(io)?;
+    let n = u32::from_be_bytes(len);
+    if n > MAX_MESSAGE {
+        return Err(PeerError::Protocol { what: what.into(), detail: format!("message of {n} bytes is too large") });
+    }
+    let mut body = vec![0u8; n as usize];
+    r.read_exact(&mut body).await.map_err(io)?;
+    serde_json::from_slice(&body).map_err(|e| PeerError::Protocol { what: what.into(), detail: e.to_string() })
+}
+
+/// Writes one framed message to an async stream.
+pub async fn write_frame_async<W, T>(w: &mut W, msg: &T, what: &str) -> Result<(), PeerError>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    T: Serialize,
+{
+    use tokio::io::AsyncWriteExt;
+    let body = serde_json::to_vec(msg).map_err(|e| PeerError::Protocol { what: what.into(), detail: e.to_string() })?;
+    let io = |source| PeerError::Io { what: format!("sending {what}"), source };
+    w.write_all(&(body.len() as u32).to_be_bytes()).await.map_err(io)?;
+    w.write_all(&body).await.map_err(io)?;
+    w.flush().await.map_err(io)
 }
 
 /// A random session token (16 bytes from the kernel, hex).

@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod info;
 pub mod initiator;
 pub mod kv_shape;
+pub mod serve;
 pub mod sweep;
 pub mod target;
 
@@ -29,6 +30,8 @@ pub struct Cli {
 pub enum Cmd {
     /// Measure NIXL transfer bandwidth and latency between two processes on this host, READ and WRITE, 4 KiB .. 256 MiB (the main job)
     Sweep(Box<sweep::SweepArgs>),
+    /// Be the far end of sweeps run from another host: `kvprobe sweep --peer ADDR:PORT --token T` there
+    Serve(serve::ServeArgs),
     /// Tell what will carry KV traffic on this host and what is wrong (exit 0 healthy, 1 warnings, 2 errors)
     Doctor(doctor::DoctorArgs),
     /// Print what one prefill->decode request moves for a model: bytes per token, regions, block length per rank, descriptors and bytes per request
@@ -74,6 +77,7 @@ impl From<anyhow::Error> for CliError {
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.cmd {
         Cmd::Sweep(a) => sweep::run(*a),
+        Cmd::Serve(a) => serve::run(a),
         Cmd::Doctor(a) => doctor::run(a),
         Cmd::KvShape(a) => kv_shape::run(a),
         Cmd::Info(a) => info::run(a),

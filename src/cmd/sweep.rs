@@ -134,6 +134,12 @@ pub struct SweepArgs {
     /// A control request unanswered for this long is an error
     #[arg(long, default_value = "120s", value_parser = units::parse_duration)]
     pub peer_timeout: Duration,
+    /// Measure against `kvprobe serve` at this address (another host: spread; this host: pack) instead of a local target
+    #[arg(long, value_name = "HOST:PORT")]
+    pub peer: Option<String>,
+    /// The session token `kvprobe serve` printed [env: KVPROBE_TOKEN]
+    #[arg(long, value_name = "TOKEN", requires = "peer")]
+    pub token: Option<String>,
     /// Output folder [default: results/sweep-<UTC time>]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -333,7 +339,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         .with_context(|| format!("cannot create the output folder {}", out_dir.display()))
         .map_err(CliError::usage)?;
 
-    let env = child_env(&loc, a.ucx_tls.as_deref());
+    let env = child_env(&loc, a.ucx_tls.as_deref(), a.peer.is_none());
     let mut results = SweepResults {
         schema: SCHEMA.into(),
         header: Header {
@@ -444,10 +450,12 @@ fn save(dir: &std::path::Path, r: &SweepResults) -> Result<(), CliError> {
 /// UCX spreads a TCP transfer over `lo` and a NIC address of this same host
 /// (two rails), which touches a NIC for nothing. Shared-memory and CUDA
 /// transports are not network devices and are unaffected.
-fn child_env(loc: &NixlLocation, ucx_tls: Option<&str>) -> Vec<(String, String)> {
+fn child_env(loc: &NixlLocation, ucx_tls: Option<&str>, local_target: bool) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> =
         std::env::vars().filter(|(k, _)| k.starts_with("UCX_") || k.starts_with("NIXL_")).collect();
-    if !env.iter().any(|(k, _)| k == "UCX_NET_DEVICES") {
+    // Both processes here: network transports over loopback only. With a
+    // peer, UCX picks the devices (or the user's UCX_NET_DEVICES does).
+    if local_target && !env.iter().any(|(k, _)| k == "UCX_NET_DEVICES") {
         env.push(("UCX_NET_DEVICES".into(), "lo".into()));
     }
     if !env.iter().any(|(k, _)| k == "UCX_PROTO_INFO") {
@@ -475,30 +483,26 @@ fn drive(
     mut plan: SweepPlan,
 ) -> anyhow::Result<()> {
     let lib = plan.nixl_lib.display().to_string();
-    plan.token = crate::peer::new_token();
-
-    // The target. It gives up when nothing arrives for longer than any wait of
-    // the initiator's (the initiator sends keep-alives while it measures).
-    let mut tenv = env.to_vec();
-    tenv.push(("KVPROBE_TOKEN".into(), plan.token.clone()));
-    let idle = match a.target_idle_timeout {
-        Some(d) => format!("{}ms", d.as_millis()),
-        None => format!("{}s", a.peer_timeout.max(a.xfer_timeout).as_secs_f64().ceil() + 30.0),
-    };
-    let targs: Vec<String> = ["__target", "--listen", "127.0.0.1:0", "--nixl-lib", &lib, "--idle-timeout", &idle]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let tlog = out_dir.join("target.log");
-    let mut target =
-        child::spawn("target", &targs, &tenv, false, Some(&tlog)).context("cannot start the target process")?;
-    let tlines = target.stdout_lines().ok_or_else(|| anyhow!("no stdout from the target"))?;
-    plan.target_addr = match wait_listening(&mut target, &tlines, Duration::from_secs(60))? {
-        Some(addr) => addr,
+    let (mut target, tlog) = match &a.peer {
+        Some(peer) => {
+            // `kvprobe serve` on the peer runs the target.
+            plan.target_addr = peer.clone();
+            plan.token =
+                a.token.clone().or_else(|| std::env::var("KVPROBE_TOKEN").ok()).ok_or_else(|| {
+                    anyhow!("--peer needs the token `kvprobe serve` printed (--token or KVPROBE_TOKEN)")
+                })?;
+            (None, out_dir.join("target.log"))
+        }
         None => {
-            results.status = RunStatus::Interrupted;
-            results.errors.push("interrupted by the user while the target was starting".into());
-            return Ok(());
+            let (t, l) = start_target(a, out_dir, env, &lib, &mut plan)?;
+            match t {
+                Some(t) => (Some(t), l),
+                None => {
+                    results.status = RunStatus::Interrupted;
+                    results.errors.push("interrupted by the user while the target was starting".into());
+                    return Ok(());
+                }
+            }
         }
     };
 
@@ -619,7 +623,7 @@ fn drive(
     annotate_nixl_rows(results, &std::fs::read_to_string(&ilog).unwrap_or_default());
     report::write_all(out_dir, results)?;
     // After the initiator said goodbye (or died), the target has nothing left to do.
-    let tstatus = target.wait_timeout(Duration::from_secs(10)).or_else(|| target.kill());
+    let tstatus = target.as_mut().and_then(|t| t.wait_timeout(Duration::from_secs(10)).or_else(|| t.kill()));
 
     if results.status == RunStatus::Interrupted {
         return Ok(());
@@ -627,12 +631,17 @@ fn drive(
     if let Some(f) = failure {
         results.status = RunStatus::Failed;
         let mut msg = format!("during {current}: {f}");
-        if let Some(s) = tstatus.filter(|s| !s.success()) {
+        if let (Some(s), Some(t)) = (tstatus.filter(|s| !s.success()), target.as_ref()) {
             msg.push_str(&format!(
                 "\n  the target {}; last lines of {}:\n{}",
                 child::describe(s),
                 tlog.display(),
-                indent(&target.log_tail(8))
+                indent(&t.log_tail(8))
+            ));
+        }
+        if let Some(peer) = a.peer.as_ref().filter(|_| !f.contains("handshake refused")) {
+            msg.push_str(&format!(
+                "\n  the target ran under `kvprobe serve` at {peer}: its session log there says more"
             ));
         }
         return Err(anyhow!(msg));
@@ -654,6 +663,41 @@ fn drive(
         results.warnings.push(format!("the initiator {} after reporting every row", child::describe(s)));
     }
     Ok(())
+}
+
+/// Starts the local target process; its address goes into the plan. None
+/// when the user interrupted while it was starting.
+fn start_target(
+    a: &SweepArgs,
+    out_dir: &std::path::Path,
+    env: &[(String, String)],
+    lib: &str,
+    plan: &mut SweepPlan,
+) -> anyhow::Result<(Option<Child>, std::path::PathBuf)> {
+    plan.token = crate::peer::new_token();
+    // The target gives up when nothing arrives for longer than any wait of
+    // the initiator's (the initiator sends keep-alives while it measures).
+    let mut tenv = env.to_vec();
+    tenv.push(("KVPROBE_TOKEN".into(), plan.token.clone()));
+    let idle = match a.target_idle_timeout {
+        Some(d) => format!("{}ms", d.as_millis()),
+        None => format!("{}s", a.peer_timeout.max(a.xfer_timeout).as_secs_f64().ceil() + 30.0),
+    };
+    let targs: Vec<String> = ["__target", "--listen", "127.0.0.1:0", "--nixl-lib", lib, "--idle-timeout", &idle]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let tlog = out_dir.join("target.log");
+    let mut target =
+        child::spawn("target", &targs, &tenv, false, Some(&tlog)).context("cannot start the target process")?;
+    let tlines = target.stdout_lines().ok_or_else(|| anyhow!("no stdout from the target"))?;
+    match wait_listening(&mut target, &tlines, Duration::from_secs(60))? {
+        Some(addr) => {
+            plan.target_addr = addr;
+            Ok((Some(target), tlog))
+        }
+        None => Ok((None, tlog)),
+    }
 }
 
 /// Whether both ends ran on one host.

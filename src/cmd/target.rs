@@ -28,10 +28,17 @@ pub struct TargetArgs {
     /// Give up when no initiator connects, or it sends nothing, for this long.
     #[arg(long, default_value = "300s", value_parser = crate::units::parse_duration)]
     pub idle_timeout: Duration,
+    /// A connection `kvprobe serve` accepted and greeted, inherited as this
+    /// file descriptor (instead of listening).
+    #[arg(long, value_name = "FD")]
+    pub control_fd: Option<i32>,
 }
 
 /// Runs the target.
 pub fn run(a: TargetArgs) -> Result<ExitCode, CliError> {
+    if let Some(fd) = a.control_fd {
+        return run_greeted(&a, fd);
+    }
     let mut out = crate::child::private_stdout().context("setting up the event stream").map_err(CliError::usage)?;
     let token = std::env::var("KVPROBE_TOKEN").map_err(|_| CliError::usage(anyhow!("KVPROBE_TOKEN is not set")))?;
     let nixl = Nixl::open(&a.nixl_lib).map_err(CliError::usage)?;
@@ -59,6 +66,25 @@ pub fn run(a: TargetArgs) -> Result<ExitCode, CliError> {
     stream.set_nonblocking(false).context("stream")?;
     let mut ch = Channel::new(stream);
     crate::engine::target::serve(&mut ch, &token, &nixl, a.idle_timeout).map_err(CliError::failed)?;
+    for e in crate::nixl::error::take_drop_errors() {
+        eprintln!("kvprobe target: while releasing NIXL objects: {e}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serves the connection `kvprobe serve` handed over (its hello is checked).
+fn run_greeted(a: &TargetArgs, fd: i32) -> Result<ExitCode, CliError> {
+    use std::os::fd::FromRawFd;
+    if fd < 3 {
+        return Err(CliError::usage(anyhow!("--control-fd {fd} is not a handed-over connection")));
+    }
+    // SAFETY: `kvprobe serve` passed this descriptor (an accepted TCP
+    // connection) for this process alone; nothing else here owns it.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    stream.set_nonblocking(false).context("control connection")?;
+    let nixl = Nixl::open(&a.nixl_lib).map_err(CliError::usage)?;
+    let mut ch = Channel::new(stream);
+    crate::engine::target::serve_greeted(&mut ch, &nixl, a.idle_timeout).map_err(CliError::failed)?;
     for e in crate::nixl::error::take_drop_errors() {
         eprintln!("kvprobe target: while releasing NIXL objects: {e}");
     }

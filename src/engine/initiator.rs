@@ -532,7 +532,7 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
                     for &isl in &kvp.isls {
                         let size = kvp.geometries[gi].request(&kvp.layer_kinds, isl).bytes;
                         (s.emit)(Event::Point { index, total, op, size, backend });
-                        let row = s.measure_kv(index, first_point, op, isl, backend)?;
+                        let row = s.measure_kv(index, first_point, op, isl, backend).map_err(|e| s.explain_loss(e))?;
                         first_point = false;
                         s.emit_checked(row, &format!("{backend} {op} ISL {isl}"))?;
                         index += 1;
@@ -555,7 +555,7 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
         for &op in &plan.ops {
             for &size in &plan.sizes {
                 (s.emit)(Event::Point { index, total, op, size, backend });
-                let row = s.measure(index, first_point, op, size, backend)?;
+                let row = s.measure(index, first_point, op, size, backend).map_err(|e| s.explain_loss(e))?;
                 first_point = false;
                 s.emit_checked(row, &format!("{backend} {op} {size} B"))?;
                 index += 1;
@@ -665,6 +665,20 @@ impl Session<'_> {
             return Err(EngineError::Verification(notif_msg));
         }
         Ok(())
+    }
+
+    /// A transfer error when the target is gone says so: NIXL and UCX report a
+    /// dead peer as a generic backend error.
+    fn explain_loss(&self, e: EngineError) -> EngineError {
+        if matches!(e, EngineError::Peer(_) | EngineError::PeerLost { .. }) {
+            return e;
+        }
+        if self.conn.ch.peer_closed(Duration::from_millis(200)) {
+            let who =
+                format!("(pid {} on {} at {})", self.conn.target_pid, self.conn.target_host, self.plan.target_addr);
+            return EngineError::PeerLost { who, cause: Box::new(e) };
+        }
+        e
     }
 
     /// Tells the watcher this process is alive, at most about once a second.

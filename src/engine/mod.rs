@@ -292,6 +292,16 @@ pub enum EngineError {
     /// Bad plan.
     #[error("{0}")]
     Invalid(String),
+    /// A transfer failed because the target went away.
+    #[error(
+        "lost the target {who}: its control connection closed, so its process ended (crashed, killed, or its host went down); the failed call: {cause}"
+    )]
+    PeerLost {
+        /// Which target: pid, host, address.
+        who: String,
+        /// The error the transfer returned.
+        cause: Box<EngineError>,
+    },
 }
 
 /// The value of `UCX_TLS` in this process, `None` when unset.

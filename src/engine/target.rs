@@ -58,37 +58,48 @@ struct State {
     buf: Rc<HostBuffer>,
 }
 
+/// Checks an initiator's hello: the session token and the protocol version.
+/// The refusal says what is wrong (and goes to the initiator as is).
+pub fn check_hello(req: &Request, token: &str) -> Result<(), String> {
+    match req {
+        Request::Hello { token: t, protocol, kvprobe } => {
+            if !crate::peer::tokens_match(t, token) {
+                return Err("wrong session token (use the token `kvprobe serve` printed)".into());
+            }
+            if *protocol != PROTOCOL {
+                return Err(format!(
+                    "protocol {protocol} (kvprobe {kvprobe}) is not {PROTOCOL} (kvprobe {}): run the same kvprobe version on both hosts",
+                    env!("CARGO_PKG_VERSION")
+                ));
+            }
+            Ok(())
+        }
+        other => Err(format!("expected hello, got {}", other.kind())),
+    }
+}
+
 /// Serves one session on `ch`: handshake, then requests until `Bye`, the
 /// initiator closing the connection, or `idle` without a request.
 pub fn serve(ch: &mut Channel, token: &str, nixl: &Nixl, idle: Duration) -> Result<(), EngineError> {
-    match ch.recv::<Request>(Some(idle), "the initiator's hello")? {
-        Request::Hello { token: t, protocol, kvprobe } => {
-            if t != token {
-                let _ = ch.send(&Response::Error { message: "wrong session token".into() }, "refusal");
-                return Err(EngineError::Handshake("the initiator presented a wrong session token".into()));
-            }
-            if protocol != PROTOCOL {
-                let message = format!(
-                    "protocol {protocol} (kvprobe {kvprobe}) is not {PROTOCOL} (kvprobe {})",
-                    env!("CARGO_PKG_VERSION")
-                );
-                let _ = ch.send(&Response::Error { message: message.clone() }, "refusal");
-                return Err(EngineError::Handshake(message));
-            }
-            ch.send(
-                &Response::Hello {
-                    kvprobe: crate::version().to_string(),
-                    host: crate::hostinfo::hostname(),
-                    pid: std::process::id(),
-                },
-                "hello",
-            )?;
-        }
-        other => {
-            return Err(EngineError::Handshake(format!("expected hello, got {other:?}")));
-        }
+    let req = ch.recv::<Request>(Some(idle), "the initiator's hello")?;
+    if let Err(message) = check_hello(&req, token) {
+        let _ = ch.send(&Response::Error { message: message.clone() }, "refusal");
+        return Err(EngineError::Handshake(message));
     }
+    serve_greeted(ch, nixl, idle)
+}
 
+/// Serves a session whose hello was already checked (by `kvprobe serve`):
+/// answers the hello, then serves requests.
+pub fn serve_greeted(ch: &mut Channel, nixl: &Nixl, idle: Duration) -> Result<(), EngineError> {
+    ch.send(
+        &Response::Hello {
+            kvprobe: crate::version().to_string(),
+            host: crate::hostinfo::hostname(),
+            pid: std::process::id(),
+        },
+        "hello",
+    )?;
     let mut state: Option<State> = None;
     loop {
         let worker = state.as_ref().and_then(|s| s.ucx.as_ref()).map(|u| u.worker.clone());

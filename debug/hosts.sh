@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Two emulated hosts on this machine, for kvprobe's cross-host tests and demos.
+#
+# Each host is its own network namespace, and commands run in it also get
+# their own UTS namespace (hostname NAME-a / NAME-b), IPC namespace and
+# /dev/shm (a private tmpfs), so UCX sees two machines: no shared memory or
+# cma between them, only the network. The hosts are joined by a veth pair
+# (NAMEa in host a, NAMEb in host b) with addresses 10.M.N.1 and 10.M.N.2/24
+# that exist only inside the namespaces. Nothing outside is touched.
+#
+#   debug/hosts.sh up NAME                  create hosts NAME-a and NAME-b
+#   debug/hosts.sh exec NAME a|b CMD...     run CMD in host a or b (exec: same PID)
+#   debug/hosts.sh shape NAME [--rate R] [--delay D] [--loss L]
+#                                           shape both directions of the link
+#                                           (tc netem; e.g. --rate 1gbit --delay 2ms --loss 0.1%)
+#   debug/hosts.sh unshape NAME             remove the shaping
+#   debug/hosts.sh info NAME                print the hosts' addresses and devices (KEY=VALUE)
+#   debug/hosts.sh down NAME                remove both hosts (idempotent)
+#   debug/hosts.sh run NAME CMD...          up, run CMD on this machine with KVP_HOSTS, KVP_A_IP,
+#                                           KVP_B_IP, KVP_A_DEV, KVP_B_DEV set, then down, even
+#                                           when CMD fails or the script is interrupted
+#
+# NAME: 1-10 letters/digits (it names namespaces and interfaces). Needs root,
+# iproute2 (ip, tc) and util-linux (unshare).
+set -euo pipefail
+
+die() { echo "hosts.sh: $*" >&2; exit 2; }
+
+check_name() {
+  [[ "${1:-}" =~ ^[a-zA-Z0-9]{1,10}$ ]] || die "NAME must be 1-10 letters or digits, got '${1:-}'"
+}
+
+need_root() {
+  [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces)"
+  command -v ip >/dev/null || die "ip not found: apt-get install iproute2"
+  command -v unshare >/dev/null || die "unshare not found: apt-get install util-linux"
+}
+
+# A /24 inside 10.0.0.0/8 derived from the name, so hosts of different names
+# (tests running in parallel) never share addresses.
+subnet() {
+  local h
+  h=$(printf '%s' "$1" | cksum | cut -d' ' -f1)
+  echo "10.$(( 100 + h % 100 )).$(( (h / 100) % 250 + 1 ))"
+}
+
+info() {
+  local net
+  net=$(subnet "$1")
+  echo "KVP_HOSTS=$1"
+  echo "KVP_A_NS=$1-a"
+  echo "KVP_B_NS=$1-b"
+  echo "KVP_A_IP=$net.1"
+  echo "KVP_B_IP=$net.2"
+  echo "KVP_A_DEV=${1}a"
+  echo "KVP_B_DEV=${1}b"
+}
+
+up() {
+  local name=$1 net
+  net=$(subnet "$name")
+  down "$name"
+  ip netns add "$name-a"
+  ip netns add "$name-b"
+  ip link add "${name}a" type veth peer name "${name}b"
+  ip link set "${name}a" netns "$name-a"
+  ip link set "${name}b" netns "$name-b"
+  ip -n "$name-a" addr add "$net.1/24" dev "${name}a"
+  ip -n "$name-b" addr add "$net.2/24" dev "${name}b"
+  for h in a b; do
+    ip -n "$name-$h" link set lo up
+    ip -n "$name-$h" link set "${name}$h" up
+  done
+}
+
+down() {
+  local name=$1
+  for h in a b; do
+    ip netns del "$name-$h" 2>/dev/null || true
+  done
+  # A veth end left in this namespace by an interrupted `up`.
+  ip link del "${name}a" 2>/dev/null || true
+}
+
+shape() {
+  local name=$1; shift
+  local rate="" delay="" loss="" args=()
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --rate) rate=$2; shift 2 ;;
+      --delay) delay=$2; shift 2 ;;
+      --loss) loss=$2; shift 2 ;;
+      *) die "shape: unknown option $1" ;;
+    esac
+  done
+  [ -n "$delay" ] && args+=(delay "$delay")
+  [ -n "$loss" ] && args+=(loss "$loss")
+  [ -n "$rate" ] && args+=(rate "$rate")
+  [ ${#args[@]} -gt 0 ] || die "shape: give --rate, --delay and/or --loss"
+  for h in a b; do
+    # a deep queue: netem's default of 1000 packets drops at high rates
+    ip netns exec "$name-$h" tc qdisc replace dev "${name}$h" root netem limit 100000 "${args[@]}"
+  done
+}
+
+unshape() {
+  local name=$1
+  for h in a b; do
+    ip netns exec "$name-$h" tc qdisc del dev "${name}$h" root 2>/dev/null || true
+  done
+}
+
+cmd=${1:-}
+[ -n "$cmd" ] || die "usage: hosts.sh up|exec|shape|unshape|info|down|run NAME ..."
+shift
+name=${1:-}
+check_name "$name"
+shift
+case $cmd in
+  info) info "$name" ;;
+  up) need_root; up "$name"; info "$name" ;;
+  down) need_root; down "$name" ;;
+  shape) need_root; shape "$name" "$@" ;;
+  unshape) need_root; unshape "$name" ;;
+  exec)
+    need_root
+    host=${1:-}
+    [[ "$host" == a || "$host" == b ]] || die "exec: host must be a or b"
+    shift
+    [ $# -gt 0 ] || die "exec: no command"
+    ip netns list | grep -q "^$name-$host\b" || die "host $name-$host does not exist (hosts.sh up $name)"
+    # exec all the way down, so the caller's PID is the command's PID.
+    exec ip netns exec "$name-$host" unshare --uts --ipc --mount --propagation private -- \
+      sh -c 'mount -t tmpfs -o size=2g,mode=1777 tmpfs /dev/shm && hostname "$0" && exec "$@"' \
+      "$name-$host" "$@"
+    ;;
+  run)
+    need_root
+    [ $# -gt 0 ] || die "run: no command"
+    trap 'down "$name"' EXIT
+    trap 'exit 130' INT TERM
+    up "$name" >/dev/null
+    eval "$(info "$name" | sed 's/^/export /')"
+    status=0
+    "$@" || status=$?
+    exit "$status"
+    ;;
+  *) die "unknown command $cmd" ;;
+esac
