@@ -221,6 +221,19 @@ fn preset(name: &str) -> Option<Model> {
     })
 }
 
+/// Longest input length kvprobe accepts (tokens): far beyond any model's
+/// context, and small enough that every size computed from it fits in u64.
+pub const MAX_ISL: u64 = 1 << 24;
+
+/// Checks input lengths: at least one token, at most [`MAX_ISL`].
+pub fn check_isls(isls: &[u64]) -> Result<(), KvError> {
+    match isls.iter().find(|&&n| n == 0 || n > MAX_ISL) {
+        Some(n) => Err(KvError::Invalid(format!("input length {n} is outside 1..={MAX_ISL} tokens"))),
+        None if isls.is_empty() => Err(KvError::Invalid("no input length given".into())),
+        None => Ok(()),
+    }
+}
+
 /// The preset names `--model` accepts.
 pub fn preset_names() -> Vec<&'static str> {
     vec![
@@ -333,7 +346,13 @@ impl Model {
                     })
                     .collect::<Result<Vec<_>, _>>()?
             }
-            None if window.is_some() && use_sliding == Some(true) => vec![LayerKind::Sliding; layers as usize],
+            // Qwen2 style: sliding from layer max_window_layers on.
+            None if window.is_some() && use_sliding == Some(true) => match uint("max_window_layers")? {
+                Some(m) => (0..layers).map(|i| if i >= m { LayerKind::Sliding } else { LayerKind::Full }).collect(),
+                None => vec![LayerKind::Sliding; layers as usize],
+            },
+            // Mistral style: a window and no switch means every layer slides.
+            None if window.is_some() && use_sliding.is_none() => vec![LayerKind::Sliding; layers as usize],
             None => vec![LayerKind::Full; layers as usize],
         };
         let has_sliding = layer_kinds.contains(&LayerKind::Sliding);
@@ -619,7 +638,9 @@ impl Geometry {
         let all = isl.div_ceil(bt);
         match (sliding, self.sliding, self.sliding_window) {
             (true, SlidingBlocks::Window, Some(w)) if isl > 0 => {
-                let first_token = isl.saturating_sub(u64::from(w));
+                // The next token attends to the last w - 1 prompt tokens
+                // (vLLM skips isl - w + 1 tokens of a sliding layer).
+                let first_token = isl.saturating_sub(u64::from(w).saturating_sub(1));
                 let first = first_token / bt;
                 (first, all - first)
             }
@@ -683,9 +704,10 @@ impl Geometry {
     }
 
     /// The chunks of one request on `side`: (offset in the side's buffer,
-    /// length, pattern seed), for every region, request block k (stored in
-    /// block `ids[k]`) and head; `only_desc` keeps the decode rank's slice.
-    #[allow(clippy::too_many_arguments)]
+    /// length, pattern seed, inside the decode slice), for every region,
+    /// request block k (stored in block `ids[k]`) and head; `only_desc` keeps
+    /// the decode rank's slice. `ids` must name a block for every request
+    /// block and lie in the cache.
     pub fn request_chunks(
         &self,
         kinds: &[LayerKind],
@@ -694,17 +716,28 @@ impl Geometry {
         ids: &[u64],
         only_desc: bool,
         seed: u64,
-    ) -> Vec<(u64, u64, u64)> {
+    ) -> Result<Vec<(u64, u64, u64, bool)>, KvError> {
+        let blocks = self.blocks_of(isl, false).1;
+        if ids.len() as u64 != blocks {
+            return Err(KvError::Invalid(format!(
+                "a request of {isl} tokens has {blocks} blocks, {} block ids were given",
+                ids.len()
+            )));
+        }
+        if let Some(b) = ids.iter().find(|&&b| b >= layout.pool) {
+            return Err(KvError::Invalid(format!("block id {b} is outside the {}-block cache", layout.pool)));
+        }
         let mut out = Vec::new();
         for (r, first, count) in self.region_ranges(kinds, isl) {
             for k in first..first + count {
-                let Some(&b) = ids.get(k as usize) else { continue };
+                let b = ids[k as usize];
+                let desc: Vec<u64> = layout.chunks(self, r, b, true).iter().map(|c| c.0).collect();
                 for (off, len, head) in layout.chunks(self, r, b, only_desc) {
-                    out.push((off, len, Geometry::chunk_seed(seed, r, k, head)));
+                    out.push((off, len, Geometry::chunk_seed(seed, r, k, head), desc.contains(&off)));
                 }
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -886,8 +919,8 @@ mod tests {
         assert_eq!(r.descs, 72 * 313);
         assert_eq!(r.bytes, 72 * 313 * 4096);
         assert_eq!(g.d_bytes_per_token, 73_728 / 4);
-        // with the hybrid allocator, sliding layers move only the last 128 tokens:
-        // tokens 4872..4999 are blocks 304..312, 9 blocks
+        // with the hybrid allocator, sliding layers move only what the next
+        // token attends to, the last 127 tokens: 4873..4999, blocks 304..312
         let g = KvSpec { sliding: SlidingBlocks::Window, ..s.clone() }.geometry().unwrap();
         let r = g.request(&s.model.layer_kinds, 5000);
         assert_eq!(g.blocks_of(5000, true), (304, 9));
@@ -994,6 +1027,40 @@ mod tests {
         assert!(Model::from_config(&bad, "b", "t").unwrap_err().to_string().contains("not a multiple"));
         let bad = serde_json::json!({"num_attention_heads": 3});
         assert!(Model::from_config(&bad, "b", "t").unwrap_err().to_string().contains("num_hidden_layers"));
+    }
+
+    #[test]
+    fn sliding_window_conventions_of_other_configs() {
+        // Mistral 7B v0.1: a window, no switch, no layer types: every layer slides
+        let mistral = serde_json::json!({
+            "num_hidden_layers": 4, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096,
+            "sliding_window": 4096
+        });
+        let m = Model::from_config(&mistral, "m", "t").unwrap();
+        assert_eq!(m.layer_kinds, vec![LayerKind::Sliding; 4]);
+        // Qwen2 with the switch on: layers from max_window_layers on slide
+        let qwen2 = serde_json::json!({
+            "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64,
+            "use_sliding_window": true, "sliding_window": 32, "max_window_layers": 2
+        });
+        let m = Model::from_config(&qwen2, "q", "t").unwrap();
+        assert_eq!(m.layer_kinds, vec![LayerKind::Full, LayerKind::Full, LayerKind::Sliding, LayerKind::Sliding]);
+    }
+
+    #[test]
+    fn request_chunks_need_an_id_for_every_block_inside_the_cache() {
+        let s = spec("Llama-3.1-8B", 1, 1);
+        let g = s.geometry().unwrap();
+        let side = g.side(Side::Decode, 8);
+        let kinds = &s.model.layer_kinds;
+        // 100 tokens = 7 blocks
+        assert!(
+            g.request_chunks(kinds, &side, 100, &[0, 1, 2], false, 1).unwrap_err().to_string().contains("7 blocks")
+        );
+        assert!(g.request_chunks(kinds, &side, 100, &[0, 1, 2, 3, 4, 5, 8], false, 1).is_err());
+        let c = g.request_chunks(kinds, &side, 100, &[0, 1, 2, 3, 4, 5, 6], false, 1).unwrap();
+        assert_eq!(c.len() as u64, 64 * 7 * 8, "regions x blocks x heads");
+        assert!(check_isls(&[0]).is_err() && check_isls(&[MAX_ISL + 1]).is_err() && check_isls(&[1, MAX_ISL]).is_ok());
     }
 
     #[test]

@@ -164,6 +164,28 @@ impl HostBuffer {
         Ok(v)
     }
 
+    /// Checks that `[off, off+len)` still holds the poison byte everywhere
+    /// (nothing was written there); offsets in the result are absolute.
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn verify_poison(&self, off: usize, len: usize) -> Result<Verify, MemError> {
+        self.check(off, len)?;
+        // SAFETY: as in verify.
+        let bytes = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) };
+        let mut v = Verify::clean();
+        for (i, &b) in bytes.iter().enumerate() {
+            if b != POISON {
+                v.mismatched_bytes += 1;
+                if v.first_bad_offset.is_none() {
+                    v.first_bad_offset = Some((off + i) as u64);
+                    v.first_bad = Some((POISON, b));
+                }
+            }
+        }
+        Ok(v)
+    }
+
     /// Fills `[off, off+len)` with the poison byte.
     ///
     /// # Safety

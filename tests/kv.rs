@@ -54,6 +54,7 @@ fn kv_shape_reads_a_config_file_and_refuses_bad_geometry() {
         (vec!["--model", "llama-9"], "unknown model"),
         (vec!["--model", "Llama-3.1-8B", "--block-size", "0"], "block size"),
         (vec!["--model-config", "/nonexistent/config.json"], "/nonexistent/config.json"),
+        (vec!["--model", "Llama-3.1-70B", "--isl", "18446744073709551615"], "outside 1..="),
     ] {
         let out = kv_shape(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -110,8 +111,8 @@ fn kv_sweep_moves_head_slices_on_both_backends_and_verifies_them() {
         assert_eq!(g["slice_offset_bytes"], 16 * 2 * 32 * 2);
         let isl = kv["isl"].as_u64().unwrap();
         let blocks = isl.div_ceil(16);
-        // sliding layers: the blocks holding the last 32 tokens
-        let first = (isl - 32) / 16;
+        // sliding layers: the blocks holding the last 31 tokens (what the next token attends to)
+        let first = (isl - 31) / 16;
         let sliding = blocks - first;
         assert_eq!(kv["blocks"], blocks);
         assert_eq!(kv["sliding_blocks"], sliding);
@@ -165,7 +166,9 @@ fn kv_sweep_input_errors_are_clear() {
         (vec!["--model", "Llama-3.1-8B", "--isl", "0"], "--isl"),
         (vec!["--model", "Llama-3.1-8B", "--inflight", "0"], "--inflight"),
         (vec!["--model", "Llama-3.1-8B", "--block-pattern", "zigzag"], "unknown block pattern"),
-        (vec!["--model", "Llama-3.1-70B", "--isl", "10000000"], "memory"),
+        (vec!["--model", "Llama-3.1-70B", "--isl", "100000"], "memory"),
+        (vec!["--model", "Llama-3.1-70B", "--isl", "10000000"], "descriptors per request"),
+        (vec!["--model", "Llama-3.1-8B", "--inject", "corrupt-first"], "applies to size sweeps"),
         (vec!["--model", "Llama-3.1-8B", "--sizes", "4K"], "cannot be used with"),
     ] {
         let out = sweep(dir.path(), &args, &[]);

@@ -100,9 +100,7 @@ pub struct KvShape {
 pub fn run(a: KvShapeArgs) -> Result<ExitCode, CliError> {
     let spec = a.model.spec(a.p_tp.unwrap_or(a.tp), a.d_tp.unwrap_or(a.tp), a.block_size)?;
     let geometry = spec.geometry().map_err(CliError::usage)?;
-    if a.isl.contains(&0) {
-        return Err(CliError::usage(anyhow::anyhow!("--isl values must be at least 1 token")));
-    }
+    crate::kv::check_isls(&a.isl).map_err(CliError::usage)?;
     let requests = a.isl.iter().map(|&n| geometry.request(&spec.model.layer_kinds, n)).collect();
     let shape = KvShape { model: spec.model, geometry, requests };
     let text = if a.json {

@@ -199,9 +199,7 @@ fn kv_plan(a: &SweepArgs) -> Result<Option<crate::engine::KvPlan>, CliError> {
     if !a.kv.given() {
         return Ok(None);
     }
-    if a.isl.is_empty() || a.isl.contains(&0) {
-        return Err(CliError::usage(anyhow!("--isl needs input lengths of at least 1 token")));
-    }
+    crate::kv::check_isls(&a.isl).map_err(|e| CliError::usage(anyhow!("--isl: {e}")))?;
     if a.inflight == 0 {
         return Err(CliError::usage(anyhow!("--inflight must be at least 1")));
     }
@@ -215,14 +213,36 @@ fn kv_plan(a: &SweepArgs) -> Result<Option<crate::engine::KvPlan>, CliError> {
         geometries.push(spec.geometry().map_err(CliError::usage)?);
         kinds = spec.model.layer_kinds;
     }
-    Ok(Some(crate::engine::KvPlan {
+    let plan = crate::engine::KvPlan {
         geometries,
         layer_kinds: kinds,
         isls: a.isl.clone(),
         pattern,
         inflight: a.inflight,
         no_desc_merge: a.no_desc_merge,
-    }))
+    };
+    // Descriptor ids are C ints: region x blocks per region must fit.
+    for (gi, g) in plan.geometries.iter().enumerate() {
+        let ids = u64::from(g.desc_regions) * plan.pool_blocks(gi);
+        if ids > i32::MAX as u64 {
+            return Err(CliError::usage(anyhow!(
+                "{} descriptors per prepared list ({} regions x {} blocks) exceed NIXL's int indices: use a shorter --isl or a smaller --inflight",
+                ids,
+                g.desc_regions,
+                plan.pool_blocks(gi)
+            )));
+        }
+        for &isl in &plan.isls {
+            let d = g.request(&plan.layer_kinds, isl).descs;
+            if d > crate::engine::initiator::MAX_DESCS {
+                return Err(CliError::usage(anyhow!(
+                    "ISL {isl} needs {d} descriptors per request (at most {}): use a larger --kv-block-size",
+                    crate::engine::initiator::MAX_DESCS
+                )));
+            }
+        }
+    }
+    Ok(Some(plan))
 }
 
 /// Default sizes: every power of 4 from 4 KiB to 256 MiB.
@@ -243,6 +263,15 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         }
     }
     let kv_plan = kv_plan(&a)?;
+    match (a.inject, kv_plan.is_some()) {
+        (Some(InjectArg::KvMisplaced), false) => {
+            return Err(CliError::usage(anyhow!("--inject kv-misplaced needs a KV sweep (--model)")));
+        }
+        (Some(i), true) if !matches!(i, InjectArg::KvMisplaced) => {
+            return Err(CliError::usage(anyhow!("--inject {i:?} applies to size sweeps, not to --model")));
+        }
+        _ => {}
+    }
     let max = sizes.iter().copied().max().unwrap_or(0);
     if let (Some(k), Some(avail)) = (&kv_plan, crate::hostinfo::mem_available()) {
         let need = k.memory_bytes();

@@ -69,12 +69,13 @@ pub struct KvPrepped {
 pub struct UcxLink {
     /// KV mode: the target KV buffer's remote key.
     pub kv_rkey: Option<RemoteKey>,
-    /// KV mode: the local KV buffer, mapped.
-    pub kv_mem: Option<MemHandle>,
     /// The target buffer's remote key.
     pub rkey: RemoteKey,
-    /// Endpoint to the target's worker.
+    /// Endpoint to the target's worker (closed, cancelling anything still
+    /// running, before the local memory is unmapped).
     pub ep: Endpoint,
+    /// KV mode: the local KV buffer, mapped.
+    pub kv_mem: Option<MemHandle>,
     /// The local buffer, mapped.
     pub mem: MemHandle,
     /// The local worker.
@@ -298,7 +299,6 @@ impl NixlLink {
     /// of both caches over every (region, block), once.
     fn open_kv(&mut self, nixl: &Nixl, kv: &LocalKv, remote_base: u64) -> Result<(), EngineError> {
         let reg = super::target::register_kv(&self.agent, &self.backend, nixl, &kv.buf, &kv.layout)?;
-        let t = Instant::now();
         let g = &kv.setup.geometry;
         let pool = kv.setup.pool_blocks;
         let len = g.d_block_bytes as usize;
@@ -310,6 +310,8 @@ impl NixlLink {
                 remote.add((remote_base + kv.remote.desc_offset(g, r, b)) as usize, len, 0)?;
             }
         }
+        // prep = NIXL's prep_xfer_dlist of both lists (building them above is kvprobe's own work).
+        let t = Instant::now();
         let lp = self.agent.prep_local(&local, Some(&self.backend))?;
         let rp = self.agent.prep_remote(&self.remote_name, &remote, Some(&self.backend))?;
         self.kv_prepped = Some(KvPrepped { local: lp, remote: rp, prep: t.elapsed() });

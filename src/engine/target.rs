@@ -180,8 +180,8 @@ fn handle(req: Request, state: &mut Option<State>, nixl: &Nixl) -> Result<Respon
         Request::KvFill { isl, ids, seed, poison } => {
             let kv = s.kv.as_ref().ok_or_else(|| EngineError::Invalid("no KV cache on the target".into()))?;
             let g = &kv.setup.geometry;
-            check_ids(&ids, kv.layout.pool)?;
-            for (off, len, chunk_seed) in g.request_chunks(&kv.setup.layer_kinds, &kv.layout, isl, &ids, false, seed) {
+            let chunks = g.request_chunks(&kv.setup.layer_kinds, &kv.layout, isl, &ids, false, seed).map_err(bad_kv)?;
+            for (off, len, chunk_seed, _) in chunks {
                 // SAFETY: see above (no transfer in flight during control requests).
                 unsafe {
                     if poison {
@@ -196,11 +196,19 @@ fn handle(req: Request, state: &mut Option<State>, nixl: &Nixl) -> Result<Respon
         Request::KvVerify { isl, ids, seed } => {
             let kv = s.kv.as_ref().ok_or_else(|| EngineError::Invalid("no KV cache on the target".into()))?;
             let g = &kv.setup.geometry;
-            check_ids(&ids, kv.layout.pool)?;
             let mut v = Verify::clean();
-            for (off, len, chunk_seed) in g.request_chunks(&kv.setup.layer_kinds, &kv.layout, isl, &ids, true, seed) {
+            // The decode slice carries the pattern; the prefill block's other
+            // heads were poisoned and must still be (nothing spilled over).
+            let chunks = g.request_chunks(&kv.setup.layer_kinds, &kv.layout, isl, &ids, false, seed).map_err(bad_kv)?;
+            for (off, len, chunk_seed, in_slice) in chunks {
                 // SAFETY: see above.
-                v.merge(unsafe { kv.buf.verify_as(off as usize, len as usize, 0, chunk_seed) }?);
+                v.merge(unsafe {
+                    if in_slice {
+                        kv.buf.verify_as(off as usize, len as usize, 0, chunk_seed)
+                    } else {
+                        kv.buf.verify_poison(off as usize, len as usize)
+                    }
+                }?);
             }
             Ok(Response::Verified(v))
         }
@@ -323,12 +331,8 @@ pub(super) fn register_kv(
     Ok(agent.register_owned(Rc::clone(buf), dl, Some(backend))?)
 }
 
-/// Block ids must name blocks of the cache.
-pub(super) fn check_ids(ids: &[u64], pool: u64) -> Result<(), EngineError> {
-    match ids.iter().find(|&&b| b >= pool) {
-        Some(b) => Err(EngineError::Invalid(format!("block id {b} is outside the {pool}-block cache"))),
-        None => Ok(()),
-    }
+fn bad_kv(e: crate::kv::KvError) -> EngineError {
+    EngineError::Invalid(e.to_string())
 }
 
 fn setup_ucx(

@@ -46,29 +46,31 @@ struct ReqIds {
     remote: Vec<u64>,
 }
 
-/// Chooses request block ids: contiguous slots, or random over the cache.
+/// Chooses request block ids. The cache is split into one part per
+/// in-flight slot, so requests in flight at once never share a block (vLLM
+/// gives each request its own blocks): consecutive ids at the start of the
+/// slot's part, or ids scattered over it (random; the part is twice the
+/// request's blocks, see KvPlan::pool_blocks).
 struct IdSource {
     pattern: BlockPattern,
     blocks: u64,
-    pool: u64,
-    slots: u64,
-    next_slot: u64,
+    /// Blocks per slot.
+    part: u64,
     rng: Ids,
 }
 
 impl IdSource {
-    fn next(&mut self) -> ReqIds {
+    fn next(&mut self, slot: u64) -> ReqIds {
+        let base = slot * self.part;
         match self.pattern {
             BlockPattern::Contiguous => {
-                let base = (self.next_slot % self.slots) * self.blocks;
-                self.next_slot += 1;
                 let ids: Vec<u64> = (base..base + self.blocks).collect();
                 ReqIds { local: ids.clone(), remote: ids }
             }
-            BlockPattern::Random => ReqIds {
-                local: self.rng.sample(self.blocks, self.pool),
-                remote: self.rng.sample(self.blocks, self.pool),
-            },
+            BlockPattern::Random => {
+                let pick = |rng: &mut Ids| rng.sample(self.blocks, self.part).into_iter().map(|b| b + base).collect();
+                ReqIds { local: pick(&mut self.rng), remote: pick(&mut self.rng) }
+            }
         }
     }
 }
@@ -165,9 +167,7 @@ impl Session<'_> {
         let mut ids = IdSource {
             pattern: kvp.pattern,
             blocks: shape.blocks,
-            pool,
-            slots: (pool / shape.blocks.max(1)).max(1),
-            next_slot: 0,
+            part: pool / u64::from(inflight),
             rng: Ids(seed_for(index, 7)),
         };
         let ctx = KvCtx { g: &g, kinds: &kinds, layout: &layout, remote: &remote_layout, pos: &pos, op, isl, pool };
@@ -177,7 +177,7 @@ impl Session<'_> {
         let mut described = None;
 
         // First checked request.
-        let first_ids = ids.next();
+        let first_ids = ids.next(0);
         let inject = first_point && plan.inject == Some(Inject::KvMisplaced);
         notifs_expected += u64::from(notifs);
         let expect = notifs.then_some((tag.as_str(), notifs_expected));
@@ -190,32 +190,27 @@ impl Session<'_> {
         let mut post: Vec<u64> = Vec::new();
         let (mut warm, mut elapsed) = (0u64, Duration::ZERO);
         if checks[0].ok {
-            // Warm-up, then the timed loop, `inflight` requests at a time.
+            // Warm-up, then the timed loop: `inflight` requests in flight,
+            // a new one posted as soon as one completes.
             let timing = plan.timing;
             let warm_start = Instant::now();
-            while warm < timing.warmup_iters || warm_start.elapsed().as_secs_f64() < timing.warmup_s {
-                let n = self.kv_batch(&mut issuer, &ctx, &mut ids, inflight as u64, None)?;
-                warm += n;
-                if warm >= timing.max_iters {
-                    break;
-                }
-            }
+            let mut more = |posted: u64| {
+                posted < timing.max_iters
+                    && (posted < timing.warmup_iters || warm_start.elapsed().as_secs_f64() < timing.warmup_s)
+            };
+            warm = self.kv_window(&mut issuer, &ctx, &mut ids, u64::from(inflight), &mut more, None)?;
             notifs_expected += if notifs { warm } else { 0 };
             let start = Instant::now();
             let mut rec = Recorder { lat: &mut lat, make: &mut make, post: &mut post };
-            loop {
-                self.kv_batch(&mut issuer, &ctx, &mut ids, inflight as u64, Some(&mut rec))?;
-                let n = rec.lat.len() as u64;
-                if n >= timing.max_iters
-                    || (n >= timing.min_iters && start.elapsed().as_secs_f64() >= timing.duration_s)
-                {
-                    break;
-                }
-            }
+            let mut more = |posted: u64| {
+                posted < timing.max_iters
+                    && (posted < timing.min_iters || start.elapsed().as_secs_f64() < timing.duration_s)
+            };
+            self.kv_window(&mut issuer, &ctx, &mut ids, u64::from(inflight), &mut more, Some(&mut rec))?;
             elapsed = start.elapsed();
             notifs_expected += if notifs { lat.len() as u64 } else { 0 };
             // Last checked request, on fresh blocks, with a new pattern.
-            let last_ids = ids.next();
+            let last_ids = ids.next(0);
             notifs_expected += u64::from(notifs);
             let expect = notifs.then_some((tag.as_str(), notifs_expected));
             let req = CheckReq { seed: seed_for(index, 2), when: "last", misplace: false, notifs: expect };
@@ -286,38 +281,53 @@ impl Session<'_> {
         Ok(row)
     }
 
-    /// Runs `n` requests, at most `inflight` (= n) at once, and records each
-    /// one's make, post and total time. Returns how many completed.
-    fn kv_batch(
+    /// Keeps `inflight` requests in flight, posting a new one (on the slot
+    /// of the one that completed) while `more(posted so far)` says so, then
+    /// waits for the rest. Records each request's make, post and total time
+    /// (make to observed completion). Returns how many completed.
+    fn kv_window(
         &mut self,
         issuer: &mut Issuer,
         ctx: &KvCtx<'_>,
         ids: &mut IdSource,
-        n: u64,
+        inflight: u64,
+        more: &mut dyn FnMut(u64) -> bool,
         mut rec: Option<&mut Recorder<'_>>,
     ) -> Result<u64, EngineError> {
-        let mut active: Vec<(Pending, Instant)> = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            let r = ids.next();
-            let t0 = Instant::now();
-            let (p, made) = issuer.start(ctx, &r, false, false)?;
-            let t1 = Instant::now();
-            if let Some(rec) = rec.as_deref_mut() {
-                rec.make.push((made - t0).as_nanos() as u64);
-                rec.post.push((t1 - made).as_nanos() as u64);
-            }
-            active.push((p, t0));
-        }
-        let mut done = 0u64;
+        let mut active: Vec<(Pending, Instant, u64)> = Vec::with_capacity(inflight as usize);
+        let mut free: Vec<u64> = (0..inflight).rev().collect();
+        let (mut posted, mut done) = (0u64, 0u64);
+        let mut posting = true;
         let mut spins: u32 = 0;
-        while !active.is_empty() {
+        loop {
+            while posting && !free.is_empty() {
+                if !more(posted) {
+                    posting = false;
+                    break;
+                }
+                let slot = free.pop().unwrap_or(0);
+                let r = ids.next(slot);
+                let t0 = Instant::now();
+                let (p, made) = issuer.start(ctx, &r, false, false)?;
+                let t1 = Instant::now();
+                if let Some(rec) = rec.as_deref_mut() {
+                    rec.make.push((made - t0).as_nanos() as u64);
+                    rec.post.push((t1 - made).as_nanos() as u64);
+                }
+                active.push((p, t0, slot));
+                posted += 1;
+            }
+            if active.is_empty() {
+                break;
+            }
             let mut i = 0;
             while i < active.len() {
                 if issuer.poll(&mut active[i].0)? {
-                    let (_, t0) = active.swap_remove(i);
+                    let (_, t0, slot) = active.swap_remove(i);
                     if let Some(rec) = rec.as_deref_mut() {
                         rec.lat.push(t0.elapsed().as_nanos() as u64);
                     }
+                    free.push(slot);
                     done += 1;
                 } else {
                     i += 1;
@@ -325,7 +335,7 @@ impl Session<'_> {
             }
             spins = spins.wrapping_add(1);
             if spins % 4096 == 0 {
-                if let Some((_, t0)) = active.first() {
+                if let Some((_, t0, _)) = active.iter().min_by_key(|a| a.1) {
                     if t0.elapsed() > self.xfer_timeout {
                         return Err(EngineError::Invalid(format!(
                             "a KV request of ISL {} did not complete within {:?}",
@@ -354,7 +364,10 @@ impl Session<'_> {
     ) -> Result<(Check, Option<String>), EngineError> {
         let CheckReq { seed, when, misplace, notifs } = c;
         let kv_buf = Rc::clone(&self.conn.kv.as_ref().ok_or_else(|| EngineError::Invalid("no KV cache".into()))?.buf);
-        let local_chunks = ctx.g.request_chunks(ctx.kinds, ctx.layout, ctx.isl, &ids.local, true, seed);
+        let local_chunks = ctx
+            .g
+            .request_chunks(ctx.kinds, ctx.layout, ctx.isl, &ids.local, true, seed)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let run = |s: &mut Self, issuer: &mut Issuer| -> Result<Option<String>, EngineError> {
             let (mut p, _) = issuer.start(ctx, ids, true, misplace)?;
             let start = Instant::now();
@@ -371,20 +384,20 @@ impl Session<'_> {
                     Request::KvFill { isl: ctx.isl, ids: ids.remote.clone(), seed, poison: false },
                     "the target's KV fill",
                 )?;
-                for &(off, len, _) in &local_chunks {
+                for &(off, len, _, _) in &local_chunks {
                     // SAFETY: no transfer is in flight (every earlier request completed).
                     unsafe { kv_buf.poison(off as usize, len as usize) }?;
                 }
                 let d = run(self, issuer)?;
                 let mut v = Verify::clean();
-                for &(off, len, s) in &local_chunks {
+                for &(off, len, s, _) in &local_chunks {
                     // SAFETY: the request completed; nothing is in flight.
                     v.merge(unsafe { kv_buf.verify_as(off as usize, len as usize, 0, s) }?);
                 }
                 Ok((check(when, "initiator", v), d))
             }
             XferOp::Write => {
-                for &(off, len, s) in &local_chunks {
+                for &(off, len, s, _) in &local_chunks {
                     // SAFETY: no transfer is in flight.
                     unsafe { kv_buf.fill_as(off as usize, len as usize, 0, s) }?;
                 }
