@@ -11,8 +11,9 @@
 #   debug/hosts.sh up NAME                  create hosts NAME-a and NAME-b
 #   debug/hosts.sh exec NAME a|b CMD...     run CMD in host a or b (exec: same PID)
 #   debug/hosts.sh shape NAME [--rate R] [--delay D] [--loss L]
-#                                           shape both directions of the link
-#                                           (tc netem; e.g. --rate 1gbit --delay 2ms --loss 0.1%)
+#                                           shape both directions of the link: a rate alone
+#                                           with tc tbf, delay/loss with tc netem (needs
+#                                           sch_netem in the kernel); e.g. --rate 1gbit
 #   debug/hosts.sh unshape NAME             remove the shaping
 #   debug/hosts.sh info NAME                print the hosts' addresses and devices (KEY=VALUE)
 #   debug/hosts.sh down NAME                remove both hosts (idempotent)
@@ -93,14 +94,39 @@ shape() {
       *) die "shape: unknown option $1" ;;
     esac
   done
+  [ -n "$rate$delay$loss" ] || die "shape: give --rate, --delay and/or --loss"
+  if [ -z "$delay$loss" ]; then
+    # Rate only: a token bucket (tbf), available on every kernel. The bucket
+    # holds 4 ms of traffic (at least 256 KiB: a TSO segment is 64 KiB).
+    local bits burst
+    bits=$(rate_bits "$rate")
+    burst=$(( bits / 8 / 250 )); [ "$burst" -lt 262144 ] && burst=262144
+    for h in a b; do
+      ip netns exec "$name-$h" tc qdisc replace dev "${name}$h" root tbf rate "$rate" burst "$burst" latency 100ms
+    done
+    return
+  fi
   [ -n "$delay" ] && args+=(delay "$delay")
   [ -n "$loss" ] && args+=(loss "$loss")
   [ -n "$rate" ] && args+=(rate "$rate")
-  [ ${#args[@]} -gt 0 ] || die "shape: give --rate, --delay and/or --loss"
   for h in a b; do
     # a deep queue: netem's default of 1000 packets drops at high rates
-    ip netns exec "$name-$h" tc qdisc replace dev "${name}$h" root netem limit 100000 "${args[@]}"
+    ip netns exec "$name-$h" tc qdisc replace dev "${name}$h" root netem limit 100000 "${args[@]}" 2>/dev/null ||
+      die "shape: tc netem failed (this kernel may lack sch_netem); --delay and --loss need it, --rate alone uses tbf"
   done
+}
+
+# "1gbit", "500mbit", "100kbit", "1000000" (bit/s) -> bits per second
+rate_bits() {
+  local r=${1,,}
+  case $r in
+    *gbit) echo $(( ${r%gbit} * 1000000000 )) ;;
+    *mbit) echo $(( ${r%mbit} * 1000000 )) ;;
+    *kbit) echo $(( ${r%kbit} * 1000 )) ;;
+    *bit) echo "${r%bit}" ;;
+    *[!0-9]*) die "shape: cannot read rate '$1' (use e.g. 1gbit, 500mbit)" ;;
+    *) echo "$r" ;;
+  esac
 }
 
 unshape() {

@@ -25,6 +25,7 @@ pub mod topology;
 pub mod transport;
 pub mod ucx;
 pub mod units;
+pub mod verdict;
 
 /// kvprobe's version with the git revision it was built from.
 pub fn version() -> &'static str {

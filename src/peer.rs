@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -116,6 +116,16 @@ pub enum Request {
         /// Pattern seed of the request.
         seed: u64,
     },
+    /// Plain TCP stream test of the path between the two processes (the
+    /// link's capacity, for the verdict): the target answers `ProbeReady`
+    /// with a port on its control address, the sender streams for
+    /// `duration_ms`, and the target answers `ProbeDone`.
+    LinkProbe {
+        /// Initiator to target (true) or target to initiator.
+        to_target: bool,
+        /// How long the sender streams.
+        duration_ms: u64,
+    },
     /// One-way (no response): the initiator is alive and busy measuring. Sent
     /// about once a second during a point, so the target's idle timeout only
     /// fires for a peer that is really gone.
@@ -218,6 +228,18 @@ pub enum Response {
     Bye {
         /// Errors met while releasing NIXL objects on the target.
         drop_errors: Vec<String>,
+    },
+    /// Link probe: connect to this port of the target's control address.
+    ProbeReady {
+        /// The port.
+        port: u16,
+    },
+    /// Link probe finished: what the target sent or received.
+    ProbeDone {
+        /// Bytes.
+        bytes: u64,
+        /// Seconds from first to last byte (receiver) or of sending (sender).
+        seconds: f64,
     },
     /// The request failed on the target.
     Error {
@@ -361,6 +383,11 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// The local and the peer's address of the connection.
+    pub fn addrs(&self) -> std::io::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.stream.local_addr()?, self.stream.peer_addr()?))
+    }
+
     /// Wraps an accepted or connected stream.
     pub fn new(stream: TcpStream) -> Channel {
         let _ = stream.set_nodelay(true);
@@ -520,6 +547,7 @@ impl Request {
             Request::WaitNotifs { .. } => "wait_notifs",
             Request::KvFill { .. } => "kv_fill",
             Request::KvVerify { .. } => "kv_verify",
+            Request::LinkProbe { .. } => "link_probe",
             Request::KeepAlive => "keep_alive",
             Request::Bye => "bye",
         }
@@ -565,6 +593,44 @@ where
     w.write_all(&(body.len() as u32).to_be_bytes()).await.map_err(io)?;
     w.write_all(&body).await.map_err(io)?;
     w.flush().await.map_err(io)
+}
+
+/// Streams zeros on `s` for `duration`, then closes its sending side.
+/// Returns (bytes, seconds).
+pub fn probe_send(s: &mut TcpStream, duration: Duration) -> std::io::Result<(u64, f64)> {
+    let buf = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    while start.elapsed() < duration {
+        s.write_all(&buf)?;
+        bytes += buf.len() as u64;
+    }
+    s.flush()?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    Ok((bytes, start.elapsed().as_secs_f64()))
+}
+
+/// Receives until the sender closes, giving up after `limit`. Returns
+/// (bytes, seconds from the first byte to the last).
+pub fn probe_recv(s: &mut TcpStream, limit: Duration) -> std::io::Result<(u64, f64)> {
+    s.set_read_timeout(Some(limit))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    let (mut bytes, mut first, mut last) = (0u64, None, start);
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let now = Instant::now();
+        first.get_or_insert(now);
+        last = now;
+        bytes += n as u64;
+        if start.elapsed() > limit {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the link probe's sender never finished"));
+        }
+    }
+    Ok((bytes, first.map_or(0.0, |f| (last - f).as_secs_f64())))
 }
 
 /// A random session token (16 bytes from the kernel, hex).

@@ -225,6 +225,56 @@ pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
+/// The network interface holding the address `ip` in this network
+/// namespace (getifaddrs), e.g. the device a connection's local address is on.
+pub fn iface_of_ip(ip: &str) -> Option<String> {
+    let want: std::net::IpAddr = ip.parse().ok()?;
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, valid until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() && !ifa.ifa_name.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr whose family says its real type.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            let addr = match family {
+                libc::AF_INET => {
+                    // SAFETY: an AF_INET address is a sockaddr_in.
+                    let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                    Some(std::net::IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
+                }
+                libc::AF_INET6 => {
+                    // SAFETY: an AF_INET6 address is a sockaddr_in6.
+                    let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                    Some(std::net::IpAddr::from(sin6.sin6_addr.s6_addr))
+                }
+                _ => None,
+            };
+            if addr == Some(want) {
+                // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+                found = Some(unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned());
+                break;
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list getifaddrs allocated, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    found
+}
+
+/// Rated speed of a network interface (sysfs `speed`, Mb/s); None when the
+/// interface reports none (loopback, some virtual devices, link down).
+pub fn nic_speed_mbps(dev: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(sys(Path::new("/")).join("class/net").join(dev).join("speed")).ok()?;
+    s.trim().parse::<i64>().ok().filter(|&v| v > 0).map(|v| v as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

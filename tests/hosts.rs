@@ -158,14 +158,15 @@ fn spread_over_a_veth_reports_tcp_and_verifies() {
     let s = Serve::start(&h, 7701, logs.path(), &[]);
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().to_str().unwrap();
-    let out = h.cmd("a", &peer_args(&s, out_dir, &["--sizes", "4K,1M", "--backend", "nixl,ucx"])).output().unwrap();
+    let out =
+        h.cmd("a", &peer_args(&s, out_dir, &["--sizes", "4K,16M,64M", "--backend", "nixl,ucx"])).output().unwrap();
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let v = results(dir.path());
     assert_eq!(v["status"], "complete");
     assert_eq!(v["header"]["host"]["hostname"], "kvtspr-a");
     assert_eq!(v["header"]["target"]["host"], "kvtspr-b", "the target ran in the other host");
     let rows = v["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 8);
+    assert_eq!(rows.len(), 12);
     for row in rows {
         assert_eq!(row["verified"], true, "{row:#}");
         let lanes = row["transport"]["lanes"].as_array().unwrap();
@@ -174,6 +175,20 @@ fn spread_over_a_veth_reports_tcp_and_verifies() {
             "spread goes over TCP on the veth: {row:#}"
         );
     }
+    // The verdict, against the link probe's plain TCP stream over the veth.
+    let link = &v["header"]["link"];
+    assert_eq!(link["local_dev"], h.a_dev.as_str());
+    assert_eq!(link["local_dev_mbps"], 10000, "veth reports 10 Gb/s");
+    assert!(link["to_target_gbps"].as_f64().unwrap() > 0.1, "{link}");
+    let verdict = &v["verdict"];
+    assert_ne!(verdict["grade"], "FAIL", "{verdict:#}");
+    for p in verdict["paths"].as_array().unwrap() {
+        assert_eq!(p["class"], "tcp");
+        assert!(p["expected"]["basis"].as_str().unwrap().contains("link probe"), "{p:#}");
+    }
+    let ucx_write =
+        verdict["paths"].as_array().unwrap().iter().find(|p| p["backend"] == "ucx" && p["op"] == "WRITE").unwrap();
+    assert_eq!(ucx_write["grade"], "PASS", "raw UCX WRITE reaches the veth's measured capacity: {ucx_write:#}");
     let session = s.next("session");
     assert_eq!(session["peer"].as_str().unwrap().split(':').next().unwrap(), h.a_ip);
     let ended = s.next("ended");
@@ -278,4 +293,40 @@ fn killing_the_peer_mid_sweep_ends_the_run_with_rows_kept() {
 
 fn v_errors(dir: &std::path::Path) -> String {
     results(dir)["errors"].to_string()
+}
+
+#[test]
+fn a_link_shaped_to_1_gbit_is_measured_at_1_gbit_and_flagged() {
+    if !can_make_hosts("a_link_shaped_to_1_gbit_is_measured_at_1_gbit_and_flagged") {
+        return;
+    }
+    require_nixl();
+    let h = Hosts::up("kvtshp");
+    let out = Command::new(script()).args(["shape", "kvtshp", "--rate", "1gbit"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let logs = tempfile::tempdir().unwrap();
+    let s = Serve::start(&h, 7704, logs.path(), &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = h
+        .cmd("a", &peer_args(&s, d, &["--sizes", "16M", "--ops", "WRITE", "--backend", "ucx", "--duration", "1s"]))
+        .output()
+        .unwrap();
+    assert!(out.status.code().is_some(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = results(dir.path());
+    assert_eq!(v["status"], "complete", "{v:#}");
+    let gbit = 1e9 / 8.0 / 1e9; // 1 Gbit/s in GB/s
+    let row = &v["rows"][0];
+    let got = row["gbps"].as_f64().unwrap();
+    assert!(
+        (got - gbit).abs() <= 0.15 * gbit,
+        "16 MiB WRITEs over a 1 Gbit link: {got} GB/s, expected within 15% of {gbit}"
+    );
+    let probe = v["header"]["link"]["to_target_gbps"].as_f64().unwrap();
+    assert!((probe - gbit).abs() <= 0.15 * gbit, "the link probe measures the shaped rate: {probe}");
+    // Flagged: the link gives a tenth of what the interface is rated for.
+    let path = &v["verdict"]["paths"][0];
+    let reasons = path["reasons"].to_string();
+    assert!(reasons.contains("\"check\":\"link\"") && reasons.contains("rated 10000 Mb/s"), "{path:#}");
+    assert_eq!(path["grade"], "WARN", "{path:#}");
 }

@@ -42,12 +42,23 @@ fn flag_kinds(row: &serde_json::Value) -> Vec<String> {
 /// Runs READ and WRITE with `tls` on both backends and checks the data; the
 /// caller checks what carried the bytes.
 fn run_with_tls(tls: &str, params: &[&str]) -> serde_json::Value {
+    run_with_tls_exit(tls, params, 0)
+}
+
+/// As [`run_with_tls`], expecting exit code `code` (3: the verdict is FAIL).
+fn run_with_tls_exit(tls: &str, params: &[&str], code: i32) -> serde_json::Value {
     require_nixl();
     let dir = tempfile::tempdir().unwrap();
     let mut args = vec!["--sizes", "4K,1M", "--backend", "nixl,ucx", "--ucx-tls", tls];
     args.extend_from_slice(params);
     let out = sweep(dir.path(), &args, &[]);
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = results(dir.path());
     assert_complete(&v, 8);
     assert_eq!(v["header"]["ucx_tls"], tls);
@@ -113,7 +124,13 @@ fn shared_memory_only_read_write_verified() {
 fn tcp_read_write_verified_and_flagged() {
     // A local sweep pins UCX's network devices to loopback. READ over TCP is
     // software emulation, and TCP while this host has shared memory is flagged.
-    let v = run_with_tls("tcp", &[]);
+    // The verdict fails every path on its transport, whatever the rate: exit 3.
+    let v = run_with_tls_exit("tcp", &[], 3);
+    assert_eq!(v["verdict"]["grade"], "FAIL");
+    for p in v["verdict"]["paths"].as_array().unwrap() {
+        assert_eq!(p["grade"], "FAIL", "{p:#}");
+        assert!(p["reasons"].to_string().contains("tcp-while-faster-exists"), "{p:#}");
+    }
     assert_data_lanes(&v, "nixl", "tcp/lo");
     assert_data_lanes(&v, "ucx", "tcp/lo");
     for row in v["rows"].as_array().unwrap() {
@@ -130,7 +147,9 @@ fn tcp_read_write_verified_and_flagged() {
 fn an_emulating_run_is_flagged() {
     // posix alone has no zero-copy RMA: UCX emulates every put and get with
     // messages, for NIXL and raw UCX alike.
-    let v = run_with_tls("posix", &["--backend-param", "ucx_error_handling_mode=none"]);
+    // Emulation on a shared-memory transport fails the verdict: exit 3.
+    let v = run_with_tls_exit("posix", &["--backend-param", "ucx_error_handling_mode=none"], 3);
+    assert_eq!(v["verdict"]["grade"], "FAIL");
     for row in v["rows"].as_array().unwrap() {
         assert_eq!(row["transport"]["protocol"], "software emulation", "{row:#}");
         assert_eq!(lanes(row, "lanes"), vec!["posix/memory"]);

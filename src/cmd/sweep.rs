@@ -137,9 +137,24 @@ pub struct SweepArgs {
     /// Measure against `kvprobe serve` at this address (another host: spread; this host: pack) instead of a local target
     #[arg(long, value_name = "HOST:PORT")]
     pub peer: Option<String>,
+    /// Stream plain TCP each way for this long first, the link's capacity for the verdict (0: skip) [default: 1s with --peer, else 0]
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration)]
+    pub link_probe: Option<Duration>,
     /// The session token `kvprobe serve` printed [env: KVPROBE_TOKEN]
     #[arg(long, value_name = "TOKEN", requires = "peer")]
     pub token: Option<String>,
+    /// Verdict: a path passes at this fraction of its expected rate [default: 0.5 shared memory, 0.7 networks]
+    #[arg(long, value_name = "FRACTION")]
+    pub pass_at: Option<f64>,
+    /// Verdict: below the pass fraction but at least this warns; below fails [default: 0.25 shared memory, 0.4 networks]
+    #[arg(long, value_name = "FRACTION")]
+    pub warn_at: Option<f64>,
+    /// Verdict: the expected large-transfer rate, GB/s (instead of kvprobe's yardsticks, docs/VERDICT.md)
+    #[arg(long, value_name = "GB/S")]
+    pub expect_gbps: Option<f64>,
+    /// Exit 0 even when the verdict is FAIL (default: exit 3, so bring-up scripts can gate on it)
+    #[arg(long)]
+    pub no_fail: bool,
     /// Output folder [default: results/sweep-<UTC time>]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -262,6 +277,18 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
             ops.push(*op);
         }
     }
+    for class in ["shm", "tcp"] {
+        let (p, w) = (
+            a.pass_at.unwrap_or(crate::verdict::default_fractions(class).0),
+            a.warn_at.unwrap_or(crate::verdict::default_fractions(class).1),
+        );
+        if !(w > 0.0 && w <= p && p <= 10.0) {
+            return Err(CliError::usage(anyhow!("need 0 < --warn-at ({w}) <= --pass-at ({p}) <= 10")));
+        }
+    }
+    if a.expect_gbps.is_some_and(|g| !(g > 0.0 && g.is_finite())) {
+        return Err(CliError::usage(anyhow!("--expect-gbps must be a positive rate")));
+    }
     let kv_plan = kv_plan(&a)?;
     match (a.inject, kv_plan.is_some()) {
         (Some(InjectArg::KvMisplaced), false) => {
@@ -341,6 +368,10 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         ucx_local_completion: a.ucx_local_completion,
         inject: a.inject.map(Into::into),
         kv: kv_plan,
+        link_probe_s: a
+            .link_probe
+            .unwrap_or(if a.peer.is_some() { Duration::from_secs(1) } else { Duration::ZERO })
+            .as_secs_f64(),
     };
     crate::engine::initiator::validate(&plan).map_err(CliError::usage)?;
 
@@ -401,12 +432,20 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
                 hugepages: plan.hugepages,
                 ucx_local_completion: plan.ucx_local_completion,
                 kv: plan.kv.clone(),
+                verdict: crate::verdict::Thresholds {
+                    pass: a.pass_at,
+                    warn: a.warn_at,
+                    expect_gbps: a.expect_gbps,
+                    ..crate::verdict::Thresholds::default()
+                },
                 mem: "DRAM".into(),
             },
             initiator_pid: None,
             initiator_buffer_numa: None,
             ucx: ucx_loc.map(|location| UcxHeader { location, raw: None, resources: Vec::new() }),
             target: None,
+            link: None,
+            memcpy_gbps: None,
             units: units_legend(),
         },
         rows: Vec::new(),
@@ -414,9 +453,12 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         errors: Vec::new(),
         warnings: Vec::new(),
         total_seconds: None,
+        verdict: None,
     };
     save(&out_dir, &results)?;
 
+    // The shared-memory yardstick, measured before any helper runs.
+    results.header.memcpy_gbps = Some(crate::verdict::memcpy_gbps(64 << 20));
     child::install_interrupt_handler();
     plan.nixl_lib = loc.lib.clone();
     if let Err(e) = drive(&a, &mut results, &out_dir, &env, plan) {
@@ -428,6 +470,11 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         results.status = RunStatus::Complete;
     }
     results.total_seconds = Some(t_start.elapsed().as_secs_f64());
+    if !results.rows.is_empty() {
+        let facts = crate::verdict::Facts::of_this_host();
+        results.verdict =
+            Some(crate::verdict::judge(&results, &facts, &results.header.settings.verdict, results.header.memcpy_gbps));
+    }
     save(&out_dir, &results)?;
 
     let mut stdout = std::io::stdout().lock();
@@ -454,7 +501,9 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
             t_start.elapsed().as_secs_f64()
         );
     }
+    let failed_verdict = results.verdict.as_ref().is_some_and(|v| v.grade == crate::verdict::Grade::Fail);
     Ok(match results.status {
+        RunStatus::Complete if failed_verdict && !a.no_fail => ExitCode::from(3),
         RunStatus::Complete => ExitCode::SUCCESS,
         RunStatus::Interrupted => ExitCode::from(130),
         _ => ExitCode::from(1),
@@ -601,6 +650,13 @@ fn drive(
                                 }
                             }
                         }
+                        report::write_all(out_dir, results)?;
+                    }
+                    Event::Link(mut l) => {
+                        let ip = l.local_addr.rsplit_once(':').map_or(l.local_addr.as_str(), |(h, _)| h);
+                        l.local_dev = crate::topology::iface_of_ip(ip.trim_matches(['[', ']']));
+                        l.local_dev_mbps = l.local_dev.as_deref().and_then(crate::topology::nic_speed_mbps);
+                        results.header.link = Some(l);
                         report::write_all(out_dir, results)?;
                     }
                     Event::Point { op, size, backend, .. } => {

@@ -7,6 +7,7 @@
 //! finished differs.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -485,7 +486,7 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
     };
     let setup_for = |backend: BackendKind| setup_kv(backend, plan.kv.as_ref().map(|k| k.setup(0)));
     let first = *plan.backends.first().ok_or_else(|| EngineError::Invalid("no backend".into()))?;
-    let conn = Connection::open(nixl, &plan.target_addr, &plan.token, &setup_for(first), peer_timeout)?;
+    let mut conn = Connection::open(nixl, &plan.target_addr, &plan.token, &setup_for(first), peer_timeout)?;
     // This host's UCX transports (the device view), from the UCX in use: the
     // raw side's, or the one NIXL links (NIXL's plugin has loaded it).
     let view_ucx = match (&conn.ucx, &plan.ucx) {
@@ -509,6 +510,10 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
         },
     }));
 
+    let link = if plan.link_probe_s > 0.0 { Some(link_probe(&mut conn, plan, peer_timeout)?) } else { None };
+    if let Some(l) = link {
+        emit(Event::Link(l));
+    }
     let mut s = Session {
         plan,
         emit,
@@ -566,6 +571,52 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
     }
     let target_drop_errors = s.conn.close(peer_timeout)?;
     Ok(target_drop_errors.into_iter().map(|e| format!("target: {e}")).collect())
+}
+
+/// Streams plain TCP both ways between the two processes, over the control
+/// connection's route: what one TCP stream gets from this network.
+fn link_probe(
+    conn: &mut Connection,
+    plan: &SweepPlan,
+    peer_timeout: Duration,
+) -> Result<crate::report::schema::LinkProbe, EngineError> {
+    let duration = Duration::from_secs_f64(plan.link_probe_s.min(30.0));
+    let (local, remote) = conn.ch.addrs().map_err(|e| EngineError::Invalid(format!("control address: {e}")))?;
+    let mut rate = |to_target: bool| -> Result<f64, EngineError> {
+        let req = Request::LinkProbe { to_target, duration_ms: duration.as_millis() as u64 };
+        let port = match conn.ch.call(&req, peer_timeout, "the target's link probe")? {
+            Response::ProbeReady { port } => port,
+            other => return Err(EngineError::Invalid(format!("unexpected answer to link probe: {other:?}"))),
+        };
+        let io = |e: std::io::Error| EngineError::Invalid(format!("link probe to {}: {e}", remote.ip()));
+        let mut s = std::net::TcpStream::connect_timeout(&SocketAddr::new(remote.ip(), port), Duration::from_secs(10))
+            .map_err(io)?;
+        let mine = if to_target {
+            crate::peer::probe_send(&mut s, duration).map_err(io)?;
+            None
+        } else {
+            Some(crate::peer::probe_recv(&mut s, duration + Duration::from_secs(10)).map_err(io)?)
+        };
+        let theirs = match conn.ch.recv::<Response>(Some(peer_timeout + duration), "the link probe's result")? {
+            Response::ProbeDone { bytes, seconds } => (bytes, seconds),
+            Response::Error { message } => return Err(EngineError::Invalid(message)),
+            other => return Err(EngineError::Invalid(format!("unexpected link probe result: {other:?}"))),
+        };
+        // The receiver's clock: first to last byte.
+        let (bytes, secs) = mine.unwrap_or(theirs);
+        Ok(crate::units::gbps(bytes as f64, secs))
+    };
+    let to_target_gbps = rate(true)?;
+    let from_target_gbps = rate(false)?;
+    Ok(crate::report::schema::LinkProbe {
+        local_addr: local.to_string(),
+        target_addr: remote.to_string(),
+        to_target_gbps,
+        from_target_gbps,
+        duration_s: duration.as_secs_f64(),
+        local_dev: None,
+        local_dev_mbps: None,
+    })
 }
 
 /// Checks a plan before anything starts; the message names the flag.

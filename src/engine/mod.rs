@@ -69,6 +69,9 @@ pub struct SweepPlan {
     /// KV-shaped rows instead of `sizes` (sweep --model).
     #[serde(default)]
     pub kv: Option<KvPlan>,
+    /// Plain-TCP link probe per direction before measuring, seconds (0: none).
+    #[serde(default)]
+    pub link_probe_s: f64,
 }
 
 /// What a KV-shaped sweep measures: one geometry per block size, rows per
@@ -209,6 +212,8 @@ pub enum Event {
         /// Recorded destructor errors.
         drop_errors: Vec<String>,
     },
+    /// The plain-TCP link probe between the two processes.
+    Link(crate::report::schema::LinkProbe),
     /// Stopped by an error.
     Failed {
         /// What went wrong.

@@ -111,6 +111,14 @@ pub fn serve_greeted(ch: &mut Channel, nixl: &Nixl, idle: Duration) -> Result<()
         };
         match req {
             Request::KeepAlive => continue,
+            Request::LinkProbe { to_target, duration_ms } => {
+                let resp = match link_probe(ch, to_target, Duration::from_millis(duration_ms)) {
+                    Ok((bytes, seconds)) => Response::ProbeDone { bytes, seconds },
+                    Err(e) => Response::Error { message: format!("link probe: {e}") },
+                };
+                ch.send(&resp, "the link probe's result")?;
+                continue;
+            }
             Request::Bye => {
                 drop(state.take());
                 let mut drop_errors = crate::nixl::error::take_drop_errors();
@@ -150,6 +158,35 @@ fn next_request(ch: &mut Channel, worker: Option<&Worker>, idle: Duration) -> Re
     }
 }
 
+/// The target's half of a link probe: a listener on the control address
+/// (only that address), `ProbeReady`, one connection, then streaming or
+/// receiving. Every wait is bounded.
+fn link_probe(ch: &mut Channel, to_target: bool, duration: Duration) -> Result<(u64, f64), EngineError> {
+    let io = |what: &str, e: std::io::Error| EngineError::Invalid(format!("{what}: {e}"));
+    let duration = duration.min(Duration::from_secs(30));
+    let (local, _) = ch.addrs().map_err(|e| io("control address", e))?;
+    let listener = std::net::TcpListener::bind((local.ip(), 0)).map_err(|e| io("probe listener", e))?;
+    let port = listener.local_addr().map_err(|e| io("probe listener", e))?.port();
+    ch.send(&Response::ProbeReady { port }, "probe port")?;
+    listener.set_nonblocking(true).map_err(|e| io("probe listener", e))?;
+    let start = Instant::now();
+    let mut s = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(io("probe connection", e)),
+        }
+    };
+    s.set_nonblocking(false).map_err(|e| io("probe connection", e))?;
+    if to_target {
+        crate::peer::probe_recv(&mut s, duration + Duration::from_secs(10)).map_err(|e| io("probe receive", e))
+    } else {
+        crate::peer::probe_send(&mut s, duration).map_err(|e| io("probe send", e))
+    }
+}
+
 fn handle(req: Request, state: &mut Option<State>, nixl: &Nixl) -> Result<Response, EngineError> {
     if let Request::Setup(setup) = &req {
         *state = None;
@@ -164,7 +201,7 @@ fn handle(req: Request, state: &mut Option<State>, nixl: &Nixl) -> Result<Respon
     // (engine/initiator.rs, checked_transfer), so no transfer touches the
     // buffer while these run.
     match req {
-        Request::Setup(_) | Request::KeepAlive | Request::Bye => {
+        Request::Setup(_) | Request::KeepAlive | Request::Bye | Request::LinkProbe { .. } => {
             Err(EngineError::Invalid("setup, keep-alive and bye are handled by the session loop".into()))
         }
         Request::Fill { off, len, seed } => {

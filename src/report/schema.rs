@@ -36,6 +36,10 @@ pub struct SweepResults {
     /// Wall time of the whole sweep, seconds (set at the end).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_seconds: Option<f64>,
+    /// PASS / WARN / FAIL per path with the reasons (set at the end, when
+    /// rows were measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<crate::verdict::Verdict>,
 }
 
 /// State of a run.
@@ -85,6 +89,13 @@ pub struct Header {
     /// The target process (peer) as it described itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<PeerInfo>,
+    /// The plain-TCP link probe, when run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkProbe>,
+    /// This host's single-thread memcpy rate, GB/s, measured before the run
+    /// (the yardstick of shared-memory paths).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memcpy_gbps: Option<f64>,
     /// Unit conventions, spelled out for readers of the file.
     pub units: BTreeMap<String, String>,
 }
@@ -217,6 +228,9 @@ pub struct Settings {
     /// block pattern, requests in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv: Option<crate::engine::KvPlan>,
+    /// Verdict thresholds.
+    #[serde(default)]
+    pub verdict: crate::verdict::Thresholds,
 }
 
 /// Summary statistics of a set of durations, microseconds.
@@ -314,6 +328,30 @@ pub struct Row {
     /// rate over the timed loop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv: Option<KvRow>,
+}
+
+/// A plain TCP stream between the two processes over the control
+/// connection's route: the capacity the network gives one TCP stream, the
+/// yardstick for TCP rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkProbe {
+    /// The initiator's address on the route.
+    pub local_addr: String,
+    /// The target's address.
+    pub target_addr: String,
+    /// Initiator to target (the WRITE direction), GB/s (1e9 bytes/s).
+    pub to_target_gbps: f64,
+    /// Target to initiator (the READ direction), GB/s.
+    pub from_target_gbps: f64,
+    /// Streaming time per direction, seconds.
+    pub duration_s: f64,
+    /// The local network interface of the route, and its rated speed
+    /// (sysfs, Mb/s), filled in by the orchestrator.
+    #[serde(default)]
+    pub local_dev: Option<String>,
+    /// Rated speed of that interface, Mb/s (None: unknown or virtual).
+    #[serde(default)]
+    pub local_dev_mbps: Option<u64>,
 }
 
 /// The KV-specific part of a row.

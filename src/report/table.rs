@@ -92,6 +92,9 @@ pub fn render(r: &SweepResults, style: Style) -> String {
         out.push_str(&size_table(r, multi, style));
     }
     out.push_str(&findings(r, style));
+    if let Some(v) = &r.verdict {
+        out.push_str(&verdict_lines(v, style));
+    }
     match r.status {
         RunStatus::Complete => {}
         RunStatus::Running => out.push_str(&style.warn("status: running (incomplete)\n")),
@@ -187,6 +190,42 @@ fn size_table(r: &SweepResults, multi: bool, style: Style) -> String {
         out.push_str(&style.dim(
             "nixl/ucx = NIXL's GB/s over raw UCX's for the same point (NIXL's overhead; each backend measured alone)\n",
         ));
+    }
+    out
+}
+
+/// The verdict: one line per path, then its reasons.
+pub fn verdict_lines(v: &crate::verdict::Verdict, style: Style) -> String {
+    use crate::verdict::Grade;
+    let paint = |g: Grade, s: &str| match g {
+        Grade::Pass => style.good(s),
+        Grade::Warn => style.warn(s),
+        Grade::Fail => style.bad(s),
+    };
+    let mut out = format!("verdict: {}\n", paint(v.grade, &v.grade.to_string()));
+    for p in &v.paths {
+        let rate = match (p.measured_gbps, &p.expected) {
+            (Some(m), Some(e)) => format!("{} GB/s of {} expected", fmt_gbps(m), fmt_gbps(e.gbps)),
+            (Some(m), None) => format!("{} GB/s, no yardstick", fmt_gbps(m)),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "  {} {:<5} {:<5} {} on {}  {}\n",
+            paint(p.grade, &format!("{:<4}", p.grade.to_string())),
+            p.backend,
+            p.op,
+            p.class,
+            if p.lanes.is_empty() { "?".to_string() } else { p.lanes.join("+") },
+            rate
+        ));
+        for reason in p.reasons.iter().filter(|x| x.grade != Grade::Pass || x.check == "bandwidth") {
+            out.push_str(&format!(
+                "      {} {}: {}\n",
+                paint(reason.grade, &reason.grade.to_string()),
+                reason.check,
+                reason.text
+            ));
+        }
     }
     out
 }

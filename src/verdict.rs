@@ -1,0 +1,474 @@
+//! The verdict: PASS / WARN / FAIL per measured path, with the reason.
+//!
+//! Two questions per path (backend x operation):
+//! (a) did the bytes take the best transport this hardware has? A TCP path
+//!     where shared memory, cuda_ipc or RDMA exists fails whatever its rate;
+//!     software emulation on an RDMA transport fails; notifications over TCP
+//!     and a far NUMA node warn.
+//! (b) is its large-transfer rate what the link should give? The yardstick
+//!     per transport class: a plain TCP stream between the same two processes
+//!     (the link probe) or the NIC's rated speed for TCP; this host's own
+//!     memcpy, measured on the spot, for shared memory; the port rate (IB) or
+//!     the instance type's EFA rate for RDMA; the NVLink generation's rate
+//!     for cuda_ipc. Measured / expected >= `pass` passes, >= `warn` warns,
+//!     below fails. docs/VERDICT.md lists the rates with their sources.
+//!
+//! A pure function of the results and a few host facts, so it is tested
+//! with fixtures and can be recomputed from any results.json.
+
+use serde::{Deserialize, Serialize};
+
+use crate::report::schema::{Row, SweepResults};
+use crate::topology::Topology;
+use crate::transport::{RDMA, SHM, lane_transport};
+
+/// A grade; the worst grade of its parts is the whole's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Grade {
+    /// As good as this hardware allows.
+    Pass,
+    /// Works, but something costs performance or could not be judged.
+    Warn,
+    /// The wrong transport, or far below the link's rate.
+    Fail,
+}
+
+impl std::fmt::Display for Grade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Grade::Pass => "PASS",
+            Grade::Warn => "WARN",
+            Grade::Fail => "FAIL",
+        })
+    }
+}
+
+/// Pass/warn thresholds on measured / expected.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// At least this fraction of the expected rate passes (None: the
+    /// class's default, [`default_fractions`]).
+    pub pass: Option<f64>,
+    /// At least this fraction warns; below fails (None: the class's default).
+    pub warn: Option<f64>,
+    /// Rows of at least this many bytes count as large transfers (the
+    /// largest row counts when none is this large).
+    pub large_bytes: u64,
+    /// Expected rate given by the user, GB/s (overrides the table).
+    #[serde(default)]
+    pub expect_gbps: Option<f64>,
+}
+
+impl Default for Thresholds {
+    fn default() -> Thresholds {
+        Thresholds { pass: None, warn: None, large_bytes: 16 << 20, expect_gbps: None }
+    }
+}
+
+/// Default (pass, warn) fractions per transport class. Shared memory is held
+/// to less than memcpy: `cma` pins every page of both buffers per copy
+/// (docs/VERDICT.md); networks to the nccl-tests habit of a high bar against
+/// line rate or a measured stream.
+pub fn default_fractions(class: &str) -> (f64, f64) {
+    match class {
+        "shm" => (0.5, 0.25),
+        _ => (0.7, 0.4),
+    }
+}
+
+impl Thresholds {
+    /// (pass, warn) for a transport class.
+    pub fn fractions(&self, class: &str) -> (f64, f64) {
+        let (p, w) = default_fractions(class);
+        (self.pass.unwrap_or(p), self.warn.unwrap_or(w))
+    }
+}
+
+/// One reason behind a grade.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reason {
+    /// Its grade.
+    pub grade: Grade,
+    /// `transport`, `bandwidth`, `link`, `notifications`, `numa`...
+    pub check: String,
+    /// What was found.
+    pub text: String,
+}
+
+/// The rate a path should reach, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Expected {
+    /// GB/s (1e9 bytes/s).
+    pub gbps: f64,
+    /// What it is: "TCP stream between the two processes (link probe)",
+    /// "eth0 rated 100000 Mb/s", "memcpy on this host", ...
+    pub basis: String,
+}
+
+/// The verdict on one path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathVerdict {
+    /// Backend (`nixl`, `ucx`).
+    pub backend: String,
+    /// `READ` or `WRITE`.
+    pub op: String,
+    /// Worst of the reasons.
+    pub grade: Grade,
+    /// Transport class of the data lanes: `tcp`, `shm`, `rdma`, `cuda_ipc`, `other`.
+    pub class: String,
+    /// The data lanes seen.
+    pub lanes: Vec<String>,
+    /// Best large-transfer rate, GB/s, and the size it was measured at.
+    pub measured_gbps: Option<f64>,
+    /// Bytes of that row.
+    pub measured_bytes: Option<u64>,
+    /// The yardstick.
+    pub expected: Option<Expected>,
+    /// Why.
+    pub reasons: Vec<Reason>,
+}
+
+/// The whole run's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Worst path grade.
+    pub grade: Grade,
+    /// Per path.
+    pub paths: Vec<PathVerdict>,
+    /// Thresholds used.
+    pub thresholds: Thresholds,
+}
+
+/// Host facts the verdict needs beyond the results.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// This host's hardware.
+    pub topology: Topology,
+    /// EC2 instance type (DMI product name), when on EC2.
+    pub instance_type: Option<String>,
+    /// Rated speed of a network interface, Mb/s.
+    pub nic_mbps: std::collections::BTreeMap<String, u64>,
+}
+
+impl Facts {
+    /// Reads them from this host.
+    pub fn of_this_host() -> Facts {
+        let topology = crate::topology::discover(std::path::Path::new("/"));
+        let mut nic_mbps = std::collections::BTreeMap::new();
+        if let Ok(d) = std::fs::read_dir("/sys/class/net") {
+            for e in d.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(s) = crate::topology::nic_speed_mbps(&name) {
+                    nic_mbps.insert(name, s);
+                }
+            }
+        }
+        let instance_type = std::fs::read_to_string("/sys/devices/virtual/dmi/id/product_name")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| s.contains('.'));
+        Facts { topology, instance_type, nic_mbps }
+    }
+}
+
+/// EFA bandwidth per instance type: (instance type prefix, total Gb/s, EFA
+/// devices). Sources in docs/VERDICT.md.
+pub const EFA_RATES: &[(&str, f64, u32)] = &[
+    ("p4d.24xlarge", 400.0, 4),
+    ("p5.48xlarge", 3200.0, 32),
+    ("p5e.48xlarge", 3200.0, 32),
+    ("p5en.48xlarge", 3200.0, 16),
+];
+
+/// NVLink bandwidth per direction per GPU, GB/s, by GPU name fragment
+/// (sources in docs/VERDICT.md).
+pub const NVLINK_RATES: &[(&str, f64)] = &[("A100", 300.0), ("H100", 450.0), ("H200", 450.0), ("B200", 900.0)];
+
+fn class_of(lanes: &[String]) -> &'static str {
+    let names: Vec<&str> = lanes.iter().map(|l| lane_transport(l)).collect();
+    if names.is_empty() {
+        "other"
+    } else if names.contains(&"tcp") {
+        "tcp"
+    } else if names.iter().all(|n| SHM.contains(n)) {
+        "shm"
+    } else if names.iter().any(|n| RDMA.contains(n)) {
+        "rdma"
+    } else if names.contains(&"cuda_ipc") {
+        "cuda_ipc"
+    } else {
+        "other"
+    }
+}
+
+/// The device part of a lane (`tcp/eth0` -> `eth0`, `rc_mlx5/mlx5_0:1` -> `mlx5_0:1`).
+fn lane_device(lane: &str) -> &str {
+    let l = lane.rsplit(" on ").next().unwrap_or(lane);
+    l.split_once('/').map_or("", |(_, d)| d.trim())
+}
+
+/// A path's large-transfer rate: the best rate of its rows of at least
+/// `large_bytes` (KV rows contribute their contiguous reference). None when
+/// no row is that large: small transfers measure per-transfer overheads, not
+/// the link.
+fn large_rate(rows: &[&Row], th: &Thresholds) -> Option<(f64, u64)> {
+    let rate = |r: &Row| r.kv.as_ref().map_or(r.gbps, |k| k.contiguous_gbps);
+    rows.iter()
+        .filter(|r| r.size_bytes >= th.large_bytes)
+        .map(|r| (rate(r), r.size_bytes))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+}
+
+/// Judges every path of `r`. `memcpy_gbps`: this host's memcpy rate, for
+/// shared-memory paths.
+pub fn judge(r: &SweepResults, facts: &Facts, th: &Thresholds, memcpy_gbps: Option<f64>) -> Verdict {
+    let intra = r.header.target.as_ref().is_none_or(|t| t.host == r.header.host.hostname);
+    let resources = r.header.ucx.as_ref().map_or(&[][..], |u| &u.resources[..]);
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for row in &r.rows {
+        let k = (row.backend.clone(), row.op.to_string());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let mut paths = Vec::new();
+    for (backend, op) in keys {
+        let rows: Vec<&Row> = r.rows.iter().filter(|x| x.backend == backend && x.op.to_string() == op).collect();
+        let mut lanes: Vec<String> = Vec::new();
+        let mut reasons: Vec<Reason> = Vec::new();
+        let mut seen_flags: Vec<String> = Vec::new();
+        for row in &rows {
+            if let Some(t) = &row.transport {
+                for l in &t.lanes {
+                    if !lanes.contains(l) {
+                        lanes.push(l.clone());
+                    }
+                }
+                for f in &t.flags {
+                    if seen_flags.contains(&f.kind) {
+                        continue;
+                    }
+                    seen_flags.push(f.kind.clone());
+                    let grade = match f.kind.as_str() {
+                        "tcp-while-faster-exists" => Grade::Fail,
+                        "software-emulation" if !t.lanes.iter().any(|l| lane_transport(l) == "tcp") => Grade::Fail,
+                        "software-emulation" => continue, // TCP has no native RMA: emulation is its normal path
+                        _ => Grade::Warn,
+                    };
+                    reasons.push(Reason { grade, check: f.kind.clone(), text: f.evidence.clone() });
+                }
+            }
+        }
+        let class = class_of(&lanes);
+        // RDMA hardware that UCX did not use (and may not even offer).
+        let rdma_hw: Vec<String> = facts
+            .topology
+            .rdma
+            .iter()
+            .filter(|d| d.ports.iter().any(|p| p.state.contains("ACTIVE")))
+            .map(|d| d.name.clone())
+            .collect();
+        if !intra && class == "tcp" && !rdma_hw.is_empty() && !seen_flags.iter().any(|k| k == "tcp-while-faster-exists")
+        {
+            let ucx_rdma = resources.iter().any(|x| RDMA.contains(&x.transport.as_str()));
+            reasons.push(Reason {
+                grade: Grade::Fail,
+                check: "transport".into(),
+                text: format!(
+                    "the data went over TCP although this host has RDMA devices ({}){}",
+                    rdma_hw.join(", "),
+                    if ucx_rdma {
+                        ""
+                    } else {
+                        " that this UCX cannot use (no RDMA transport built in: kvprobe doctor)"
+                    }
+                ),
+            });
+        }
+        if rows.iter().any(|x| x.transport.is_none()) {
+            reasons.push(Reason {
+                grade: Grade::Warn,
+                check: "transport".into(),
+                text: "UCX did not say what carried some rows".into(),
+            });
+        }
+        let measured = large_rate(&rows, th);
+        let read = op == "READ";
+        let (pass_at, warn_at) = th.fractions(class);
+        let expected = th
+            .expect_gbps
+            .map(|g| Expected { gbps: g, basis: "given with --expect-gbps".into() })
+            .or_else(|| expected_rate(class, &lanes, read, r, facts, memcpy_gbps));
+        match (&measured, &expected) {
+            (Some((m, bytes)), Some(e)) if e.gbps > 0.0 => {
+                let ratio = m / e.gbps;
+                let mut grade = if ratio >= pass_at {
+                    Grade::Pass
+                } else if ratio >= warn_at {
+                    Grade::Warn
+                } else {
+                    Grade::Fail
+                };
+                // GET over TCP is always emulated (TCP has no RDMA READ): a
+                // protocol limit, not a broken link; it warns, with the way out.
+                let emulated = seen_flags.iter().any(|k| k == "software-emulation");
+                if class == "tcp" && emulated && grade == Grade::Fail {
+                    grade = Grade::Warn;
+                    reasons.push(Reason {
+                        grade,
+                        check: "emulation".into(),
+                        text: "UCX emulates this operation over TCP with messages (no RDMA READ on TCP), so it cannot reach a plain stream's rate: WRITE (push) or an RDMA transport avoids it".into(),
+                    });
+                }
+                reasons.push(Reason {
+                    grade,
+                    check: "bandwidth".into(),
+                    text: format!(
+                        "{m:.3} GB/s at {} is {:.0}% of {:.3} GB/s ({}); pass at {:.0}%, warn at {:.0}%",
+                        crate::units::Bytes(*bytes),
+                        100.0 * ratio,
+                        e.gbps,
+                        e.basis,
+                        100.0 * pass_at,
+                        100.0 * warn_at
+                    ),
+                });
+            }
+            (Some(_), _) => reasons.push(Reason {
+                grade: Grade::Warn,
+                check: "bandwidth".into(),
+                text: format!(
+                    "no expected rate for a {class} path here (give one with --expect-gbps{})",
+                    if class == "tcp" { ", or run the link probe: --link-probe 1s" } else { "" }
+                ),
+            }),
+            (None, _) => reasons.push(Reason {
+                grade: Grade::Warn,
+                check: "bandwidth".into(),
+                text: format!(
+                    "not judged: no transfer of at least {} was measured (largest {}); small transfers measure per-transfer costs, not the link",
+                    crate::units::Bytes(th.large_bytes),
+                    crate::units::Bytes(rows.iter().map(|r| r.size_bytes).max().unwrap_or(0))
+                ),
+            }),
+        }
+        // A TCP link far below its NIC's rating: shaping, a slow hop, congestion.
+        if class == "tcp" {
+            if let Some(l) = &r.header.link {
+                if let Some(mbps) = l.local_dev_mbps {
+                    let rated = mbps as f64 * 1e6 / 8.0 / 1e9;
+                    let got = if read { l.from_target_gbps } else { l.to_target_gbps };
+                    if got < warn_at * rated {
+                        reasons.push(Reason {
+                            grade: Grade::Warn,
+                            check: "link".into(),
+                            text: format!(
+                                "one TCP stream gets {got:.3} GB/s ({:.2} Gbit/s), {:.0}% of {} rated {} Mb/s: a shaped, slow or congested hop",
+                                got * 8.0,
+                                100.0 * got / rated,
+                                l.local_dev.as_deref().unwrap_or("the interface"),
+                                mbps
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        let grade = reasons.iter().map(|x| x.grade).max().unwrap_or(Grade::Pass);
+        paths.push(PathVerdict {
+            backend,
+            op,
+            grade,
+            class: class.into(),
+            lanes,
+            measured_gbps: measured.map(|m| m.0),
+            measured_bytes: measured.map(|m| m.1),
+            expected,
+            reasons,
+        });
+    }
+    Verdict { grade: paths.iter().map(|p| p.grade).max().unwrap_or(Grade::Pass), paths, thresholds: *th }
+}
+
+fn expected_rate(
+    class: &str,
+    lanes: &[String],
+    read: bool,
+    r: &SweepResults,
+    facts: &Facts,
+    memcpy_gbps: Option<f64>,
+) -> Option<Expected> {
+    match class {
+        "tcp" => {
+            if let Some(l) = &r.header.link {
+                let g = if read { l.from_target_gbps } else { l.to_target_gbps };
+                return Some(Expected {
+                    gbps: g,
+                    basis: format!(
+                        "one plain TCP stream {} between the same two processes (link probe)",
+                        if read { "target -> initiator" } else { "initiator -> target" }
+                    ),
+                });
+            }
+            let devs: Vec<&str> = lanes.iter().map(|l| lane_device(l)).collect();
+            let mbps: u64 = devs.iter().filter_map(|d| facts.nic_mbps.get(*d)).max().copied()?;
+            Some(Expected {
+                gbps: mbps as f64 * 1e6 / 8.0 / 1e9,
+                basis: format!("{} rated {mbps} Mb/s (sysfs)", devs.join("+")),
+            })
+        }
+        "shm" => {
+            memcpy_gbps.map(|g| Expected { gbps: g, basis: "memcpy on this host, measured before the run".into() })
+        }
+        "rdma" => {
+            // Distinct RDMA devices used, each at its port rate (sysfs) or
+            // the instance type's per-device EFA rate.
+            let mut devs: Vec<&str> = lanes
+                .iter()
+                .filter(|l| RDMA.contains(&lane_transport(l)))
+                .map(|l| lane_device(l).split(':').next().unwrap_or(""))
+                .collect();
+            devs.sort_unstable();
+            devs.dedup();
+            let mut total = 0.0;
+            let mut basis = Vec::new();
+            for d in &devs {
+                let dev = facts.topology.rdma.iter().find(|x| x.name == *d);
+                let port_rate = dev.and_then(|x| x.ports.iter().find_map(|p| p.rate_gbps));
+                let efa_rate = facts.instance_type.as_deref().and_then(|it| {
+                    EFA_RATES.iter().find(|(t, _, _)| it.starts_with(t)).map(|(_, g, n)| g / f64::from(*n))
+                });
+                match (dev.is_some_and(|x| x.efa), efa_rate, port_rate) {
+                    (true, Some(g), _) => {
+                        total += g;
+                        basis.push(format!("{d} {g:.0} Gb/s ({} EFA)", facts.instance_type.as_deref().unwrap_or("")));
+                    }
+                    (_, _, Some(g)) => {
+                        total += g;
+                        basis.push(format!("{d} port rate {g:.0} Gb/s (sysfs)"));
+                    }
+                    _ => return None,
+                }
+            }
+            (total > 0.0).then(|| Expected { gbps: total / 8.0, basis: basis.join(" + ") })
+        }
+        _ => None,
+    }
+}
+
+/// This host's single-thread memcpy rate, GB/s: the best of a few copies of
+/// `bytes` between two fresh buffers (the shared-memory yardstick).
+pub fn memcpy_gbps(bytes: usize) -> f64 {
+    let src = vec![1u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    dst.copy_from_slice(&src); // fault the pages in first
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        dst.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&dst);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    crate::units::gbps(bytes as f64, best)
+}
