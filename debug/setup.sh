@@ -5,7 +5,8 @@
 #     the wheel's torch dependency is not needed by a Rust program) and the
 #     libucx wheel (ucx_perftest and ucx_info for comparisons, UCX's headers
 #     for regenerating ucx-sys; kvprobe itself uses the UCX NIXL bundles);
-#   - iproute2 for the network-namespace helpers used by later tests.
+#   - iproute2 and util-linux for the emulated hosts (debug/hosts.sh, tests/hosts.rs);
+#   - fonts-dejavu-core for the plots' text.
 # kvprobe finds .venv by itself (docs/SETUP.md); nothing needs exporting.
 #
 # Environment: NIXL_WHEEL (default nixl-cu12), NIXL_VERSION (default 1.5.1),
@@ -28,6 +29,9 @@ if command -v python3 >/dev/null 2>&1; then
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 fi
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
+# a TrueType font for the plots' text (kvprobe lays out SVG and PNG text with it)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing ${need_apt[*]} with apt-get"

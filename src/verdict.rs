@@ -472,3 +472,157 @@ pub fn memcpy_gbps(bytes: usize) -> f64 {
     }
     crate::units::gbps(bytes as f64, best)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::schema::Flag;
+    use crate::topology::{RdmaDevice, RdmaPort};
+
+    /// A real local run (NIXL and raw UCX READ, 16 MiB, cma) as the base.
+    fn base() -> SweepResults {
+        serde_json::from_str(include_str!("../tests/fixtures/results-shm-16m.json")).unwrap()
+    }
+
+    fn set_lanes(r: &mut SweepResults, lanes: &[&str], flags: &[&str]) {
+        for row in &mut r.rows {
+            let t = row.transport.as_mut().unwrap();
+            t.lanes = lanes.iter().map(|s| s.to_string()).collect();
+            t.notif_lanes.clear();
+            t.flags = flags
+                .iter()
+                .map(|k| Flag { kind: k.to_string(), evidence: format!("{k} seen"), fix: String::new() })
+                .collect();
+        }
+    }
+
+    fn rows_at(r: &mut SweepResults, gbps: f64) {
+        for row in &mut r.rows {
+            row.gbps = gbps;
+        }
+    }
+
+    fn other_host(r: &mut SweepResults) {
+        r.header.target.as_mut().unwrap().host = "prefill-node".into();
+    }
+
+    fn efa_host(instance: &str) -> Facts {
+        let port = RdmaPort {
+            port: 1,
+            state: "4: ACTIVE".into(),
+            rate: "100 Gb/sec".into(),
+            rate_gbps: Some(100.0),
+            link_layer: "Unspecified".into(),
+        };
+        let dev = |n: &str| RdmaDevice {
+            name: n.into(),
+            driver: Some("efa".into()),
+            efa: true,
+            numa: Some(0),
+            ports: vec![port.clone()],
+        };
+        Facts {
+            topology: Topology { rdma: vec![dev("rdmap79s0"), dev("rdmap80s0")], ..Topology::default() },
+            instance_type: Some(instance.into()),
+            ..Facts::default()
+        }
+    }
+
+    #[test]
+    fn shared_memory_is_judged_against_memcpy_with_its_own_thresholds() {
+        let mut r = base();
+        set_lanes(&mut r, &["cma/memory"], &[]);
+        rows_at(&mut r, 6.0);
+        let v = judge(&r, &Facts::default(), &Thresholds::default(), Some(10.0));
+        assert_eq!(v.grade, Grade::Pass, "{v:#?}"); // 60% >= 50%
+        let p = &v.paths[0];
+        assert_eq!(p.class, "shm");
+        assert!(p.expected.as_ref().unwrap().basis.contains("memcpy"));
+        rows_at(&mut r, 3.0); // 30%: warn
+        assert_eq!(judge(&r, &Facts::default(), &Thresholds::default(), Some(10.0)).grade, Grade::Warn);
+        rows_at(&mut r, 2.0); // 20%: fail
+        assert_eq!(judge(&r, &Facts::default(), &Thresholds::default(), Some(10.0)).grade, Grade::Fail);
+        // user thresholds and expectation override the table
+        let th = Thresholds { pass: Some(0.1), warn: Some(0.05), expect_gbps: Some(4.0), ..Thresholds::default() };
+        let v = judge(&r, &Facts::default(), &th, Some(10.0));
+        assert_eq!(v.grade, Grade::Pass);
+        assert!(v.paths[0].expected.as_ref().unwrap().basis.contains("--expect-gbps"));
+    }
+
+    #[test]
+    fn tcp_between_hosts_with_efa_fails_whatever_the_rate() {
+        let mut r = base();
+        other_host(&mut r);
+        set_lanes(&mut r, &["tcp/ens32"], &[]);
+        rows_at(&mut r, 100.0);
+        let facts = efa_host("p5.48xlarge");
+        let v = judge(&r, &facts, &Thresholds::default(), None);
+        assert_eq!(v.grade, Grade::Fail);
+        let text = serde_json::to_string(&v).unwrap();
+        assert!(text.contains("RDMA devices (rdmap79s0, rdmap80s0)"), "{text}");
+        assert!(text.contains("cannot use"), "the fixture's UCX has no RDMA transport: {text}");
+    }
+
+    #[test]
+    fn efa_paths_are_judged_against_the_instance_rate_per_device() {
+        let mut r = base();
+        other_host(&mut r);
+        set_lanes(&mut r, &["srd/rdmap79s0:1", "srd/rdmap80s0:1"], &[]);
+        // p5.48xlarge: 3200 Gb/s over 32 devices = 100 Gb/s each; 2 devices = 25 GB/s
+        rows_at(&mut r, 20.0);
+        let v = judge(&r, &efa_host("p5.48xlarge"), &Thresholds::default(), None);
+        let p = &v.paths[0];
+        assert_eq!(p.class, "rdma");
+        assert!((p.expected.as_ref().unwrap().gbps - 25.0).abs() < 1e-9, "{p:#?}");
+        assert_eq!(v.grade, Grade::Pass); // 80%
+        // p5en: 16 devices of 200 Gb/s: 2 devices = 50 GB/s, 20 is 40%: warn
+        let v = judge(&r, &efa_host("p5en.48xlarge"), &Thresholds::default(), None);
+        assert!((v.paths[0].expected.as_ref().unwrap().gbps - 50.0).abs() < 1e-9);
+        assert_eq!(v.grade, Grade::Warn);
+        // emulation on an RDMA transport fails
+        set_lanes(&mut r, &["srd/rdmap79s0:1"], &["software-emulation"]);
+        assert_eq!(judge(&r, &efa_host("p5.48xlarge"), &Thresholds::default(), None).grade, Grade::Fail);
+    }
+
+    #[test]
+    fn tcp_is_judged_against_the_link_probe_and_a_slow_link_is_flagged() {
+        let mut r = base();
+        other_host(&mut r);
+        set_lanes(&mut r, &["tcp/eth0"], &[]);
+        rows_at(&mut r, 0.11);
+        r.header.link = Some(crate::report::schema::LinkProbe {
+            local_addr: "10.0.0.1:1".into(),
+            target_addr: "10.0.0.2:2".into(),
+            to_target_gbps: 0.12,
+            from_target_gbps: 0.12,
+            duration_s: 1.0,
+            local_dev: Some("eth0".into()),
+            local_dev_mbps: Some(10_000),
+        });
+        let v = judge(&r, &Facts::default(), &Thresholds::default(), None);
+        let p = &v.paths[0];
+        assert!(p.expected.as_ref().unwrap().basis.contains("link probe"));
+        // 92% of the probe passes the rate; the link itself is 10% of its NIC: warn
+        assert_eq!(p.grade, Grade::Warn, "{p:#?}");
+        assert!(p.reasons.iter().any(|x| x.check == "link" && x.text.contains("rated 10000 Mb/s")));
+        // GET over TCP is emulated: capped at warn, with the way out
+        set_lanes(&mut r, &["tcp/eth0"], &["software-emulation"]);
+        rows_at(&mut r, 0.01);
+        let v = judge(&r, &Facts::default(), &Thresholds::default(), None);
+        assert_eq!(v.grade, Grade::Warn, "{v:#?}");
+        assert!(serde_json::to_string(&v).unwrap().contains("WRITE (push)"));
+    }
+
+    #[test]
+    fn small_transfers_are_not_judged_on_bandwidth() {
+        let mut r = base();
+        set_lanes(&mut r, &["cma/memory"], &[]);
+        for row in &mut r.rows {
+            row.size_bytes = 1 << 20;
+            row.gbps = 0.001;
+        }
+        let v = judge(&r, &Facts::default(), &Thresholds::default(), Some(10.0));
+        assert_eq!(v.grade, Grade::Warn);
+        assert!(v.paths[0].reasons.iter().any(|x| x.text.starts_with("not judged")));
+    }
+}

@@ -72,6 +72,10 @@ fn run_with_tls_exit(tls: &str, params: &[&str], code: i32) -> serde_json::Value
     }
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("nixl/ucx") && table.contains("1 MiB") && table.contains("WRITE"), "{table}");
+    assert!(table.contains("verdict: "), "{table}");
+    for f in ["plot.svg", "plot.png"] {
+        assert!(dir.path().join(f).exists(), "{f} in the results folder");
+    }
     v
 }
 

@@ -4,6 +4,7 @@
 //! error, lost peer); 2 bad input or setup (bad flag, NIXL not found);
 //! 130 interrupted.
 
+pub mod compare;
 pub mod doctor;
 pub mod info;
 pub mod initiator;
@@ -30,6 +31,8 @@ pub struct Cli {
 pub enum Cmd {
     /// Measure NIXL transfer bandwidth and latency between two processes on this host, READ and WRITE, 4 KiB .. 256 MiB (the main job)
     Sweep(Box<sweep::SweepArgs>),
+    /// One sweep per UCX_TLS value and placement, in fresh processes, side by side in one table and one plot
+    Compare(Box<compare::CompareArgs>),
     /// Be the far end of sweeps run from another host: `kvprobe sweep --peer ADDR:PORT --token T` there
     Serve(serve::ServeArgs),
     /// Tell what will carry KV traffic on this host and what is wrong (exit 0 healthy, 1 warnings, 2 errors)
@@ -78,6 +81,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.cmd {
         Cmd::Sweep(a) => sweep::run(*a),
         Cmd::Serve(a) => serve::run(a),
+        Cmd::Compare(a) => compare::run(*a),
         Cmd::Doctor(a) => doctor::run(a),
         Cmd::KvShape(a) => kv_shape::run(a),
         Cmd::Info(a) => info::run(a),

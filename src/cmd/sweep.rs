@@ -474,6 +474,21 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         let facts = crate::verdict::Facts::of_this_host();
         results.verdict =
             Some(crate::verdict::judge(&results, &facts, &results.header.settings.verdict, results.header.memcpy_gbps));
+        let series = report::plot::of_results(&results, "");
+        if !series.is_empty() {
+            let plot = report::plot::Plot {
+                title: format!(
+                    "kvprobe sweep on {} - UCX_TLS={}",
+                    results.header.host.hostname,
+                    results.header.ucx_tls.as_deref().unwrap_or("(UCX chooses)")
+                ),
+                series,
+                references: report::plot::references_of(&results, ""),
+            };
+            if let (_, Some(w)) = report::plot::write(&out_dir, "plot", &plot) {
+                results.warnings.push(w);
+            }
+        }
     }
     save(&out_dir, &results)?;
 

@@ -4,6 +4,7 @@
 pub mod csv;
 pub mod doctor;
 pub mod kv;
+pub mod plot;
 pub mod progress;
 pub mod schema;
 pub mod style;
