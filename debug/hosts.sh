@@ -163,12 +163,19 @@ case $cmd in
   run)
     need_root
     [ $# -gt 0 ] || die "run: no command"
+    child=""
+    # On an interrupt: stop the command (the one this script started, by
+    # PID), then the EXIT trap removes the hosts.
     trap 'down "$name"' EXIT
-    trap 'exit 130' INT TERM
+    trap '[ -n "$child" ] && kill "$child" 2>/dev/null; exit 130' INT TERM
     up "$name" >/dev/null
     eval "$(info "$name" | sed 's/^/export /')"
+    # In the background and waited for, so a signal is handled at once.
+    "$@" &
+    child=$!
     status=0
-    "$@" || status=$?
+    wait "$child" || status=$?
+    child=""
     exit "$status"
     ;;
   *) die "unknown command $cmd" ;;

@@ -193,6 +193,24 @@ fn spread_over_a_veth_reports_tcp_and_verifies() {
     assert_eq!(session["peer"].as_str().unwrap().split(':').next().unwrap(), h.a_ip);
     let ended = s.next("ended");
     assert_eq!(ended["success"], true, "{ended}");
+
+    // KV-shaped requests across the hosts too (heterogeneous TP, head slices), both backends.
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-config.json");
+    let kv_dir = tempfile::tempdir().unwrap();
+    let kd = kv_dir.path().to_str().unwrap();
+    let f = fixture.to_str().unwrap();
+    let kv_args = ["--model-config", f, "--d-tp", "2", "--d-rank", "1", "--isl", "100", "--backend", "nixl,ucx"];
+    let out = h.cmd("a", &peer_args(&s, kd, &kv_args)).output().unwrap();
+    assert!(out.status.code().is_some_and(|c| c == 0 || c == 3), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = results(kv_dir.path());
+    assert_eq!(v["status"], "complete");
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for row in rows {
+        assert_eq!(row["verified"], true, "{row:#}");
+        assert!(row["kv"]["requests"].as_u64().unwrap() >= 3);
+        assert!(row["transport"]["lanes"].to_string().contains("tcp/"), "{row:#}");
+    }
 }
 
 #[test]
