@@ -4,7 +4,9 @@
 # Each host is its own network namespace, and commands run in it also get
 # their own UTS namespace (hostname NAME-a / NAME-b), IPC namespace and
 # /dev/shm (a private tmpfs), so UCX sees two machines: no shared memory or
-# cma between them, only the network. The hosts are joined by a veth pair
+# cma between them, only the network. Each `exec` makes these anew: the
+# processes one command starts share them (a sweep and its local target do),
+# two separate `exec`s into the same host do not share /dev/shm. The hosts are joined by a veth pair
 # (NAMEa in host a, NAMEb in host b) with addresses 10.M.N.1 and 10.M.N.2/24
 # that exist only inside the namespaces. Nothing outside is touched.
 #
@@ -77,6 +79,16 @@ up() {
 down() {
   local name=$1
   for h in a b; do
+    # Processes still running in a host (started through `exec`, so ours):
+    # stop them by PID, then remove the namespace.
+    local pids
+    pids=$(ip netns pids "$name-$h" 2>/dev/null || true)
+    if [ -n "$pids" ]; then
+      kill $pids 2>/dev/null || true
+      sleep 0.5
+      pids=$(ip netns pids "$name-$h" 2>/dev/null || true)
+      [ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
+    fi
     ip netns del "$name-$h" 2>/dev/null || true
   done
   # A veth end left in this namespace by an interrupted `up`.
@@ -167,11 +179,13 @@ case $cmd in
     # On an interrupt: stop the command (the one this script started, by
     # PID), then the EXIT trap removes the hosts.
     trap 'down "$name"' EXIT
-    trap '[ -n "$child" ] && kill "$child" 2>/dev/null; exit 130' INT TERM
+    trap '[ -n "$child" ] && kill -- "-$child" 2>/dev/null; exit 130' INT TERM
     up "$name" >/dev/null
     eval "$(info "$name" | sed 's/^/export /')"
-    # In the background and waited for, so a signal is handled at once.
-    "$@" &
+    # In the background, in a process group of its own (so an interrupt stops
+    # all of it, by that group's id), and waited for, so a signal is handled
+    # at once; `down` then stops whatever still runs inside the hosts.
+    setsid "$@" &
     child=$!
     status=0
     wait "$child" || status=$?

@@ -98,3 +98,40 @@ mod tests {
         assert!(!h.hostname.is_empty());
     }
 }
+
+/// This process's command line with the value of `--token` replaced, so
+/// that results files never carry a live session token.
+pub fn redacted_args() -> Vec<String> {
+    redact(std::env::args())
+}
+
+fn redact(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut hide = false;
+    for a in args {
+        if hide {
+            out.push("<token>".into());
+            hide = false;
+        } else if a == "--token" {
+            out.push(a);
+            hide = true;
+        } else if a.starts_with("--token=") {
+            out.push("--token=<token>".into());
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod redact_tests {
+    #[test]
+    fn tokens_are_hidden() {
+        let args = ["kvprobe", "sweep", "--token", "abc", "--peer", "h:1", "--token=def"].map(String::from);
+        assert_eq!(
+            super::redact(args.into_iter()),
+            ["kvprobe", "sweep", "--token", "<token>", "--peer", "h:1", "--token=<token>"]
+        );
+    }
+}

@@ -388,9 +388,12 @@ impl Channel {
         Ok((self.stream.local_addr()?, self.stream.peer_addr()?))
     }
 
-    /// Wraps an accepted or connected stream.
+    /// Wraps an accepted or connected stream. Sends time out after a minute:
+    /// control messages are small, so a send that long means the peer's host
+    /// is gone (without this, TCP retransmits for a quarter of an hour).
     pub fn new(stream: TcpStream) -> Channel {
         let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
         Channel { stream }
     }
 
@@ -557,7 +560,7 @@ impl Request {
 /// Reads one framed message (4-byte big-endian length, JSON) from an async
 /// stream: `kvprobe serve` checks hellos this way before handing the
 /// connection to a target process.
-pub async fn read_frame_async<R, T>(r: &mut R, what: &str) -> Result<T, PeerError>
+pub async fn read_frame_async<R, T>(r: &mut R, what: &str, max: u32) -> Result<T, PeerError>
 where
     R: tokio::io::AsyncRead + Unpin,
     T: DeserializeOwned,
@@ -573,7 +576,7 @@ where
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await.map_err(io)?;
     let n = u32::from_be_bytes(len);
-    if n > MAX_MESSAGE {
+    if n > MAX_MESSAGE.min(max) {
         return Err(PeerError::Protocol { what: what.into(), detail: format!("message of {n} bytes is too large") });
     }
     let mut body = vec![0u8; n as usize];
@@ -598,6 +601,7 @@ where
 /// Streams zeros on `s` for `duration`, then closes its sending side.
 /// Returns (bytes, seconds).
 pub fn probe_send(s: &mut TcpStream, duration: Duration) -> std::io::Result<(u64, f64)> {
+    s.set_write_timeout(Some(duration + Duration::from_secs(10)))?;
     let buf = vec![0u8; 1 << 20];
     let start = Instant::now();
     let mut bytes = 0u64;

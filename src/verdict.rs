@@ -401,7 +401,7 @@ fn expected_rate(
 ) -> Option<Expected> {
     match class {
         "tcp" => {
-            if let Some(l) = &r.header.link {
+            if let Some(l) = r.header.link.as_ref().filter(|l| l.from_target_gbps > 0.0 && l.to_target_gbps > 0.0) {
                 let g = if read { l.from_target_gbps } else { l.to_target_gbps };
                 return Some(Expected {
                     gbps: g,
@@ -424,18 +424,28 @@ fn expected_rate(
         "rdma" => {
             // Distinct RDMA devices used, each at its port rate (sysfs) or
             // the instance type's per-device EFA rate.
-            let mut devs: Vec<&str> = lanes
+            let mut devs: Vec<(&str, Option<u32>)> = lanes
                 .iter()
                 .filter(|l| RDMA.contains(&lane_transport(l)))
-                .map(|l| lane_device(l).split(':').next().unwrap_or(""))
+                .map(|l| {
+                    let d = lane_device(l);
+                    let (name, port) = d.split_once(':').unwrap_or((d, ""));
+                    (name, port.parse().ok())
+                })
                 .collect();
             devs.sort_unstable();
             devs.dedup();
             let mut total = 0.0;
             let mut basis = Vec::new();
-            for d in &devs {
-                let dev = facts.topology.rdma.iter().find(|x| x.name == *d);
-                let port_rate = dev.and_then(|x| x.ports.iter().find_map(|p| p.rate_gbps));
+            for &(d, port) in &devs {
+                let dev = facts.topology.rdma.iter().find(|x| x.name == d);
+                // the lane's own port, when it is up
+                let port_rate = dev.and_then(|x| {
+                    x.ports
+                        .iter()
+                        .filter(|p| port.is_none_or(|n| p.port == n) && p.state.contains("ACTIVE"))
+                        .find_map(|p| p.rate_gbps)
+                });
                 let efa_rate = facts.instance_type.as_deref().and_then(|it| {
                     EFA_RATES.iter().find(|(t, _, _)| it.starts_with(t)).map(|(_, g, n)| g / f64::from(*n))
                 });

@@ -348,3 +348,14 @@ fn a_link_shaped_to_1_gbit_is_measured_at_1_gbit_and_flagged() {
     assert!(reasons.contains("\"check\":\"link\"") && reasons.contains("rated 10000 Mb/s"), "{path:#}");
     assert_eq!(path["grade"], "WARN", "{path:#}");
 }
+
+#[test]
+fn serve_refuses_an_address_it_cannot_bind() {
+    // (no root needed) every default parses, and a bad address is a clear error
+    require_nixl();
+    let dir = tempfile::tempdir().unwrap();
+    let out = kvprobe().args(["serve", "--listen", "192.0.2.1:7799", "--log-dir"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot bind 192.0.2.1:7799"), "{err}");
+}

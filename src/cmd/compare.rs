@@ -124,19 +124,32 @@ pub fn run(a: CompareArgs) -> Result<ExitCode, CliError> {
     let exe = std::env::current_exe().context("own executable").map_err(CliError::usage)?;
     let mut cr = CompareResults {
         kvprobe: crate::version().into(),
-        command_line: std::env::args().collect(),
+        command_line: crate::hostinfo::redacted_args(),
         started_at: crate::hostinfo::rfc3339_utc(started),
         settings: Vec::new(),
     };
     let mut runs: Vec<(Setting, Option<SweepResults>)> = Vec::new();
+    let mut warned_tls = false;
     for p in &placements {
         for t in &tls {
             if crate::child::interrupted() {
                 break;
             }
             let label = format!("{p}/{}", t.as_deref().unwrap_or("default"));
-            let dir = out.join(label.replace(['/', ',', '^', ' '], "_"));
+            // numbered, so settings that differ only in punctuation never share a folder
+            let dir = out.join(format!("{}-{}", runs.len() + 1, label.replace(['/', ',', '^', ' '], "_")));
+            let _ = std::fs::remove_file(dir.join("results.json"));
             eprintln!("compare: {label} ...");
+            if p == "spread" && runs.iter().any(|(s, _)| s.placement == "spread") {
+                // serve frees its slot once the previous session's target is reaped
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            if p == "spread" && t.is_some() && !warned_tls {
+                warned_tls = true;
+                eprintln!(
+                    "compare: note: --tls sets UCX_TLS for this host's process; the far end uses the UCX_TLS of `kvprobe serve`'s environment (each row's transport says what carried it)"
+                );
+            }
             let mut c = Command::new(&exe);
             c.args(["sweep", "-q", "--no-fail", "--out"]).arg(&dir);
             if let Some(t) = t {

@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// Exit after the first session ends
     #[arg(long)]
     pub once: bool,
+    /// Stop a session's target after this long, whatever it is doing (a NIXL call that never returns must not hold the slot forever)
+    #[arg(long, default_value = "7200s", value_parser = crate::units::parse_duration)]
+    pub max_session: Duration,
     /// Where each session's target log goes [default: results/serve-<UTC time>]
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
@@ -72,6 +75,7 @@ struct Shared {
     env: Vec<(String, String)>,
     log_dir: PathBuf,
     handshake_timeout: Duration,
+    max_session: Duration,
 }
 
 /// Event lines, as text or JSON.
@@ -115,12 +119,18 @@ pub fn run(a: ServeArgs) -> Result<ExitCode, CliError> {
     }
     let idle = format!("{}ms", a.idle_timeout.as_millis());
     let lib = loc.lib.display().to_string();
+    let mut target_args: Vec<String> = vec!["__target".into(), "--nixl-lib".into(), lib, "--idle-timeout".into(), idle];
+    // The raw UCX side uses this host's UCX (the build NIXL links here).
+    if let Ok(u) = locate::locate_ucx(None, Some(&loc)) {
+        target_args.extend(["--ucx-lib".to_string(), u.lib.display().to_string()]);
+    }
     let shared = Arc::new(Shared {
         token: peer::new_token(),
         active: Mutex::new(None),
         sessions: std::sync::atomic::AtomicUsize::new(0),
         out: Mutex::new(Printer { json: a.json }),
-        args: vec!["__target".into(), "--nixl-lib".into(), lib, "--idle-timeout".into(), idle],
+        args: target_args,
+        max_session: a.max_session,
         env,
         log_dir,
         handshake_timeout: a.handshake_timeout,
@@ -154,7 +164,8 @@ async fn serve_loop(a: ServeArgs, shared: Arc<Shared>, version: String) -> Resul
     );
     loop {
         if child::interrupted() {
-            stop_active(&shared);
+            // The session's target (if any) is stopped by its waiter, and in
+            // any case dies with this process (PR_SET_PDEATHSIG).
             return Ok(ExitCode::from(130));
         }
         if a.once && shared.sessions.load(std::sync::atomic::Ordering::SeqCst) > 0 && idle(&shared) {
@@ -179,17 +190,6 @@ fn idle(s: &Shared) -> bool {
     s.active.lock().map(|a| a.is_none()).unwrap_or(true)
 }
 
-/// Stops the running session's target (a process this server started), by PID.
-fn stop_active(s: &Shared) {
-    if let Ok(a) = s.active.lock() {
-        if let Some(a) = a.as_ref().filter(|a| a.pid > 0) {
-            // SAFETY: kill(2) on a PID this process spawned and has not reaped
-            // (the waiter thread reaps it only after it exits).
-            unsafe { libc::kill(a.pid as libc::pid_t, libc::SIGKILL) };
-        }
-    }
-}
-
 /// One connection: hello within the handshake timeout, then refusal or a
 /// target process for it.
 async fn handle(s: Arc<Shared>, mut stream: tokio::net::TcpStream, peer_addr: SocketAddr) {
@@ -205,7 +205,9 @@ async fn handle(s: Arc<Shared>, mut stream: tokio::net::TcpStream, peer_addr: So
             }
         }
     };
-    let hello = tokio::time::timeout(s.handshake_timeout, peer::read_frame_async::<_, Request>(&mut stream, "hello"));
+    // A hello is a few hundred bytes: anything much larger is not kvprobe.
+    let hello =
+        tokio::time::timeout(s.handshake_timeout, peer::read_frame_async::<_, Request>(&mut stream, "hello", 64 << 10));
     let req = match hello.await {
         Err(_) => {
             refuse(format!("no hello within {:?}", s.handshake_timeout)).await;
@@ -279,20 +281,28 @@ async fn handle(s: Arc<Shared>, mut stream: tokio::net::TcpStream, peer_addr: So
         );
     }
     let s2 = Arc::clone(&s);
+    let max_session = s.max_session;
     let status = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
         loop {
-            if let Some(st) = c.wait_timeout(Duration::from_millis(500)) {
-                break Some(st);
+            if let Some(st) = c.wait_timeout(Duration::from_millis(200)) {
+                break (Some(st), false);
             }
             if child::interrupted() {
-                break c.kill();
+                break (c.kill(), false);
+            }
+            if start.elapsed() > max_session {
+                break (c.kill(), true);
             }
         }
     })
     .await
-    .ok()
-    .flatten();
-    let how = status.map(child::describe).unwrap_or_else(|| "was stopped".into());
+    .unwrap_or((None, false));
+    let (status, overran) = status;
+    let mut how = status.map(child::describe).unwrap_or_else(|| "was stopped".into());
+    if overran {
+        how = format!("was stopped after --max-session {:?} ({how})", s2.max_session);
+    }
     if let Ok(mut a) = s2.active.lock() {
         *a = None;
     }

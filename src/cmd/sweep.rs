@@ -95,7 +95,7 @@ pub struct SweepArgs {
     /// Backend parameter, repeatable (e.g. num_threads=4, as vLLM sets for UCX)
     #[arg(long = "backend-param", value_name = "KEY=VALUE", value_parser = parse_kv)]
     pub backend_params: Vec<(String, String)>,
-    /// Set UCX_TLS for both processes (e.g. shm, tcp, "^tcp") [default: as in the environment]
+    /// Set UCX_TLS for both processes (e.g. shm, tcp, "^tcp"); with --peer, for this host's process only (the far end uses `kvprobe serve`'s environment) [default: as in the environment]
     #[arg(long, value_name = "LIST")]
     pub ucx_tls: Option<String>,
     /// Timed loop length per point (at least --min-iters transfers)
@@ -404,7 +404,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         schema: SCHEMA.into(),
         header: Header {
             kvprobe: crate::version().into(),
-            command_line: std::env::args().collect(),
+            command_line: crate::hostinfo::redacted_args(),
             started_at: crate::hostinfo::rfc3339_utc(started),
             host: crate::hostinfo::host_info(),
             nixl: NixlInfo {

@@ -32,6 +32,10 @@ pub struct TargetArgs {
     /// file descriptor (instead of listening).
     #[arg(long, value_name = "FD")]
     pub control_fd: Option<i32>,
+    /// This host's libucp for the raw UCX side (serve's targets: the
+    /// initiator's path is another host's).
+    #[arg(long, value_name = "PATH")]
+    pub ucx_lib: Option<PathBuf>,
 }
 
 /// Runs the target.
@@ -75,6 +79,9 @@ pub fn run(a: TargetArgs) -> Result<ExitCode, CliError> {
 /// Serves the connection `kvprobe serve` handed over (its hello is checked).
 fn run_greeted(a: &TargetArgs, fd: i32) -> Result<ExitCode, CliError> {
     use std::os::fd::FromRawFd;
+    // Whatever UCX or NIXL print to stdout goes to the session log (stderr);
+    // nobody reads this process's stdout.
+    drop(crate::child::private_stdout().context("redirecting stdout").map_err(CliError::usage)?);
     if fd < 3 {
         return Err(CliError::usage(anyhow!("--control-fd {fd} is not a handed-over connection")));
     }
@@ -84,7 +91,8 @@ fn run_greeted(a: &TargetArgs, fd: i32) -> Result<ExitCode, CliError> {
     stream.set_nonblocking(false).context("control connection")?;
     let nixl = Nixl::open(&a.nixl_lib).map_err(CliError::usage)?;
     let mut ch = Channel::new(stream);
-    crate::engine::target::serve_greeted(&mut ch, &nixl, a.idle_timeout).map_err(CliError::failed)?;
+    crate::engine::target::serve_greeted(&mut ch, &nixl, a.idle_timeout, a.ucx_lib.as_deref())
+        .map_err(CliError::failed)?;
     for e in crate::nixl::error::take_drop_errors() {
         eprintln!("kvprobe target: while releasing NIXL objects: {e}");
     }

@@ -510,9 +510,15 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
         },
     }));
 
-    let link = if plan.link_probe_s > 0.0 { Some(link_probe(&mut conn, plan, peer_timeout)?) } else { None };
-    if let Some(l) = link {
-        emit(Event::Link(l));
+    // The link probe only feeds the verdict: when it fails (a firewall
+    // between the hosts, say), the sweep goes on and the verdict falls back
+    // to the NIC's rating.
+    if plan.link_probe_s > 0.0 {
+        match link_probe(&mut conn, plan, peer_timeout) {
+            Ok(l) => emit(Event::Link(l)),
+            Err(e @ EngineError::Peer(_)) => return Err(e),
+            Err(e) => eprintln!("kvprobe: link probe skipped: {e}"),
+        }
     }
     let mut s = Session {
         plan,

@@ -86,12 +86,19 @@ pub fn serve(ch: &mut Channel, token: &str, nixl: &Nixl, idle: Duration) -> Resu
         let _ = ch.send(&Response::Error { message: message.clone() }, "refusal");
         return Err(EngineError::Handshake(message));
     }
-    serve_greeted(ch, nixl, idle)
+    serve_greeted(ch, nixl, idle, None)
 }
 
 /// Serves a session whose hello was already checked (by `kvprobe serve`):
-/// answers the hello, then serves requests.
-pub fn serve_greeted(ch: &mut Channel, nixl: &Nixl, idle: Duration) -> Result<(), EngineError> {
+/// answers the hello, then serves requests. `own_ucx`: the libucp of this
+/// host to use for the raw UCX side, instead of the path the initiator
+/// names (across hosts the initiator's path means nothing here).
+pub fn serve_greeted(
+    ch: &mut Channel,
+    nixl: &Nixl,
+    idle: Duration,
+    own_ucx: Option<&std::path::Path>,
+) -> Result<(), EngineError> {
     ch.send(
         &Response::Hello {
             kvprobe: crate::version().to_string(),
@@ -128,7 +135,7 @@ pub fn serve_greeted(ch: &mut Channel, nixl: &Nixl, idle: Duration) -> Result<()
             }
             _ => {}
         }
-        let resp = match handle(req, &mut state, nixl) {
+        let resp = match handle(req, &mut state, nixl, own_ucx) {
             Ok(r) => r,
             Err(e) => Response::Error { message: e.to_string() },
         };
@@ -187,10 +194,15 @@ fn link_probe(ch: &mut Channel, to_target: bool, duration: Duration) -> Result<(
     }
 }
 
-fn handle(req: Request, state: &mut Option<State>, nixl: &Nixl) -> Result<Response, EngineError> {
+fn handle(
+    req: Request,
+    state: &mut Option<State>,
+    nixl: &Nixl,
+    own_ucx: Option<&std::path::Path>,
+) -> Result<Response, EngineError> {
     if let Request::Setup(setup) = &req {
         *state = None;
-        let (st, ready) = setup_target(setup, nixl)?;
+        let (st, ready) = setup_target(setup, nixl, own_ucx)?;
         *state = Some(st);
         return Ok(Response::SetupDone(Box::new(ready)));
     }
@@ -300,7 +312,11 @@ fn handle(req: Request, state: &mut Option<State>, nixl: &Nixl) -> Result<Respon
     }
 }
 
-fn setup_target(setup: &TargetSetup, nixl: &Nixl) -> Result<(State, TargetReady), EngineError> {
+fn setup_target(
+    setup: &TargetSetup,
+    nixl: &Nixl,
+    own_ucx: Option<&std::path::Path>,
+) -> Result<(State, TargetReady), EngineError> {
     let len = usize::try_from(setup.buffer_bytes).map_err(|_| EngineError::Invalid("buffer too large".into()))?;
     let buf = Rc::new(HostBuffer::with_options(len, setup.hugepages)?);
     let mut ready = TargetReady {
@@ -344,7 +360,11 @@ fn setup_target(setup: &TargetSetup, nixl: &Nixl) -> Result<(State, TargetReady)
     }
     if setup.backends.contains(&BackendKind::Ucx) {
         let u = setup.ucx.as_ref().ok_or_else(|| EngineError::Invalid("the ucx backend needs its settings".into()))?;
-        let (side, r) = setup_ucx(u, &buf, kv.as_ref().map(|k| &k.buf))?;
+        let mut u = u.clone();
+        if let Some(p) = own_ucx {
+            u.lib = p.to_path_buf();
+        }
+        let (side, r) = setup_ucx(&u, &buf, kv.as_ref().map(|k| &k.buf))?;
         ready.ucx = Some(r);
         state.ucx = Some(side);
     }

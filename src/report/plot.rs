@@ -152,12 +152,20 @@ where
     // The legend, beside the chart.
     let mut y = 50;
     legend_area.draw(&Text::new("legend", (10, y - 25), ("sans-serif", 16).into_font())).map_err(|x| e(&x))?;
-    for (i, s) in p.series.iter().enumerate() {
+    let (_, h) = legend_area.dim_in_pixel();
+    let room = ((h as i32 - 60) / 22).max(1) as usize;
+    let shown = p.series.len().min(room.saturating_sub(p.references.len().min(room / 2) + 1).max(1));
+    for (i, s) in p.series.iter().enumerate().take(shown) {
         let c = PALETTE[i % PALETTE.len()];
         legend_area.draw(&PathElement::new(vec![(10, y), (40, y)], c.stroke_width(3))).map_err(|x| e(&x))?;
         legend_area
             .draw(&Text::new(s.label.clone(), (48, y - 7), ("sans-serif", 14).into_font()))
             .map_err(|x| e(&x))?;
+        y += 22;
+    }
+    if shown < p.series.len() {
+        let more = format!("... {} more series (colours repeat; see the table)", p.series.len() - shown);
+        legend_area.draw(&Text::new(more, (10, y - 7), ("sans-serif", 12).into_font())).map_err(|x| e(&x))?;
         y += 22;
     }
     for (i, (_, label)) in p.references.iter().enumerate() {
