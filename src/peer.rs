@@ -376,11 +376,21 @@ pub enum PeerError {
     Remote(String),
 }
 
-/// One end of the control channel.
+/// One end of the control channel: a TCP connection driven by a tokio
+/// runtime of its own (current-thread), so that every send and receive is
+/// bounded by a tokio timer. The API stays blocking: the engine interleaves
+/// the channel with UCX progress on one thread, and looks at the socket
+/// between progress calls with [`Channel::readable`] (a plain `poll` on the
+/// descriptor, which leaves tokio's readiness tracking intact).
 #[derive(Debug)]
 pub struct Channel {
-    stream: TcpStream,
+    rt: tokio::runtime::Runtime,
+    stream: tokio::net::TcpStream,
 }
+
+/// Control messages are small: a send that takes longer than this means the
+/// peer's host is gone (without a bound, TCP retransmits for a quarter hour).
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Channel {
     /// The local and the peer's address of the connection.
@@ -388,13 +398,17 @@ impl Channel {
         Ok((self.stream.local_addr()?, self.stream.peer_addr()?))
     }
 
-    /// Wraps an accepted or connected stream. Sends time out after a minute:
-    /// control messages are small, so a send that long means the peer's host
-    /// is gone (without this, TCP retransmits for a quarter of an hour).
-    pub fn new(stream: TcpStream) -> Channel {
+    /// Wraps an accepted or connected stream.
+    pub fn new(stream: TcpStream) -> Result<Channel, PeerError> {
+        let io = |source| PeerError::Io { what: "setting up the control channel".into(), source };
         let _ = stream.set_nodelay(true);
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
-        Channel { stream }
+        stream.set_nonblocking(true).map_err(io)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build().map_err(io)?;
+        let stream = {
+            let _entered = rt.enter();
+            tokio::net::TcpStream::from_std(stream).map_err(io)?
+        };
+        Ok(Channel { rt, stream })
     }
 
     /// Connects with a timeout.
@@ -404,25 +418,22 @@ impl Channel {
         let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
         for a in addrs {
             match TcpStream::connect_timeout(&a, timeout) {
-                Ok(s) => return Ok(Channel::new(s)),
+                Ok(s) => return Channel::new(s),
                 Err(e) => last = e,
             }
         }
         Err(err(last))
     }
 
-    /// Sends one message.
+    /// Sends one message (bounded by a one-minute timeout).
     pub fn send<T: Serialize>(&mut self, msg: &T, what: &str) -> Result<(), PeerError> {
-        let body =
-            serde_json::to_vec(msg).map_err(|e| PeerError::Protocol { what: what.into(), detail: e.to_string() })?;
-        let len = u32::try_from(body.len()).ok().filter(|&l| l <= MAX_MESSAGE).ok_or_else(|| PeerError::Protocol {
-            what: what.into(),
-            detail: format!("message of {} bytes is too large", body.len()),
-        })?;
-        let io = |source| PeerError::Io { what: format!("sending {what}"), source };
-        self.stream.write_all(&len.to_be_bytes()).map_err(io)?;
-        self.stream.write_all(&body).map_err(io)?;
-        self.stream.flush().map_err(io)
+        let Channel { rt, stream } = self;
+        rt.block_on(async {
+            match tokio::time::timeout(SEND_TIMEOUT, write_frame_async(stream, msg, what)).await {
+                Ok(r) => r,
+                Err(_) => Err(PeerError::Timeout { what: format!("sending {what}"), timeout: SEND_TIMEOUT }),
+            }
+        })
     }
 
     /// Whether a message (or the peer's close) is waiting to be read, within
@@ -463,33 +474,16 @@ impl Channel {
 
     /// Receives one message, waiting at most `timeout` (None: forever).
     pub fn recv<T: DeserializeOwned>(&mut self, timeout: Option<Duration>, what: &str) -> Result<T, PeerError> {
-        self.stream.set_read_timeout(timeout).map_err(|source| PeerError::Io { what: what.into(), source })?;
-        let mut len = [0u8; 4];
-        self.read_exact(&mut len, what, timeout)?;
-        let len = u32::from_be_bytes(len);
-        if len > MAX_MESSAGE {
-            return Err(PeerError::Protocol {
-                what: what.into(),
-                detail: format!("announced length {len} is too large"),
-            });
-        }
-        let mut body = vec![0u8; len as usize];
-        self.read_exact(&mut body, what, timeout)?;
-        serde_json::from_slice(&body).map_err(|e| PeerError::Protocol { what: what.into(), detail: e.to_string() })
-    }
-
-    fn read_exact(&mut self, buf: &mut [u8], what: &str, timeout: Option<Duration>) -> Result<(), PeerError> {
-        match self.stream.read_exact(buf) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(PeerError::Closed { what: what.into() }),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                Err(PeerError::Timeout { what: what.into(), timeout: timeout.unwrap_or_default() })
+        let Channel { rt, stream } = self;
+        rt.block_on(async {
+            match timeout {
+                Some(t) => match tokio::time::timeout(t, read_frame_async(stream, what, MAX_MESSAGE)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(PeerError::Timeout { what: what.into(), timeout: t }),
+                },
+                None => read_frame_async(stream, what, MAX_MESSAGE).await,
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) => {
-                Err(PeerError::Closed { what: what.into() })
-            }
-            Err(source) => Err(PeerError::Io { what: format!("waiting for {what}"), source }),
-        }
+        })
     }
 
     /// Sends a request and waits for its response; a target-side error
@@ -566,18 +560,17 @@ where
     T: DeserializeOwned,
 {
     use tokio::io::AsyncReadExt;
-    let io = |source: std::io::Error| {
-        if source.kind() == std::io::ErrorKind::UnexpectedEof {
+    let io = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
             PeerError::Closed { what: what.into() }
-        } else {
-            PeerError::Io { what: format!("reading {what}"), source }
         }
+        _ => PeerError::Io { what: format!("waiting for {what}"), source },
     };
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await.map_err(io)?;
     let n = u32::from_be_bytes(len);
     if n > MAX_MESSAGE.min(max) {
-        return Err(PeerError::Protocol { what: what.into(), detail: format!("message of {n} bytes is too large") });
+        return Err(PeerError::Protocol { what: what.into(), detail: format!("announced length {n} is too large") });
     }
     let mut body = vec![0u8; n as usize];
     r.read_exact(&mut body).await.map_err(io)?;
@@ -592,8 +585,15 @@ where
 {
     use tokio::io::AsyncWriteExt;
     let body = serde_json::to_vec(msg).map_err(|e| PeerError::Protocol { what: what.into(), detail: e.to_string() })?;
-    let io = |source| PeerError::Io { what: format!("sending {what}"), source };
-    w.write_all(&(body.len() as u32).to_be_bytes()).await.map_err(io)?;
+    let len = u32::try_from(body.len()).ok().filter(|&l| l <= MAX_MESSAGE).ok_or_else(|| PeerError::Protocol {
+        what: what.into(),
+        detail: format!("message of {} bytes is too large", body.len()),
+    })?;
+    let io = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => PeerError::Closed { what: what.into() },
+        _ => PeerError::Io { what: format!("sending {what}"), source },
+    };
+    w.write_all(&len.to_be_bytes()).await.map_err(io)?;
     w.write_all(&body).await.map_err(io)?;
     w.flush().await.map_err(io)
 }
@@ -672,7 +672,7 @@ mod tests {
         let addr = l.local_addr().unwrap().to_string();
         let server = std::thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
-            let mut ch = Channel::new(s);
+            let mut ch = Channel::new(s).unwrap();
             let r: Request = ch.recv(Some(Duration::from_secs(5)), "hello").unwrap();
             assert!(matches!(r, Request::Hello { protocol: PROTOCOL, .. }));
             ch.send(&Response::Ok, "ok").unwrap();

@@ -68,7 +68,7 @@ pub fn run(a: TargetArgs) -> Result<ExitCode, CliError> {
     };
     drop(listener);
     stream.set_nonblocking(false).context("stream")?;
-    let mut ch = Channel::new(stream);
+    let mut ch = Channel::new(stream).map_err(CliError::failed)?;
     crate::engine::target::serve(&mut ch, &token, &nixl, a.idle_timeout).map_err(CliError::failed)?;
     for e in crate::nixl::error::take_drop_errors() {
         eprintln!("kvprobe target: while releasing NIXL objects: {e}");
@@ -90,7 +90,7 @@ fn run_greeted(a: &TargetArgs, fd: i32) -> Result<ExitCode, CliError> {
     let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
     stream.set_nonblocking(false).context("control connection")?;
     let nixl = Nixl::open(&a.nixl_lib).map_err(CliError::usage)?;
-    let mut ch = Channel::new(stream);
+    let mut ch = Channel::new(stream).map_err(CliError::failed)?;
     crate::engine::target::serve_greeted(&mut ch, &nixl, a.idle_timeout, a.ucx_lib.as_deref())
         .map_err(CliError::failed)?;
     for e in crate::nixl::error::take_drop_errors() {
