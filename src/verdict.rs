@@ -149,6 +149,8 @@ pub struct Facts {
     pub instance_type: Option<String>,
     /// Rated speed of a network interface, Mb/s.
     pub nic_mbps: std::collections::BTreeMap<String, u64>,
+    /// GPUs as NVML names them, with their active NVLink count.
+    pub gpus: Vec<(String, usize)>,
 }
 
 impl Facts {
@@ -168,7 +170,11 @@ impl Facts {
             .ok()
             .map(|s| s.trim().to_string())
             .filter(|s| s.contains('.'));
-        Facts { topology, instance_type, nic_mbps }
+        let gpus = crate::nvml::Nvml::open()
+            .and_then(|n| n.gpus())
+            .map(|g| g.into_iter().map(|x| (x.name, x.nvlinks.len())).collect())
+            .unwrap_or_default();
+        Facts { topology, instance_type, nic_mbps, gpus }
     }
 }
 
@@ -463,6 +469,14 @@ fn expected_rate(
             }
             (total > 0.0).then(|| Expected { gbps: total / 8.0, basis: basis.join(" + ") })
         }
+        "cuda_ipc" => {
+            // NVLink between GPUs: the generation's rate per direction, for
+            // GPUs with active links. Without NVLink there is no table rate
+            // (same-GPU or PCIe peer copies): --expect-gbps gives one.
+            let (name, _) = facts.gpus.iter().find(|(_, links)| *links > 0)?;
+            let (family, rate) = NVLINK_RATES.iter().find(|(n, _)| name.contains(n))?;
+            Some(Expected { gbps: *rate, basis: format!("{family} NVLink, per direction ({name})") })
+        }
         _ => None,
     }
 }
@@ -621,6 +635,22 @@ mod tests {
         let v = judge(&r, &Facts::default(), &Thresholds::default(), None);
         assert_eq!(v.grade, Grade::Warn, "{v:#?}");
         assert!(serde_json::to_string(&v).unwrap().contains("WRITE (push)"));
+    }
+
+    #[test]
+    fn cuda_ipc_over_nvlink_is_judged_against_the_generation_rate() {
+        let mut r = base();
+        set_lanes(&mut r, &["cuda_ipc/cuda"], &[]);
+        rows_at(&mut r, 400.0);
+        let facts = Facts { gpus: vec![("NVIDIA H100 80GB HBM3".into(), 18)], ..Facts::default() };
+        let v = judge(&r, &facts, &Thresholds::default(), None);
+        assert!((v.paths[0].expected.as_ref().unwrap().gbps - 450.0).abs() < 1e-9);
+        assert_eq!(v.grade, Grade::Pass);
+        // no NVLink: no table rate, a warning that says how to give one
+        let facts = Facts { gpus: vec![("NVIDIA H100 80GB HBM3".into(), 0)], ..Facts::default() };
+        let v = judge(&r, &facts, &Thresholds::default(), None);
+        assert!(v.paths[0].expected.is_none());
+        assert_eq!(v.grade, Grade::Warn);
     }
 
     #[test]
