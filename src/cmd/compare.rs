@@ -9,8 +9,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::SystemTime;
 
 use anyhow::{Context, anyhow};
-use comfy_table::presets::UTF8_HORIZONTAL_ONLY;
-use comfy_table::{CellAlignment, ContentArrangement, Table, TableComponent};
+use comfy_table::CellAlignment;
 use serde::{Deserialize, Serialize};
 
 use super::CliError;
@@ -242,16 +241,7 @@ pub fn render(runs: &[(Setting, Option<SweepResults>)], out: &Path, warnings: &[
         }
     }
     keys.sort_by_key(|k| (k.1.clone(), k.2, k.0.clone()));
-    let mut t = Table::new();
-    t.load_preset(UTF8_HORIZONTAL_ONLY).set_content_arrangement(ContentArrangement::Disabled);
-    for c in [
-        TableComponent::HorizontalLines,
-        TableComponent::MiddleIntersections,
-        TableComponent::LeftBorderIntersections,
-        TableComponent::RightBorderIntersections,
-    ] {
-        t.remove_style(c);
-    }
+    let mut t = crate::report::style::table();
     let mut header = vec!["backend".to_string(), "op".into(), "size".into()];
     header.extend(runs.iter().map(|(s, _)| s.label.clone()));
     t.set_header(header);
@@ -282,11 +272,7 @@ pub fn render(runs: &[(Setting, Option<SweepResults>)], out: &Path, warnings: &[
                     .collect::<std::collections::BTreeSet<_>>()
                     .into_iter()
                     .collect();
-                let g_s = match g {
-                    Grade::Pass => style.good("PASS"),
-                    Grade::Warn => style.warn("WARN"),
-                    Grade::Fail => style.bad("FAIL"),
-                };
+                let g_s = style.grade(g);
                 format!("{g_s}{}", if why.is_empty() { String::new() } else { format!(" ({})", why.join(", ")) })
             }
             (Some(r), None) => format!("{:?}, no verdict", r.status),

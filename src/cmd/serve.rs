@@ -106,17 +106,8 @@ pub fn run(a: ServeArgs) -> Result<ExitCode, CliError> {
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create the log folder {}", log_dir.display()))
         .map_err(CliError::usage)?;
-    let mut env: Vec<(String, String)> =
-        std::env::vars().filter(|(k, _)| k.starts_with("UCX_") || k.starts_with("NIXL_")).collect();
-    if !env.iter().any(|(k, _)| k == "UCX_PROTO_INFO") {
-        env.push(("UCX_PROTO_INFO".into(), "used".into()));
-    }
-    if !loc.plugin_dir_from_env {
-        if let Some(d) = &loc.plugin_dir {
-            env.retain(|(k, _)| k != "NIXL_PLUGIN_DIR");
-            env.push(("NIXL_PLUGIN_DIR".into(), d.display().to_string()));
-        }
-    }
+    // As a sweep's helpers get it, without pinning UCX to loopback.
+    let env = super::sweep::child_env(&loc, None, false);
     let idle = format!("{}ms", a.idle_timeout.as_millis());
     let lib = loc.lib.display().to_string();
     let mut target_args: Vec<String> = vec!["__target".into(), "--nixl-lib".into(), lib, "--idle-timeout".into(), idle];

@@ -543,7 +543,7 @@ fn save(dir: &std::path::Path, r: &SweepResults) -> Result<(), CliError> {
 /// UCX spreads a TCP transfer over `lo` and a NIC address of this same host
 /// (two rails), which touches a NIC for nothing. Shared-memory and CUDA
 /// transports are not network devices and are unaffected.
-fn child_env(loc: &NixlLocation, ucx_tls: Option<&str>, local_target: bool) -> Vec<(String, String)> {
+pub(super) fn child_env(loc: &NixlLocation, ucx_tls: Option<&str>, local_target: bool) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> =
         std::env::vars().filter(|(k, _)| k.starts_with("UCX_") || k.starts_with("NIXL_")).collect();
     // Both processes here: network transports over loopback only. With a

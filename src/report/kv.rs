@@ -1,11 +1,8 @@
 //! KV-shape screens: pure functions of the geometry (and, for sweeps, rows).
 
-use comfy_table::presets::UTF8_HORIZONTAL_ONLY;
-use comfy_table::{CellAlignment, ContentArrangement, Table, TableComponent};
-
 use super::schema::{Row, SweepResults};
-use super::style::{FAIL, PASS, Style};
-use super::table::transport_cell;
+use super::style::Style;
+use super::table::{data_cell, notifs_cell, transport_cell};
 use crate::kv::{Attention, Geometry, Layout, Model, RequestShape, SlidingBlocks};
 use crate::units::{Bytes, fmt_gbps, fmt_us};
 
@@ -70,16 +67,7 @@ pub fn render_shape(m: &Model, g: &Geometry, reqs: &[RequestShape], style: Style
         Bytes(g.p_block_bytes),
         Bytes(g.d_block_bytes)
     ));
-    let mut t = Table::new();
-    t.load_preset(UTF8_HORIZONTAL_ONLY).set_content_arrangement(ContentArrangement::Disabled);
-    for c in [
-        TableComponent::HorizontalLines,
-        TableComponent::MiddleIntersections,
-        TableComponent::LeftBorderIntersections,
-        TableComponent::RightBorderIntersections,
-    ] {
-        t.remove_style(c);
-    }
+    let mut t = super::style::table();
     t.set_header(vec!["ISL (tokens)", "blocks", "descriptors", "bytes per request", "per descriptor"]);
     for r in reqs {
         let blocks = if g.sliding_layers > 0 && r.sliding_blocks != r.blocks {
@@ -95,11 +83,7 @@ pub fn render_shape(m: &Model, g: &Geometry, reqs: &[RequestShape], style: Style
             Bytes(g.d_block_bytes).to_string(),
         ]);
     }
-    for i in 0..5 {
-        if let Some(c) = t.column_mut(i) {
-            c.set_cell_alignment(CellAlignment::Right);
-        }
-    }
+    super::style::align_numbers(&mut t, &["ISL", "blocks", "descriptors", "bytes", "per descriptor"], &[]);
     out.push_str(&t.to_string());
     out.push('\n');
     out.push_str(&style.dim(
@@ -126,16 +110,7 @@ pub fn render_rows(r: &SweepResults, multi: bool, style: Style) -> String {
             if k.no_desc_merge { ", NIXL descriptor merging off" } else { "" }
         ));
     }
-    let mut t = Table::new();
-    t.load_preset(UTF8_HORIZONTAL_ONLY).set_content_arrangement(ContentArrangement::Disabled);
-    for c in [
-        TableComponent::HorizontalLines,
-        TableComponent::MiddleIntersections,
-        TableComponent::LeftBorderIntersections,
-        TableComponent::RightBorderIntersections,
-    ] {
-        t.remove_style(c);
-    }
+    let mut t = super::style::table();
     let mut header = Vec::new();
     if multi {
         header.push("backend");
@@ -166,14 +141,7 @@ pub fn render_rows(r: &SweepResults, multi: bool, style: Style) -> String {
     });
     for row in order {
         let Some(k) = row.kv.as_ref() else { continue };
-        let data = if row.verified { style.good(PASS) } else { style.bad(FAIL) };
-        let notifs = if row.backend == "ucx" {
-            "-".to_string()
-        } else if row.notifs_received == row.notifs_expected {
-            row.notifs_received.to_string()
-        } else {
-            style.bad(&format!("{}/{}", row.notifs_received, row.notifs_expected))
-        };
+        let (data, notifs) = (data_cell(row, style), notifs_cell(row, style));
         let eff = format!("{:.1}%", 100.0 * k.layout_efficiency);
         let eff = if k.layout_efficiency < 0.25 { style.warn(&eff) } else { eff };
         let mut cells = Vec::new();
@@ -199,13 +167,7 @@ pub fn render_rows(r: &SweepResults, multi: bool, style: Style) -> String {
         ]);
         t.add_row(cells);
     }
-    for (i, name) in header.iter().enumerate() {
-        if !["backend", "op", "data", "transport"].contains(name) {
-            if let Some(c) = t.column_mut(i) {
-                c.set_cell_alignment(CellAlignment::Right);
-            }
-        }
-    }
+    super::style::align_numbers(&mut t, &header, &["backend", "op", "data", "transport"]);
     out.push_str(&t.to_string());
     out.push('\n');
     out.push_str(&style.dim(

@@ -45,6 +45,47 @@ impl Style {
     }
 }
 
+impl Style {
+    /// A verdict grade in its colour.
+    pub fn grade(&self, g: crate::verdict::Grade) -> String {
+        use crate::verdict::Grade;
+        match g {
+            Grade::Pass => self.good("PASS"),
+            Grade::Warn => self.warn("WARN"),
+            Grade::Fail => self.bad("FAIL"),
+        }
+    }
+}
+
+/// A table in kvprobe's one style: rules above, below and under the header
+/// only, none between rows; never wrapped.
+pub fn table() -> comfy_table::Table {
+    use comfy_table::{ContentArrangement, TableComponent, presets::UTF8_HORIZONTAL_ONLY};
+    let mut t = comfy_table::Table::new();
+    t.load_preset(UTF8_HORIZONTAL_ONLY).set_content_arrangement(ContentArrangement::Disabled);
+    for c in [
+        TableComponent::HorizontalLines,
+        TableComponent::MiddleIntersections,
+        TableComponent::LeftBorderIntersections,
+        TableComponent::RightBorderIntersections,
+    ] {
+        t.remove_style(c);
+    }
+    t
+}
+
+/// Right-aligns every column except those named in `left` (numbers right,
+/// words left).
+pub fn align_numbers<S: AsRef<str>>(t: &mut comfy_table::Table, header: &[S], left: &[&str]) {
+    for (i, name) in header.iter().enumerate() {
+        if !left.contains(&name.as_ref()) {
+            if let Some(c) = t.column_mut(i) {
+                c.set_cell_alignment(comfy_table::CellAlignment::Right);
+            }
+        }
+    }
+}
+
 /// The mark for a passed check.
 pub const PASS: &str = "ok";
 /// The mark for a failed check.

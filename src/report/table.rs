@@ -1,8 +1,5 @@
 //! The terminal table: a pure function from results to text.
 
-use comfy_table::presets::UTF8_HORIZONTAL_ONLY;
-use comfy_table::{CellAlignment, ContentArrangement, Table, TableComponent};
-
 use super::schema::{Flag, Row, RunStatus, SweepResults};
 use super::style::{FAIL, PASS, Style};
 use crate::units::{Bytes, fmt_gbps, fmt_us};
@@ -18,6 +15,22 @@ pub(super) fn transport_cell(r: &Row, style: Style) -> String {
             }
             if t.flags.is_empty() { s } else { style.warn(&format!("{s} !")) }
         }
+    }
+}
+
+/// The data check of a row: ok or FAIL.
+pub(super) fn data_cell(row: &Row, style: Style) -> String {
+    if row.verified { style.good(PASS) } else { style.bad(FAIL) }
+}
+
+/// Notifications received (NIXL rows), red when short of those sent.
+pub(super) fn notifs_cell(row: &Row, style: Style) -> String {
+    if row.backend == "ucx" {
+        "-".to_string()
+    } else if row.notifs_received == row.notifs_expected {
+        row.notifs_received.to_string()
+    } else {
+        style.bad(&format!("{}/{}", row.notifs_received, row.notifs_expected))
     }
 }
 
@@ -114,17 +127,7 @@ pub fn render(r: &SweepResults, style: Style) -> String {
 fn size_table(r: &SweepResults, multi: bool, style: Style) -> String {
     let h = &r.header;
     let mut out = String::new();
-    let mut t = Table::new();
-    t.load_preset(UTF8_HORIZONTAL_ONLY).set_content_arrangement(ContentArrangement::Disabled);
-    // rule lines above, below and under the header only; none between rows
-    for c in [
-        TableComponent::HorizontalLines,
-        TableComponent::MiddleIntersections,
-        TableComponent::LeftBorderIntersections,
-        TableComponent::RightBorderIntersections,
-    ] {
-        t.remove_style(c);
-    }
+    let mut t = super::style::table();
     let mut header = Vec::new();
     if multi {
         header.push("backend");
@@ -141,14 +144,7 @@ fn size_table(r: &SweepResults, multi: bool, style: Style) -> String {
     let op_rank = |x: &Row| h.settings.ops.iter().position(|o| *o == x.op).unwrap_or(usize::MAX);
     order.sort_by_key(|x| (op_rank(x), x.size_bytes, x.backend.clone()));
     for row in order {
-        let data = if row.verified { style.good(PASS) } else { style.bad(FAIL) };
-        let notifs = if row.backend == "ucx" {
-            "-".to_string()
-        } else if row.notifs_received == row.notifs_expected {
-            row.notifs_received.to_string()
-        } else {
-            style.bad(&format!("{}/{}", row.notifs_received, row.notifs_expected))
-        };
+        let (data, notifs) = (data_cell(row, style), notifs_cell(row, style));
         let mut cells = Vec::new();
         if multi {
             cells.push(row.backend.clone());
@@ -174,13 +170,7 @@ fn size_table(r: &SweepResults, multi: bool, style: Style) -> String {
         ]);
         t.add_row(cells);
     }
-    for (i, name) in header.iter().enumerate() {
-        if !["backend", "op", "data", "transport"].contains(name) {
-            if let Some(c) = t.column_mut(i) {
-                c.set_cell_alignment(CellAlignment::Right);
-            }
-        }
-    }
+    super::style::align_numbers(&mut t, &header, &["backend", "op", "data", "transport"]);
     out.push_str(&t.to_string());
     out.push('\n');
     out.push_str(&style.dim(
@@ -197,12 +187,7 @@ fn size_table(r: &SweepResults, multi: bool, style: Style) -> String {
 /// The verdict: one line per path, then its reasons.
 pub fn verdict_lines(v: &crate::verdict::Verdict, style: Style) -> String {
     use crate::verdict::Grade;
-    let paint = |g: Grade, s: &str| match g {
-        Grade::Pass => style.good(s),
-        Grade::Warn => style.warn(s),
-        Grade::Fail => style.bad(s),
-    };
-    let mut out = format!("verdict: {}\n", paint(v.grade, &v.grade.to_string()));
+    let mut out = format!("verdict: {}\n", style.grade(v.grade));
     for p in &v.paths {
         let rate = match (p.measured_gbps, &p.expected) {
             (Some(m), Some(e)) => format!("{} GB/s of {} expected", fmt_gbps(m), fmt_gbps(e.gbps)),
@@ -211,7 +196,7 @@ pub fn verdict_lines(v: &crate::verdict::Verdict, style: Style) -> String {
         };
         out.push_str(&format!(
             "  {} {:<5} {:<5} {} on {}  {}\n",
-            paint(p.grade, &format!("{:<4}", p.grade.to_string())),
+            style.grade(p.grade),
             p.backend,
             p.op,
             p.class,
@@ -219,12 +204,7 @@ pub fn verdict_lines(v: &crate::verdict::Verdict, style: Style) -> String {
             rate
         ));
         for reason in p.reasons.iter().filter(|x| x.grade != Grade::Pass || x.check == "bandwidth") {
-            out.push_str(&format!(
-                "      {} {}: {}\n",
-                paint(reason.grade, &reason.grade.to_string()),
-                reason.check,
-                reason.text
-            ));
+            out.push_str(&format!("      {} {}: {}\n", style.grade(reason.grade), reason.check, reason.text));
         }
     }
     out
