@@ -80,6 +80,8 @@ fn rig() -> Rig {
         ucx: None,
         hugepages: true,
         kv: None,
+        target_mem: Default::default(),
+        initiator_mem: Default::default(),
     };
     let conn =
         Connection::open(Some(&nixl), &addr, "bench", &setup, Duration::from_secs(30)).expect("connect to target");

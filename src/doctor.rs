@@ -194,6 +194,23 @@ pub struct Facts {
     pub nvml: Option<NvmlReport>,
     /// Why NVML was not used.
     pub nvml_error: Option<String>,
+    /// The CUDA driver's view of the GPUs (GPUDirect RDMA and dma-buf support), when loaded.
+    #[serde(default)]
+    pub cuda: Option<CudaFacts>,
+    /// Why the CUDA driver was not used.
+    #[serde(default)]
+    pub cuda_error: Option<String>,
+}
+
+/// What the CUDA driver API says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CudaFacts {
+    /// CUDA version the driver supports (`13.0`).
+    pub driver: String,
+    /// Library file.
+    pub library: Option<PathBuf>,
+    /// GPUs.
+    pub devices: Vec<crate::cuda::CudaDevice>,
 }
 
 /// What carries one kind of KV transfer.
@@ -246,6 +263,21 @@ pub fn gather(opts: &GatherOptions) -> Facts {
             Err(e) => (None, Some(e.to_string())),
         }
     };
+    let (cuda, cuda_error) = if opts.root != Path::new("/") {
+        (None, Some(format!("not queried: the hardware is read from {}, not this host", opts.root.display())))
+    } else {
+        let got = crate::cuda::Cuda::open().and_then(|c| {
+            Ok(CudaFacts {
+                driver: c.driver_version()?,
+                library: c.path().map(Path::to_path_buf),
+                devices: c.devices()?,
+            })
+        });
+        match got {
+            Ok(c) => (Some(c), None),
+            Err(e) => (None, Some(e.to_string())),
+        }
+    };
     let (nixl, nixl_error) = match gather_nixl(opts.nixl_lib.clone()) {
         Ok(n) => (Some(n), None),
         Err(e) => (None, Some(e)),
@@ -266,6 +298,8 @@ pub fn gather(opts: &GatherOptions) -> Facts {
         topology,
         nvml,
         nvml_error,
+        cuda,
+        cuda_error,
     }
 }
 
@@ -634,15 +668,25 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
         let dmabuf_kernel = kernel.is_some_and(|k| k >= (5, 12));
         let open_modules = t.nvidia_driver.as_deref().map(|d| d.contains("Open Kernel Module"));
         let ready_by_module = if t.has_efa() { efa_peermem || peermem } else { peermem };
+        // The CUDA driver's own answer, when it loads: dma-buf export per GPU.
+        let cuda_dmabuf: Option<bool> = f
+            .cuda
+            .as_ref()
+            .and_then(|c| c.devices.iter().map(|d| d.dma_buf).collect::<Option<Vec<bool>>>())
+            .map(|v| v.iter().all(|&x| x));
         if !ready_by_module {
             let ev = format!(
-                "GPUs: {}; peer-memory modules loaded: {}; kernel {}; NVIDIA driver: {}",
+                "GPUs: {}; peer-memory modules loaded: {}; kernel {}; NVIDIA driver: {}{}",
                 nvidia.len(),
                 if t.modules.iter().any(|m| m.contains("peer")) { t.modules.join(", ") } else { "none".into() },
                 t.kernel,
-                t.nvidia_driver.clone().unwrap_or_else(|| "unknown (/proc/driver/nvidia/version missing)".into())
+                t.nvidia_driver.clone().unwrap_or_else(|| "unknown (/proc/driver/nvidia/version missing)".into()),
+                match cuda_dmabuf {
+                    Some(v) => format!("; CUDA: CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED = {}", u8::from(v)),
+                    None => String::new(),
+                }
             );
-            if dmabuf_kernel && open_modules != Some(false) {
+            if dmabuf_kernel && open_modules != Some(false) && cuda_dmabuf != Some(false) {
                 out.push(finding(
                     Severity::Info,
                     "gpudirect-dmabuf",

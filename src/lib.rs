@@ -10,6 +10,7 @@
 
 pub mod child;
 pub mod cmd;
+pub mod cuda;
 pub mod doctor;
 pub mod elf;
 pub mod engine;

@@ -16,12 +16,13 @@
 
 use std::ptr::NonNull;
 
-/// Something NIXL can register: a contiguous range of addresses.
+/// Something NIXL and UCX can register: a contiguous range of addresses, in
+/// host memory or (unified addressing) on a GPU.
 ///
 /// # Safety
-/// `addr()..addr()+len()` must be valid, writable memory that stays valid for
-/// as long as the implementing value lives, and both methods must always
-/// return the same values.
+/// `addr()..addr()+len()` must be valid, writable memory of the kind
+/// `kind()` says, that stays valid for as long as the implementing value
+/// lives, and the methods must always return the same values.
 pub unsafe trait Region {
     /// Start address.
     fn addr(&self) -> usize;
@@ -30,6 +31,81 @@ pub unsafe trait Region {
     /// True when empty.
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// Host or GPU memory.
+    fn kind(&self) -> MemKind {
+        MemKind::Dram
+    }
+    /// The device id NIXL registers it with (the CUDA ordinal for GPU memory, 0 for host memory).
+    fn dev_id(&self) -> u64 {
+        0
+    }
+}
+
+/// Where a buffer lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemKind {
+    /// Host memory.
+    #[default]
+    Dram,
+    /// GPU memory.
+    Vram,
+}
+
+impl std::fmt::Display for MemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MemKind::Dram => "dram",
+            MemKind::Vram => "vram",
+        })
+    }
+}
+
+impl std::str::FromStr for MemKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<MemKind, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "dram" | "host" | "cpu" => Ok(MemKind::Dram),
+            "vram" | "gpu" | "cuda" => Ok(MemKind::Vram),
+            _ => Err(format!("unknown memory {s:?}: dram (host) or vram (GPU)")),
+        }
+    }
+}
+
+/// The memory one side of a transfer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct MemSpec {
+    /// Host or GPU.
+    pub kind: MemKind,
+    /// CUDA ordinal: the GPU holding VRAM, or the GPU host memory is
+    /// page-locked for when `pin` is set.
+    #[serde(default)]
+    pub gpu: u32,
+    /// Host memory: page-lock it with `cuMemHostRegister` (the other side is
+    /// a GPU, so UCX's cuda_copy can DMA it directly).
+    #[serde(default)]
+    pub pin: bool,
+}
+
+impl MemSpec {
+    /// Host memory, not pinned.
+    pub fn dram() -> MemSpec {
+        MemSpec::default()
+    }
+
+    /// GPU memory on GPU `gpu`.
+    pub fn vram(gpu: u32) -> MemSpec {
+        MemSpec { kind: MemKind::Vram, gpu, pin: false }
+    }
+
+    /// `dram`, `dram (pinned for GPU 0)` or `vram (GPU 1)`.
+    pub fn describe(&self) -> String {
+        match (self.kind, self.pin) {
+            (MemKind::Vram, _) => format!("vram (GPU {})", self.gpu),
+            (MemKind::Dram, true) => "dram (page-locked)".into(),
+            (MemKind::Dram, false) => "dram".into(),
+        }
     }
 }
 
@@ -44,6 +120,9 @@ pub enum MemError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// GPU memory could not be allocated, pinned, copied or checked.
+    #[error("{0}")]
+    Device(String),
     /// A range outside the buffer.
     #[error("range {off}+{len} is outside the {size}-byte buffer")]
     Range {
@@ -173,17 +252,7 @@ impl HostBuffer {
         self.check(off, len)?;
         // SAFETY: as in verify.
         let bytes = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) };
-        let mut v = Verify::clean();
-        for (i, &b) in bytes.iter().enumerate() {
-            if b != POISON {
-                v.mismatched_bytes += 1;
-                if v.first_bad_offset.is_none() {
-                    v.first_bad_offset = Some((off + i) as u64);
-                    v.first_bad = Some((POISON, b));
-                }
-            }
-        }
-        Ok(v)
+        Ok(poison_check(bytes, off as u64))
     }
 
     /// Fills `[off, off+len)` with the poison byte.
@@ -250,6 +319,213 @@ impl Drop for HostBuffer {
         // afterwards (registrations keep an Rc to this buffer).
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.map_len) };
     }
+}
+
+/// A buffer of either kind: what the engine allocates, registers and checks.
+/// Host buffers are read and written in place; GPU buffers through copies
+/// (the data check copies GPU memory back, so a wrong copy is caught on the
+/// GPU side). The accessors have [`HostBuffer`]'s contracts.
+#[derive(Debug)]
+pub enum Buffer {
+    /// Host memory, page-locked when `pinned` (unpinned before it is unmapped:
+    /// fields drop in order).
+    Host {
+        /// The page lock, if any.
+        pinned: Option<crate::cuda::Pinned>,
+        /// The memory.
+        buf: HostBuffer,
+    },
+    /// GPU memory.
+    Device(crate::cuda::DeviceBuffer),
+}
+
+impl Buffer {
+    /// Allocates `len` bytes as `spec` says (`hugepages` for host memory).
+    pub fn alloc(len: usize, spec: &MemSpec, hugepages: bool) -> Result<Buffer, MemError> {
+        match spec.kind {
+            MemKind::Dram => {
+                let buf = HostBuffer::with_options(len, hugepages)?;
+                let pinned = if spec.pin {
+                    let gpu = crate::cuda::gpu(spec.gpu)?;
+                    // SAFETY: the range is exactly buf's mapping, and the guard
+                    // drops before buf (field order of Buffer::Host).
+                    Some(unsafe { gpu.pin(buf.addr(), buf.len()) }?)
+                } else {
+                    None
+                };
+                Ok(Buffer::Host { pinned, buf })
+            }
+            MemKind::Vram => {
+                if len == 0 {
+                    return Err(MemError::Alloc {
+                        len,
+                        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                    });
+                }
+                let gpu = crate::cuda::gpu(spec.gpu)?;
+                Ok(Buffer::Device(gpu.alloc(len)?))
+            }
+        }
+    }
+
+    /// Writes the pattern for `seed` into `[off, off+len)`.
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn fill(&self, off: usize, len: usize, seed: u64) -> Result<(), MemError> {
+        // SAFETY: forwarded contract.
+        unsafe { self.fill_as(off, len, off as u64, seed) }
+    }
+
+    /// As [`HostBuffer::fill_as`].
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn fill_as(&self, off: usize, len: usize, base: u64, seed: u64) -> Result<(), MemError> {
+        match self {
+            // SAFETY: forwarded contract.
+            Buffer::Host { buf, .. } => unsafe { buf.fill_as(off, len, base, seed) },
+            Buffer::Device(d) => d.fill_as(off, len, base, seed),
+        }
+    }
+
+    /// Checks `[off, off+len)` against the pattern for `seed`.
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn verify(&self, off: usize, len: usize, seed: u64) -> Result<Verify, MemError> {
+        match self {
+            // SAFETY: forwarded contract.
+            Buffer::Host { buf, .. } => unsafe { buf.verify(off, len, seed) },
+            Buffer::Device(d) => d.check_with(off, len, |s, done| verify_pattern(s, (off + done) as u64, seed)),
+        }
+    }
+
+    /// As [`HostBuffer::verify_as`].
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn verify_as(&self, off: usize, len: usize, base: u64, seed: u64) -> Result<Verify, MemError> {
+        match self {
+            // SAFETY: forwarded contract.
+            Buffer::Host { buf, .. } => unsafe { buf.verify_as(off, len, base, seed) },
+            Buffer::Device(d) => d.check_with(off, len, |s, done| {
+                let mut v = verify_pattern(s, base + done as u64, seed);
+                v.first_bad_offset = v.first_bad_offset.map(|p| p - base + off as u64);
+                v
+            }),
+        }
+    }
+
+    /// As [`HostBuffer::verify_poison`].
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn verify_poison(&self, off: usize, len: usize) -> Result<Verify, MemError> {
+        match self {
+            // SAFETY: forwarded contract.
+            Buffer::Host { buf, .. } => unsafe { buf.verify_poison(off, len) },
+            Buffer::Device(d) => d.check_with(off, len, |s, done| poison_check(s, (off + done) as u64)),
+        }
+    }
+
+    /// Fills `[off, off+len)` with the poison byte.
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn poison(&self, off: usize, len: usize) -> Result<(), MemError> {
+        match self {
+            // SAFETY: forwarded contract.
+            Buffer::Host { buf, .. } => unsafe { buf.poison(off, len) },
+            Buffer::Device(d) => d.memset(off, len, POISON),
+        }
+    }
+
+    /// Flips every bit of the byte at `off`.
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn corrupt(&self, off: usize) -> Result<(), MemError> {
+        match self {
+            // SAFETY: forwarded contract.
+            Buffer::Host { buf, .. } => unsafe { buf.corrupt(off) },
+            Buffer::Device(d) => {
+                let mut b = [0u8; 1];
+                d.download(off, &mut b)?;
+                b[0] ^= 0xFF;
+                d.upload(off, &b)
+            }
+        }
+    }
+
+    /// Copies `[off, off+len)` out.
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn read(&self, off: usize, len: usize) -> Result<Vec<u8>, MemError> {
+        match self {
+            // SAFETY: forwarded contract.
+            Buffer::Host { buf, .. } => unsafe { buf.read(off, len) },
+            Buffer::Device(d) => {
+                let mut v = vec![0u8; len];
+                d.download(off, &mut v)?;
+                Ok(v)
+            }
+        }
+    }
+
+    /// What this buffer is, for reports.
+    pub fn spec(&self) -> MemSpec {
+        match self {
+            Buffer::Host { pinned, .. } => MemSpec { kind: MemKind::Dram, gpu: 0, pin: pinned.is_some() },
+            Buffer::Device(d) => MemSpec::vram(d.gpu().index()),
+        }
+    }
+}
+
+// SAFETY: both variants own their memory for as long as the Buffer lives
+// (HostBuffer: the mapping; DeviceBuffer: the allocation), and report its
+// kind truthfully.
+unsafe impl Region for Buffer {
+    fn addr(&self) -> usize {
+        match self {
+            Buffer::Host { buf, .. } => buf.addr(),
+            Buffer::Device(d) => d.addr(),
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            Buffer::Host { buf, .. } => buf.len(),
+            Buffer::Device(d) => d.len(),
+        }
+    }
+    fn kind(&self) -> MemKind {
+        match self {
+            Buffer::Host { .. } => MemKind::Dram,
+            Buffer::Device(_) => MemKind::Vram,
+        }
+    }
+    fn dev_id(&self) -> u64 {
+        match self {
+            Buffer::Host { .. } => 0,
+            Buffer::Device(d) => u64::from(d.gpu().index()),
+        }
+    }
+}
+
+/// Checks that `bytes` (first byte at absolute offset `base`) are all poison.
+fn poison_check(bytes: &[u8], base: u64) -> Verify {
+    let mut v = Verify::clean();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b != POISON {
+            v.mismatched_bytes += 1;
+            if v.first_bad_offset.is_none() {
+                v.first_bad_offset = Some(base + i as u64);
+                v.first_bad = Some((POISON, b));
+            }
+        }
+    }
+    v
 }
 
 /// The NUMA node holding the page at `addr` (`get_mempolicy` with

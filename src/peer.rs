@@ -156,6 +156,12 @@ pub struct TargetSetup {
     /// KV mode: the prefill rank's KV regions to allocate and register too.
     #[serde(default)]
     pub kv: Option<KvSetup>,
+    /// The target's memory (its buffer and KV cache).
+    #[serde(default)]
+    pub target_mem: crate::mem::MemSpec,
+    /// The initiator's memory.
+    #[serde(default)]
+    pub initiator_mem: crate::mem::MemSpec,
 }
 
 /// The KV cache a side builds: geometry, layer kinds and blocks per region.

@@ -282,6 +282,60 @@ pub fn flags(t: &Transport, intra_node: bool, resources: &[Resource]) -> Vec<Fla
     out
 }
 
+/// Which ends of a transfer are GPU memory, and whether cuda_ipc GET was
+/// forced on (`UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GpuEnds {
+    /// The bytes are read from GPU memory.
+    pub src_vram: bool,
+    /// The bytes land in GPU memory.
+    pub dst_vram: bool,
+    /// cuda_ipc GET zero-copy forced on.
+    pub get_forced: bool,
+}
+
+/// What is wrong with a GPU path on one host: GPU memory on both ends that
+/// did not go over cuda_ipc although UCX offers it (READ without NVLink,
+/// where UCX turns cuda_ipc GET off; or staging through host memory).
+pub fn gpu_flags(t: &Transport, read: bool, intra_node: bool, resources: &[Resource], g: &GpuEnds) -> Vec<Flag> {
+    let lanes: Vec<&str> = t.lanes.iter().map(|l| lane_transport(l)).collect();
+    if intra_node && g.src_vram != g.dst_vram && lanes.contains(&"tcp") {
+        return vec![Flag {
+            kind: "host-gpu-rma-emulated".into(),
+            evidence: format!(
+                "host memory on one end and GPU memory on the other, between two processes of one host: UCX found no zero-copy RMA for that pair (cuda_ipc needs GPU memory on both ends, cma/posix cannot reach GPU memory) and went over {} ({})",
+                t.lanes.join(", "),
+                t.protocol
+            ),
+            fix: "keep the KV cache in GPU memory on both sides (vLLM's layout), so cuda_ipc carries it; host<->GPU staging belongs inside one process (cudaMemcpy), not in a remote READ/WRITE".into(),
+        }];
+    }
+    let ipc_offered = resources.iter().any(|r| r.transport == "cuda_ipc");
+    let gpu_both_ends = intra_node && g.src_vram && g.dst_vram;
+    if !gpu_both_ends || lanes.is_empty() || lanes.contains(&"cuda_ipc") || !ipc_offered {
+        return Vec::new();
+    }
+    if read && !g.get_forced {
+        return vec![Flag {
+            kind: "cuda-ipc-get-disabled".into(),
+            evidence: format!(
+                "a READ of GPU memory between two processes of one host went over {} although UCX offers cuda_ipc: UCX turns cuda_ipc GET zero-copy off when it finds no NVLink",
+                t.lanes.join(", ")
+            ),
+            fix: "set UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y in both processes (vLLM's NixlConnector READs), or move the KV cache with WRITE; kvprobe doctor shows the NVLink state".into(),
+        }];
+    }
+    vec![Flag {
+        kind: "gpu-not-on-cuda-ipc".into(),
+        evidence: format!(
+            "GPU memory on both ends on one host went over {} ({}) although UCX offers cuda_ipc",
+            t.lanes.join(", "),
+            t.protocol
+        ),
+        fix: "check UCX_TLS includes cuda_ipc (or `cuda`), that both processes see the GPU (CUDA_VISIBLE_DEVICES) and, in containers, that they share the IPC namespace (--ipc=host)".into(),
+    }]
+}
+
 /// Flags a lane whose network device sits on another NUMA node than the
 /// buffer (`buffer_node`): every byte then crosses the CPU interconnect.
 pub fn numa_flags(t: &Transport, buffer_node: Option<i32>, topo: &crate::topology::Topology) -> Vec<Flag> {

@@ -203,6 +203,8 @@ fn class_of(lanes: &[String]) -> &'static str {
         "rdma"
     } else if names.contains(&"cuda_ipc") {
         "cuda_ipc"
+    } else if names.contains(&"cuda_copy") {
+        "cuda_copy"
     } else {
         "other"
     }
@@ -257,7 +259,10 @@ pub fn judge(r: &SweepResults, facts: &Facts, th: &Thresholds, memcpy_gbps: Opti
                     }
                     seen_flags.push(f.kind.clone());
                     let grade = match f.kind.as_str() {
-                        "tcp-while-faster-exists" => Grade::Fail,
+                        "tcp-while-faster-exists"
+                        | "cuda-ipc-get-disabled"
+                        | "gpu-not-on-cuda-ipc"
+                        | "host-gpu-rma-emulated" => Grade::Fail,
                         "software-emulation" if !t.lanes.iter().any(|l| lane_transport(l) == "tcp") => Grade::Fail,
                         "software-emulation" => continue, // TCP has no native RMA: emulation is its normal path
                         _ => Grade::Warn,
@@ -397,6 +402,13 @@ pub fn judge(r: &SweepResults, facts: &Facts, th: &Thresholds, memcpy_gbps: Opti
     Verdict { grade: paths.iter().map(|p| p.grade).max().unwrap_or(Grade::Pass), paths, thresholds: *th }
 }
 
+/// Both ends in GPU memory of one GPU of this host.
+fn same_gpu(r: &SweepResults) -> bool {
+    let (s, d) = (&r.header.settings.src_mem, &r.header.settings.dst_mem);
+    let intra = r.header.target.as_ref().is_none_or(|t| t.host == r.header.host.hostname);
+    intra && s.kind == crate::mem::MemKind::Vram && d.kind == crate::mem::MemKind::Vram && s.gpu == d.gpu
+}
+
 fn expected_rate(
     class: &str,
     lanes: &[String],
@@ -469,6 +481,14 @@ fn expected_rate(
             }
             (total > 0.0).then(|| Expected { gbps: total / 8.0, basis: basis.join(" + ") })
         }
+        "cuda_ipc" if same_gpu(r) => r.header.gpu_copy.filter(|c| c.dtod_gbps > 0.0).map(|c| Expected {
+            gbps: c.dtod_gbps,
+            basis: format!("device-to-device copy on GPU {}, measured before the run", c.gpu),
+        }),
+        "cuda_copy" => r.header.gpu_copy.filter(|c| c.htod_gbps > 0.0).map(|c| Expected {
+            gbps: c.htod_gbps,
+            basis: format!("page-locked host-to-device copy on GPU {}, measured before the run", c.gpu),
+        }),
         "cuda_ipc" => {
             // NVLink between GPUs: the generation's rate per direction, for
             // GPUs with active links. Without NVLink there is no table rate

@@ -19,6 +19,7 @@ use super::CliError;
 use crate::child::{self, Child};
 use crate::engine::{Event, SweepPlan, Timing};
 use crate::locate::{self, Inputs, NixlLocation};
+use crate::mem::{MemKind, MemSpec};
 use crate::nixl::{AgentConfig, XferOp};
 use crate::peer::{BackendKind, UcxSetup};
 use crate::report::schema::{
@@ -122,6 +123,19 @@ pub struct SweepArgs {
     /// Back DRAM buffers with 4 KiB pages (default: transparent huge pages, as large numpy/PyTorch host buffers get; ucx_perftest's buffers are small pages)
     #[arg(long)]
     pub no_hugepages: bool,
+    /// Memory the bytes are read from: dram (host) or vram (GPU). READ reads the target's memory, WRITE the initiator's
+    #[arg(long, default_value = "dram", value_name = "dram|vram")]
+    pub src_mem: MemKind,
+    /// Memory the bytes land in: dram or vram. READ lands in the initiator's memory, WRITE in the target's
+    #[arg(long, default_value = "dram", value_name = "dram|vram")]
+    pub dst_mem: MemKind,
+    /// GPU (CUDA ordinal) of the VRAM side(s): N for both, or SRC,DST [default: 0]
+    #[arg(long, value_name = "N[,M]", value_parser = parse_gpus)]
+    pub gpu: Option<(u32, u32)>,
+    /// Leave host buffers pageable (default: a host buffer facing a GPU on this host is page-locked, as
+    /// PyTorch's pinned KV staging is, so UCX's cuda_copy can DMA it)
+    #[arg(long)]
+    pub no_pin: bool,
     /// ucx backend: time WRITEs to local completion and flush once per timed loop, as ucx_perftest put_bw does (default: flush every WRITE, so it has reached the target, as NIXL reports)
     #[arg(long)]
     pub ucx_local_completion: bool,
@@ -174,6 +188,56 @@ pub struct SweepArgs {
     /// (self-test) the target's idle limit [default: the larger timeout + 30 s]
     #[arg(long, hide = true, value_parser = units::parse_duration)]
     pub target_idle_timeout: Option<Duration>,
+}
+
+/// `--gpu N` or `--gpu SRC,DST`.
+fn parse_gpus(s: &str) -> Result<(u32, u32), String> {
+    let one = |t: &str| t.trim().parse::<u32>().map_err(|_| format!("{t:?} is not a GPU index (0, 1, ...)"));
+    match s.split_once(',') {
+        Some((a, b)) => Ok((one(a)?, one(b)?)),
+        None => one(s).map(|g| (g, g)),
+    }
+}
+
+/// The memory of each side, from `--src-mem/--dst-mem/--gpu`: (source,
+/// destination, target, initiator). READ moves target -> initiator, WRITE
+/// initiator -> target, so with different memories on the two ends the
+/// sweep must pick one direction.
+pub fn mem_sides(
+    ops: &[XferOp],
+    src: MemKind,
+    dst: MemKind,
+    gpus: Option<(u32, u32)>,
+    pin: bool,
+    peer: bool,
+) -> Result<(MemSpec, MemSpec, MemSpec, MemSpec), String> {
+    let (gs, gd) = gpus.unwrap_or((0, 0));
+    if gpus.is_some() && src == MemKind::Dram && dst == MemKind::Dram {
+        return Err("--gpu needs GPU memory on a side: --src-mem vram and/or --dst-mem vram".into());
+    }
+    let mut s = MemSpec { kind: src, gpu: gs, pin: false };
+    let mut d = MemSpec { kind: dst, gpu: gd, pin: false };
+    // Host memory facing a GPU of this host is page-locked for that GPU
+    // (across hosts the host side never meets the GPU's copy engines).
+    if pin && !peer {
+        if src == MemKind::Dram && dst == MemKind::Vram {
+            s = MemSpec { kind: MemKind::Dram, gpu: gd, pin: true };
+        }
+        if dst == MemKind::Dram && src == MemKind::Vram {
+            d = MemSpec { kind: MemKind::Dram, gpu: gs, pin: true };
+        }
+    }
+    let reads = ops.contains(&XferOp::Read);
+    let writes = ops.contains(&XferOp::Write);
+    if reads && writes && (s.kind != d.kind || s.gpu != d.gpu) {
+        return Err(format!(
+            "--src-mem {} --dst-mem {} puts different memory on the two ends, so READ (target -> initiator) and WRITE (initiator -> target) need opposite placements: give one direction (--ops read or --ops write)",
+            s.describe(),
+            d.describe()
+        ));
+    }
+    let (target, initiator) = if reads { (s, d) } else { (d, s) };
+    Ok((s, d, target, initiator))
 }
 
 /// `--inject` values (self-tests of kvprobe's own checks).
@@ -289,6 +353,25 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
     if a.expect_gbps.is_some_and(|g| !(g > 0.0 && g.is_finite())) {
         return Err(CliError::usage(anyhow!("--expect-gbps must be a positive rate")));
     }
+    let (src_mem, dst_mem, target_mem, initiator_mem) =
+        mem_sides(&ops, a.src_mem, a.dst_mem, a.gpu, !a.no_pin, a.peer.is_some())
+            .map_err(|e| CliError::usage(anyhow!(e)))?;
+    // GPU memory on this host: the driver and the GPU must be there before
+    // any helper starts (the error says what was searched and how to fix it).
+    let local_gpus: Vec<u32> = [Some(initiator_mem), (a.peer.is_none()).then_some(target_mem)]
+        .into_iter()
+        .flatten()
+        .filter(|m| m.kind == MemKind::Vram || m.pin)
+        .map(|m| m.gpu)
+        .collect();
+    for g in &local_gpus {
+        crate::cuda::gpu(*g).map_err(|e| CliError::usage(anyhow!(e)))?;
+    }
+    let host_sides = [Some(initiator_mem), a.peer.is_none().then_some(target_mem)]
+        .into_iter()
+        .flatten()
+        .filter(|m| m.kind == MemKind::Dram)
+        .count() as u64;
     let kv_plan = kv_plan(&a)?;
     match (a.inject, kv_plan.is_some()) {
         (Some(InjectArg::KvMisplaced), false) => {
@@ -310,9 +393,9 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
                 Bytes(avail)
             )));
         }
-    } else if let Some(avail) = crate::hostinfo::mem_available() {
-        // each of the two processes holds one buffer of the largest size
-        let need = max.saturating_mul(2);
+    } else if let Some(avail) = crate::hostinfo::mem_available().filter(|_| host_sides > 0) {
+        // each process with host memory holds one buffer of the largest size
+        let need = max.saturating_mul(host_sides);
         if need.saturating_add(256 << 20) > avail {
             return Err(CliError::usage(anyhow!(
                 "the largest size, {}, needs {} of memory (one buffer in each process), but only {} is available",
@@ -372,6 +455,8 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
             .link_probe
             .unwrap_or(if a.peer.is_some() { Duration::from_secs(1) } else { Duration::ZERO })
             .as_secs_f64(),
+        target_mem,
+        initiator_mem,
     };
     crate::engine::initiator::validate(&plan).map_err(CliError::usage)?;
 
@@ -438,7 +523,9 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
                     expect_gbps: a.expect_gbps,
                     ..crate::verdict::Thresholds::default()
                 },
-                mem: "DRAM".into(),
+                mem: format!("{} -> {}", src_mem.describe(), dst_mem.describe()),
+                src_mem,
+                dst_mem,
             },
             initiator_pid: None,
             initiator_buffer_numa: None,
@@ -446,6 +533,8 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
             target: None,
             link: None,
             memcpy_gbps: None,
+            gpus: Vec::new(),
+            gpu_copy: None,
             units: units_legend(),
         },
         rows: Vec::new(),
@@ -459,6 +548,17 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
 
     // The shared-memory yardstick, measured before any helper runs.
     results.header.memcpy_gbps = Some(crate::verdict::memcpy_gbps(64 << 20));
+    // GPU paths' yardsticks: the GPU's own copy rates, measured the same way.
+    if let Some(&g) = local_gpus.first() {
+        match crate::cuda::Cuda::open().and_then(|c| c.devices()) {
+            Ok(d) => results.header.gpus = d,
+            Err(e) => results.warnings.push(format!("GPU facts: {e}")),
+        }
+        match crate::cuda::copy_rates(g) {
+            Ok(c) => results.header.gpu_copy = Some(c),
+            Err(e) => results.warnings.push(format!("GPU copy rates: {e}")),
+        }
+    }
     child::install_interrupt_handler();
     plan.nixl_lib = loc.lib.clone();
     if let Err(e) = drive(&a, &mut results, &out_dir, &env, plan) {
@@ -478,9 +578,15 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         if !series.is_empty() {
             let plot = report::plot::Plot {
                 title: format!(
-                    "kvprobe sweep on {} - UCX_TLS={}",
+                    "kvprobe sweep on {} - UCX_TLS={}{}",
                     results.header.host.hostname,
-                    results.header.ucx_tls.as_deref().unwrap_or("(UCX chooses)")
+                    results.header.ucx_tls.as_deref().unwrap_or("(UCX chooses)"),
+                    match results.header.settings.src_mem.kind == crate::mem::MemKind::Dram
+                        && results.header.settings.dst_mem.kind == crate::mem::MemKind::Dram
+                    {
+                        true => String::new(),
+                        false => format!(" - {}", results.header.settings.mem),
+                    }
                 ),
                 series,
                 references: report::plot::references_of(&results, ""),
@@ -680,8 +786,9 @@ fn drive(
                     }
                     Event::Heartbeat => {}
                     Event::Row(mut row) => {
+                        let read = row.op == XferOp::Read;
                         if let Some(t) = row.transport.as_mut() {
-                            t.flags = row_flags(t, results);
+                            t.flags = row_flags(t, read, results);
                         }
                         results.rows.push(*row);
                         report::write_all(out_dir, results)?;
@@ -807,10 +914,27 @@ fn host_topology() -> &'static crate::topology::Topology {
     T.get_or_init(|| crate::topology::discover(std::path::Path::new("/")))
 }
 
-/// Every flag of a row's transport.
-fn row_flags(t: &crate::report::schema::Transport, r: &SweepResults) -> Vec<crate::report::schema::Flag> {
-    let mut f = transport::flags(t, intra_node(r), resources(r));
+/// Every flag of a row's transport (`read`: the row is a READ).
+fn row_flags(t: &crate::report::schema::Transport, read: bool, r: &SweepResults) -> Vec<crate::report::schema::Flag> {
+    let intra = intra_node(r);
+    let mut f = transport::flags(t, intra, resources(r));
     f.extend(transport::numa_flags(t, r.header.initiator_buffer_numa, host_topology()));
+    let s = &r.header.settings;
+    let gpu = transport::GpuEnds {
+        src_vram: s.src_mem.kind == crate::mem::MemKind::Vram,
+        dst_vram: s.dst_mem.kind == crate::mem::MemKind::Vram,
+        get_forced: r
+            .header
+            .env
+            .iter()
+            .any(|(k, v)| k == "UCX_CUDA_IPC_ENABLE_GET_ZCOPY" && v.starts_with(['y', 'Y', '1'])),
+    };
+    let g = transport::gpu_flags(t, read, intra, resources(r), &gpu);
+    // A GPU finding explains the TCP path better than the generic one.
+    if !g.is_empty() {
+        f.retain(|x| x.kind != "tcp-while-faster-exists");
+    }
+    f.extend(g);
     f
 }
 
@@ -828,15 +952,16 @@ fn annotate_nixl_rows(r: &mut SweepResults, log: &str) {
     let Some(pid) = r.header.initiator_pid else { return };
     let tables = transport::parse_proto_tables(log);
     let context = format!("kvprobe-initiator-{pid}");
-    let intra = intra_node(r);
-    let res = resources(r).to_vec();
-    for row in r.rows.iter_mut().filter(|row| row.backend == "nixl" && row.transport.is_none()) {
+    let mut found = Vec::new();
+    for (i, row) in r.rows.iter().enumerate().filter(|(_, row)| row.backend == "nixl" && row.transport.is_none()) {
         let read = row.op == XferOp::Read;
         if let Some(mut t) = transport::from_proto_tables(&tables, &context, read, &[row.block_bytes, row.size_bytes]) {
-            t.flags = transport::flags(&t, intra, &res);
-            t.flags.extend(transport::numa_flags(&t, r.header.initiator_buffer_numa, host_topology()));
-            row.transport = Some(t);
+            t.flags = row_flags(&t, read, r);
+            found.push((i, t));
         }
+    }
+    for (i, t) in found {
+        r.rows[i].transport = Some(t);
     }
 }
 

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::kv::{Side, SideLayout};
-use crate::mem::{HostBuffer, Region, Verify};
+use crate::mem::{Buffer, Region, Verify};
 use crate::nixl::{
     Agent, Backend, MemType, Nixl, OptArgs, PreppedDlist, RegDescList, Registration, Status, Telemetry, XferDescList,
     XferOp, XferReq,
@@ -41,6 +41,8 @@ pub struct NixlLink {
     pub backend_params: BTreeMap<String, String>,
     /// The target agent's name (as loaded from its metadata).
     pub remote_name: String,
+    /// The target's memory (remote descriptors carry its type and device).
+    pub remote_mem: crate::mem::MemSpec,
     /// KV mode: the prepared descriptor lists of both caches (made once).
     pub kv_prepped: Option<KvPrepped>,
     /// KV mode: the registration of the local KV regions.
@@ -107,14 +109,14 @@ pub struct Connection {
     /// KV mode: the decode rank's KV cache.
     pub kv: Option<LocalKv>,
     /// The local buffer (registered with each side; dropped last).
-    pub buf: Rc<HostBuffer>,
+    pub buf: Rc<Buffer>,
 }
 
 /// The decode rank's KV cache.
 #[derive(Debug)]
 pub struct LocalKv {
     /// The buffer holding every region.
-    pub buf: Rc<HostBuffer>,
+    pub buf: Rc<Buffer>,
     /// Where the blocks are.
     pub layout: SideLayout,
     /// The prefill side's layout (for remote addresses).
@@ -154,7 +156,7 @@ impl Connection {
             Err(e) => return Err(e.into()),
         };
         let len = usize::try_from(setup.buffer_bytes).map_err(|_| EngineError::Invalid("size too large".into()))?;
-        let buf = Rc::new(HostBuffer::with_options(len, setup.hugepages)?);
+        let buf = Rc::new(Buffer::alloc(len, &setup.initiator_mem, setup.hugepages)?);
         let target = TargetReady {
             buffer_addr: 0,
             buffer_len: 0,
@@ -191,7 +193,7 @@ impl Connection {
             let len = usize::try_from(layout.total_bytes())
                 .map_err(|_| EngineError::Invalid("KV cache too large for this host".into()))?;
             self.kv = Some(LocalKv {
-                buf: Rc::new(HostBuffer::with_options(len, setup.hugepages)?),
+                buf: Rc::new(Buffer::alloc(len, &setup.initiator_mem, setup.hugepages)?),
                 layout,
                 remote: k.geometry.side(Side::Prefill, k.pool_blocks),
                 setup: k.clone(),
@@ -243,10 +245,10 @@ impl Connection {
         check_split(size, block, self.buf.len() as u64, self.target.buffer_len)?;
         let n = (size / block) as usize;
         let nixl = link.agent.nixl();
-        let mut local = XferDescList::new(nixl, MemType::Dram)?;
-        local.add_local_strided(&link.reg, self.buf.addr(), block as usize, n, 0)?;
-        let mut remote = XferDescList::new(nixl, MemType::Dram)?;
-        remote.add_strided(self.target.buffer_addr as usize, block as usize, n, 0)?;
+        let mut local = XferDescList::new(nixl, MemType::from(self.buf.kind()))?;
+        local.add_local_strided(&link.reg, self.buf.addr(), block as usize, n, self.buf.dev_id())?;
+        let mut remote = XferDescList::new(nixl, MemType::from(link.remote_mem.kind))?;
+        remote.add_strided(self.target.buffer_addr as usize, block as usize, n, link.remote_dev())?;
         Ok((local, remote))
     }
 
@@ -270,7 +272,7 @@ fn check_split(size: u64, block: u64, local: u64, remote: u64) -> Result<(), Eng
 }
 
 impl NixlLink {
-    fn open(nixl: &Nixl, setup: &TargetSetup, buf: &Rc<HostBuffer>, r: &NixlReady) -> Result<NixlLink, EngineError> {
+    fn open(nixl: &Nixl, setup: &TargetSetup, buf: &Rc<Buffer>, r: &NixlReady) -> Result<NixlLink, EngineError> {
         let agent = Agent::new(nixl, &format!("kvprobe-initiator-{}", std::process::id()), &setup.agent)?;
         let plugins = agent.available_plugins()?;
         if !plugins.iter().any(|p| p == &setup.backend) {
@@ -282,8 +284,8 @@ impl NixlLink {
         }
         let backend = agent.create_backend(&setup.backend, &setup.backend_params)?;
         let backend_params = agent.backend_params(&backend).map(|p| p.params).unwrap_or_default();
-        let mut dl = RegDescList::new(nixl, MemType::Dram)?;
-        dl.add(buf.addr(), buf.len(), 0)?;
+        let mut dl = RegDescList::new(nixl, MemType::from(buf.kind()))?;
+        dl.add(buf.addr(), buf.len(), buf.dev_id())?;
         let reg = agent.register_owned(Rc::clone(buf), dl, Some(&backend))?;
         let md = from_hex(&r.metadata_hex).map_err(|e| EngineError::Invalid(format!("target metadata: {e}")))?;
         let remote_name = agent.load_remote_metadata(&md)?;
@@ -293,7 +295,25 @@ impl NixlLink {
                 r.agent_name
             )));
         }
-        Ok(NixlLink { plugins, backend_params, remote_name, kv_prepped: None, kv_reg: None, reg, backend, agent })
+        Ok(NixlLink {
+            plugins,
+            backend_params,
+            remote_name,
+            remote_mem: setup.target_mem,
+            kv_prepped: None,
+            kv_reg: None,
+            reg,
+            backend,
+            agent,
+        })
+    }
+
+    /// The device id of the target's registrations.
+    fn remote_dev(&self) -> u64 {
+        match self.remote_mem.kind {
+            crate::mem::MemKind::Vram => u64::from(self.remote_mem.gpu),
+            crate::mem::MemKind::Dram => 0,
+        }
     }
 
     /// KV mode: registers the local regions and prepares the descriptor lists
@@ -303,12 +323,13 @@ impl NixlLink {
         let g = &kv.setup.geometry;
         let pool = kv.setup.pool_blocks;
         let len = g.d_block_bytes as usize;
-        let mut local = XferDescList::new(nixl, MemType::Dram)?;
-        let mut remote = XferDescList::new(nixl, MemType::Dram)?;
+        let mut local = XferDescList::new(nixl, MemType::from(kv.buf.kind()))?;
+        let mut remote = XferDescList::new(nixl, MemType::from(self.remote_mem.kind))?;
+        let (ldev, rdev) = (kv.buf.dev_id(), self.remote_dev());
         for r in 0..g.desc_regions {
             for b in 0..pool {
-                local.add_local(&reg, kv.buf.addr() + kv.layout.desc_offset(g, r, b) as usize, len, 0)?;
-                remote.add((remote_base + kv.remote.desc_offset(g, r, b)) as usize, len, 0)?;
+                local.add_local(&reg, kv.buf.addr() + kv.layout.desc_offset(g, r, b) as usize, len, ldev)?;
+                remote.add((remote_base + kv.remote.desc_offset(g, r, b)) as usize, len, rdev)?;
             }
         }
         // prep = NIXL's prep_xfer_dlist of both lists (building them above is kvprobe's own work).
@@ -322,7 +343,7 @@ impl NixlLink {
 }
 
 impl UcxLink {
-    fn open(u: &UcxSetup, buf: &Rc<HostBuffer>, r: &UcxReady, remote_addr: u64) -> Result<UcxLink, EngineError> {
+    fn open(u: &UcxSetup, buf: &Rc<Buffer>, r: &UcxReady, remote_addr: u64) -> Result<UcxLink, EngineError> {
         let ucx = Ucx::open(&u.lib)?;
         let ctx = Context::new(
             &ucx,
@@ -483,6 +504,8 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
         ucx: plan.ucx.clone(),
         hugepages: plan.hugepages,
         kv,
+        target_mem: plan.target_mem,
+        initiator_mem: plan.initiator_mem,
     };
     let setup_for = |backend: BackendKind| setup_kv(backend, plan.kv.as_ref().map(|k| k.setup(0)));
     let first = *plan.backends.first().ok_or_else(|| EngineError::Invalid("no backend".into()))?;

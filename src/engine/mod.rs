@@ -72,6 +72,12 @@ pub struct SweepPlan {
     /// Plain-TCP link probe per direction before measuring, seconds (0: none).
     #[serde(default)]
     pub link_probe_s: f64,
+    /// The target's memory.
+    #[serde(default)]
+    pub target_mem: crate::mem::MemSpec,
+    /// The initiator's memory.
+    #[serde(default)]
+    pub initiator_mem: crate::mem::MemSpec,
 }
 
 /// What a KV-shaped sweep measures: one geometry per block size, rows per

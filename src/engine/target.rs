@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::kv::{Side, SideLayout};
-use crate::mem::{HostBuffer, Region, Verify};
+use crate::mem::{Buffer, Region, Verify};
 use crate::nixl::{Agent, Backend, MemType, Nixl, NotifMap, RegDescList, Registration};
 use crate::peer::{
     BackendKind, Channel, KvSetup, NixlReady, PROTOCOL, PeerError, Request, Response, TargetReady, TargetSetup,
@@ -45,7 +45,7 @@ struct UcxSide {
 
 /// The prefill rank's KV cache (KV mode).
 struct KvSide {
-    buf: Rc<HostBuffer>,
+    buf: Rc<Buffer>,
     layout: SideLayout,
     setup: KvSetup,
 }
@@ -55,7 +55,7 @@ struct State {
     nixl: Option<NixlSide>,
     ucx: Option<UcxSide>,
     kv: Option<KvSide>,
-    buf: Rc<HostBuffer>,
+    buf: Rc<Buffer>,
 }
 
 /// Checks an initiator's hello: the session token and the protocol version.
@@ -318,7 +318,7 @@ fn setup_target(
     own_ucx: Option<&std::path::Path>,
 ) -> Result<(State, TargetReady), EngineError> {
     let len = usize::try_from(setup.buffer_bytes).map_err(|_| EngineError::Invalid("buffer too large".into()))?;
-    let buf = Rc::new(HostBuffer::with_options(len, setup.hugepages)?);
+    let buf = Rc::new(Buffer::alloc(len, &setup.target_mem, setup.hugepages)?);
     let mut ready = TargetReady {
         buffer_addr: buf.addr() as u64,
         buffer_len: buf.len() as u64,
@@ -333,7 +333,7 @@ fn setup_target(
             let layout = k.geometry.side(Side::Prefill, k.pool_blocks);
             let len = usize::try_from(layout.total_bytes())
                 .map_err(|_| EngineError::Invalid("KV cache too large for this host".into()))?;
-            let kbuf = Rc::new(HostBuffer::with_options(len, setup.hugepages)?);
+            let kbuf = Rc::new(Buffer::alloc(len, &setup.target_mem, setup.hugepages)?);
             ready.kv_addr = Some(kbuf.addr() as u64);
             Some(KvSide { buf: kbuf, layout, setup: k.clone() })
         }
@@ -345,8 +345,8 @@ fn setup_target(
         let agent = Agent::new(nixl, &name, &setup.agent)?;
         let backend = agent.create_backend(&setup.backend, &setup.backend_params)?;
         let effective = agent.backend_params(&backend).map(|p| p.params).unwrap_or_default();
-        let mut dl = RegDescList::new(nixl, MemType::Dram)?;
-        dl.add(buf.addr(), buf.len(), 0)?;
+        let mut dl = RegDescList::new(nixl, MemType::from(buf.kind()))?;
+        dl.add(buf.addr(), buf.len(), buf.dev_id())?;
         let reg = agent.register_owned(Rc::clone(&buf), dl, Some(&backend))?;
         let kv_reg = match &kv {
             Some(k) => Some(register_kv(&agent, &backend, nixl, &k.buf, &k.layout)?),
@@ -378,12 +378,12 @@ pub(super) fn register_kv(
     agent: &Agent,
     backend: &Backend,
     nixl: &Nixl,
-    buf: &Rc<HostBuffer>,
+    buf: &Rc<Buffer>,
     layout: &SideLayout,
 ) -> Result<Registration, EngineError> {
-    let mut dl = RegDescList::new(nixl, MemType::Dram)?;
+    let mut dl = RegDescList::new(nixl, MemType::from(buf.kind()))?;
     for (off, len) in layout.regions() {
-        dl.add(buf.addr() + off as usize, len as usize, 0)?;
+        dl.add(buf.addr() + off as usize, len as usize, buf.dev_id())?;
     }
     Ok(agent.register_owned(Rc::clone(buf), dl, Some(backend))?)
 }
@@ -392,11 +392,7 @@ fn bad_kv(e: crate::kv::KvError) -> EngineError {
     EngineError::Invalid(e.to_string())
 }
 
-fn setup_ucx(
-    u: &UcxSetup,
-    buf: &Rc<HostBuffer>,
-    kv: Option<&Rc<HostBuffer>>,
-) -> Result<(UcxSide, UcxReady), EngineError> {
+fn setup_ucx(u: &UcxSetup, buf: &Rc<Buffer>, kv: Option<&Rc<Buffer>>) -> Result<(UcxSide, UcxReady), EngineError> {
     let ucx = Ucx::open(&u.lib)?;
     let ctx = Context::new(
         &ucx,

@@ -141,6 +141,15 @@ pub enum MemType {
     Unknown,
 }
 
+impl From<crate::mem::MemKind> for MemType {
+    fn from(k: crate::mem::MemKind) -> MemType {
+        match k {
+            crate::mem::MemKind::Dram => MemType::Dram,
+            crate::mem::MemKind::Vram => MemType::Vram,
+        }
+    }
+}
+
 impl MemType {
     pub(crate) fn to_raw(self) -> sys::nixl_capi_mem_type_t {
         match self {

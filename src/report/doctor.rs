@@ -157,6 +157,25 @@ pub fn render(f: &Facts, d: &Diagnosis, style: &Style) -> String {
             }
         );
     }
+    if let Some(c) = &f.cuda {
+        for d in &c.devices {
+            let yn = |v: Option<bool>| match v {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "?",
+            };
+            let _ = writeln!(
+                s,
+                "      CUDA {} {}  {}  GPUDirect RDMA: {}  dma-buf: {}  (driver CUDA {})",
+                d.index,
+                d.pci,
+                crate::units::Bytes(d.memory_bytes),
+                yn(d.gpudirect_rdma),
+                yn(d.dma_buf),
+                c.driver
+            );
+        }
+    }
     let _ = writeln!(
         s,
         "      modules: {}",

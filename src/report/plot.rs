@@ -201,12 +201,13 @@ const FONTS: &[&str] = &[
     "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
 ];
 
-/// Registers a system font for bitmap text once; the path used, or the
-/// places searched.
+/// Registers a font for bitmap text once (`KVPROBE_FONT`, a TrueType file,
+/// first; then the system's); the path used, or the places searched.
 fn font() -> Result<&'static str, String> {
     static FONT: std::sync::OnceLock<Result<&'static str, String>> = std::sync::OnceLock::new();
     FONT.get_or_init(|| {
-        for f in FONTS {
+        let own: Option<&'static str> = std::env::var("KVPROBE_FONT").ok().map(|s| &*Box::leak(s.into_boxed_str()));
+        for f in own.iter().chain(FONTS.iter()) {
             if let Ok(bytes) = std::fs::read(f) {
                 // The font must live as long as the process (plotters keeps a reference).
                 let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
@@ -215,7 +216,11 @@ fn font() -> Result<&'static str, String> {
                 }
             }
         }
-        Err(format!("no TrueType font found (searched {}); install fonts-dejavu-core", FONTS.join(", ")))
+        Err(format!(
+            "no TrueType font found (searched {}{}); install fonts-dejavu-core or point KVPROBE_FONT at a .ttf",
+            own.map(|o| format!("KVPROBE_FONT={o}, ")).unwrap_or_default(),
+            FONTS.join(", ")
+        ))
     })
     .clone()
 }

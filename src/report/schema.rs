@@ -96,8 +96,27 @@ pub struct Header {
     /// (the yardstick of shared-memory paths).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memcpy_gbps: Option<f64>,
+    /// GPUs of this host as the CUDA driver reports them (sweeps with GPU memory).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<crate::cuda::CudaDevice>,
+    /// Copy rates of the GPU in use, measured before the run (sweeps with GPU memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_copy: Option<GpuCopy>,
     /// Unit conventions, spelled out for readers of the file.
     pub units: BTreeMap<String, String>,
+}
+
+/// A GPU's own copy rates (GB/s = 1e9 B/s), the yardsticks of GPU paths:
+/// device-to-device for cuda_ipc on one GPU, page-locked host-to-device for
+/// cuda_copy staging.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GpuCopy {
+    /// CUDA ordinal.
+    pub gpu: u32,
+    /// `cuMemcpyDtoD`, 256 MiB.
+    pub dtod_gbps: f64,
+    /// `cuMemcpyHtoD` from page-locked host memory, 256 MiB.
+    pub htod_gbps: f64,
 }
 
 /// Facts about the host.
@@ -214,8 +233,14 @@ pub struct Settings {
     pub max_iters: u64,
     /// Whether every timed transfer carries a notification (as in vLLM).
     pub notif_every_transfer: bool,
-    /// Memory type on both sides.
+    /// The memory of both sides, `src -> dst` (`dram -> vram (GPU 0)`).
     pub mem: String,
+    /// Memory the bytes are read from.
+    #[serde(default)]
+    pub src_mem: crate::mem::MemSpec,
+    /// Memory the bytes are written to.
+    #[serde(default)]
+    pub dst_mem: crate::mem::MemSpec,
     /// DRAM buffers on transparent huge pages (`madvise`); false: 4 KiB pages.
     #[serde(default = "crate::peer::yes")]
     pub hugepages: bool,

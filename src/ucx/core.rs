@@ -559,7 +559,7 @@ impl std::fmt::Debug for MemHandle {
 }
 
 impl MemHandle {
-    /// Maps all of `buf` (host memory) into `ctx`.
+    /// Maps all of `buf` (host or GPU memory, as its `kind` says) into `ctx`.
     pub fn map<T: Region + 'static>(ctx: &Context, buf: Rc<T>) -> Result<MemHandle, UcxError> {
         let lib = &ctx.inner.ucx.0;
         let (addr, len) = (buf.addr(), buf.len());
@@ -569,13 +569,25 @@ impl MemHandle {
                 | sys::UCP_MEM_MAP_PARAM_FIELD_MEMORY_TYPE) as u64,
             address: addr as *mut c_void,
             length: len,
-            memory_type: sys::UCS_MEMORY_TYPE_HOST,
+            memory_type: match buf.kind() {
+                crate::mem::MemKind::Dram => sys::UCS_MEMORY_TYPE_HOST,
+                crate::mem::MemKind::Vram => sys::UCS_MEMORY_TYPE_CUDA,
+            },
             ..Default::default()
         };
         let mut m: sys::ucp_mem_h = ptr::null_mut();
         // SAFETY: addr..addr+len is valid memory owned by `buf` (Region's
         // contract), which the handle keeps alive.
-        unsafe { ucx_call!(lib, ucp_mem_map(ctx.inner.raw.as_ptr(), &params, &mut m)) }?;
+        unsafe { ucx_call!(lib, ucp_mem_map(ctx.inner.raw.as_ptr(), &params, &mut m)) }.map_err(|e| {
+            if buf.kind() == crate::mem::MemKind::Vram {
+                UcxError::Invalid(format!(
+                    "{e}: this UCX cannot map GPU memory ({}): its CUDA module (ucx/libuct_cuda.so) did not load, usually because libcudart or libcuda is not found; `kvprobe doctor` lists the modules that load (UCX_LOG_LEVEL=debug says why one does not)",
+                    lib.raw.path.display()
+                ))
+            } else {
+                e
+            }
+        })?;
         let raw = NonNull::new(m).ok_or(UcxError::NullHandle("ucp_mem_map"))?;
         Ok(MemHandle { inner: Rc::new(MemInner { raw, ctx: Rc::clone(&ctx.inner), addr, len, _keep: buf }) })
     }

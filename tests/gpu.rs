@@ -1,0 +1,164 @@
+//! GPU memory: VRAM sweeps with both backends, checked on the GPU side.
+//!
+//! These run where the CUDA driver sees a GPU (the GPU test machine runs this
+//! binary from `debug/gpu-sweep.sh`); elsewhere each prints why it is skipped,
+//! and the one test that needs *no* GPU checks the error a user gets.
+
+mod common;
+
+use common::{kvprobe, require_nixl, results, sweep};
+
+/// Why GPU tests cannot run here, or None when a GPU is present.
+fn no_gpu() -> Option<String> {
+    match kvprobe::cuda::gpu(0) {
+        Ok(_) => None,
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+macro_rules! need_gpu {
+    () => {
+        if let Some(why) = no_gpu() {
+            eprintln!("skipped: no GPU here ({why}); GPU tests run on the GPU machine (debug/gpu-sweep.sh)");
+            return;
+        }
+    };
+}
+
+fn rows(v: &serde_json::Value) -> Vec<serde_json::Value> {
+    v["rows"].as_array().cloned().unwrap_or_default()
+}
+
+fn lanes(row: &serde_json::Value) -> String {
+    row["transport"]["lanes"].to_string()
+}
+
+#[test]
+fn vram_without_a_gpu_is_a_clear_error() {
+    if no_gpu().is_none() {
+        eprintln!("skipped: this host has a GPU, so the no-GPU error cannot be shown here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = sweep(dir.path(), &["--sizes", "1M", "--src-mem", "vram", "--dst-mem", "vram"], &[]);
+    assert_eq!(out.status.code(), Some(2), "a missing GPU is a setup error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("libcuda.so.1") || err.contains("no GPU"), "{err}");
+    assert!(err.contains("LD_LIBRARY_PATH") || err.contains("nvidia-smi"), "says how to fix it: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // Mixed memories need one direction: a usage error before any GPU is touched.
+    let out = sweep(dir.path(), &["--sizes", "1M", "--src-mem", "dram", "--dst-mem", "vram", "--no-pin"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ops"), "names the way out");
+}
+
+#[test]
+fn vram_to_vram_both_backends_move_the_right_bytes() {
+    need_gpu!();
+    require_nixl();
+    let dir = tempfile::tempdir().unwrap();
+    let out = sweep(
+        dir.path(),
+        &["--backend", "nixl,ucx", "--sizes", "4K,1M,16M", "--src-mem", "vram", "--dst-mem", "vram", "--no-fail"],
+        &[("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "y")],
+    );
+    let v = results(dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}\n{:#}", String::from_utf8_lossy(&out.stderr), v["errors"]);
+    let rows = rows(&v);
+    assert_eq!(rows.len(), 12, "2 ops x 3 sizes x 2 backends");
+    for row in &rows {
+        assert_eq!(row["verified"], true, "{row:#}");
+        assert!(row["checks"].as_array().unwrap().iter().all(|c| c["ok"] == true), "{row:#}");
+        assert!(lanes(row).contains("cuda_ipc"), "GPU memory on one GPU goes over cuda_ipc: {row:#}");
+    }
+    assert_eq!(v["header"]["settings"]["src_mem"]["kind"], "vram");
+    assert!(v["header"]["gpu_copy"]["dtod_gbps"].as_f64().unwrap() > 0.0, "the yardstick was measured");
+    assert!(!v["header"]["gpus"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_corrupted_gpu_byte_is_caught_on_the_gpu_side() {
+    need_gpu!();
+    require_nixl();
+    for (op, side) in [("READ", "initiator"), ("WRITE", "target")] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = sweep(
+            dir.path(),
+            &["--sizes", "64K", "--ops", op, "--src-mem", "vram", "--dst-mem", "vram", "--inject", "corrupt-first"],
+            &[("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "y")],
+        );
+        assert_eq!(out.status.code(), Some(1), "{op}: a corrupted byte fails the run");
+        let v = results(dir.path());
+        let row = &rows(&v)[0];
+        let bad = &row["checks"][0];
+        assert_eq!(bad["ok"], false, "{row:#}");
+        assert_eq!(bad["side"], side);
+        assert_eq!(bad["mismatched_bytes"], 1);
+        assert_eq!(bad["first_bad_offset"], 32 * 1024);
+    }
+}
+
+#[test]
+fn kv_shaped_requests_in_gpu_memory_are_checked_per_head() {
+    need_gpu!();
+    require_nixl();
+    let dir = tempfile::tempdir().unwrap();
+    let out = sweep(
+        dir.path(),
+        &[
+            "--backend",
+            "nixl,ucx",
+            "--model",
+            "Llama-3.1-8B",
+            "--isl",
+            "512",
+            "--src-mem",
+            "vram",
+            "--dst-mem",
+            "vram",
+            "--ops",
+            "WRITE",
+            "--no-fail",
+        ],
+        &[],
+    );
+    let v = results(dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}\n{:#}", String::from_utf8_lossy(&out.stderr), v["errors"]);
+    for row in rows(&v) {
+        assert_eq!(row["verified"], true, "{row:#}");
+        assert!(row["kv"].is_object() && row["descs"].as_u64().unwrap() > 1, "{row:#}");
+    }
+}
+
+#[test]
+fn host_to_gpu_goes_through_page_locked_memory() {
+    need_gpu!();
+    require_nixl();
+    let dir = tempfile::tempdir().unwrap();
+    let out = sweep(
+        dir.path(),
+        &[
+            "--backend",
+            "nixl,ucx",
+            "--sizes",
+            "1M,16M",
+            "--src-mem",
+            "dram",
+            "--dst-mem",
+            "vram",
+            "--ops",
+            "WRITE",
+            "--no-fail",
+        ],
+        &[],
+    );
+    let v = results(dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}\n{:#}", String::from_utf8_lossy(&out.stderr), v["errors"]);
+    assert_eq!(v["header"]["settings"]["src_mem"]["pin"], true, "host side page-locked");
+    for row in rows(&v) {
+        assert_eq!(row["verified"], true, "{row:#}");
+    }
+    // The help names the memory flags.
+    let help = kvprobe().args(["sweep", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--src-mem"));
+}
