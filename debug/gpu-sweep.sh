@@ -9,6 +9,7 @@
 #        debug/gpu-build.sh            (release binary + GPU test binary, stripped, in .gpu/)
 # there: debug/gpu-sweep.sh           (carry .gpu and .bundle)
 #   QUICK=1    fewer sizes and no KV rows (a smoke run)
+#   ONLY="kv-random vram-noprogress"   only these steps (names below; doctor and gpu.txt always run)
 set -u
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${GPU_OUT:-$root/gpu-out}
@@ -35,8 +36,10 @@ stamp "doctor done"
 sizes=4K,64K,1M,16M,64M,256M
 [ -n "${QUICK:-}" ] && sizes=64K,16M,256M
 common=(sweep -q --duration 300ms --no-fail)
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 run() { # name args...: one sweep into $out/name, its screen in $out/name.txt
   local name=$1; shift
+  want "$name" || return 0
   "$kv" "${common[@]}" --out "$out/$name" "$@" >"$out/$name.txt" 2>&1
   echo "exit $?" >>"$out/$name.txt"
   stamp "$name: $(tail -1 "$out/$name.txt")"
@@ -50,12 +53,23 @@ if [ -z "${QUICK:-}" ]; then
   run kv-default --backend nixl,ucx --src-mem vram --dst-mem vram --model Llama-3.1-8B --isl 1000,8000
   UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y run kv-tuned --backend nixl,ucx --src-mem vram --dst-mem vram \
     --model Llama-3.1-8B --isl 1000,8000 --backend-param ucx_error_handling_mode=none
+  # a long-running cache hands out scattered block ids: NIXL cannot merge neighbours
+  UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y run kv-random --backend nixl,ucx --src-mem vram --dst-mem vram \
+    --model Llama-3.1-8B --isl 1000,8000 --ops READ --block-pattern random --backend-param ucx_error_handling_mode=none
+  UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y run kv-random-inflight4 --backend nixl --src-mem vram --dst-mem vram \
+    --model Llama-3.1-8B --isl 1000,8000 --ops READ --block-pattern random --inflight 4 \
+    --backend-param ucx_error_handling_mode=none
 fi
+# NIXL's large-transfer gap to raw UCX: with and without NIXL's progress thread
+UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y run vram-progress-thread --backend nixl --src-mem vram --dst-mem vram --ops WRITE \
+  --sizes 16M,64M,256M --backend-param ucx_error_handling_mode=none
+UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y run vram-no-progress-thread --backend nixl --src-mem vram --dst-mem vram --ops WRITE \
+  --sizes 16M,64M,256M --backend-param ucx_error_handling_mode=none --no-progress-thread
 
 # kvprobe's raw UCX vs ucx_perftest -t ucp_put_bw -m cuda: the libucx wheel's UCX for both (NIXL's
 # bundled UCX ships no ucx_perftest), NIXL's UCX settings exported for both, one put in flight and
 # local completion (-O 1 / --ucx-local-completion), one size per kvprobe run.
-(
+want perftest && (
   # the libucx wheel's own dependencies (libcudart, libgomp) sit in libucx_cu13.libs
   export LD_LIBRARY_PATH=/opt/nixl/ucx/lib:/opt/nixl/ucx/libucx_cu13.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   export UCX_NET_DEVICES=lo UCX_RNDV_THRESH=inf UCX_MAX_RMA_RAILS=2 UCX_IB_PCI_RELAXED_ORDERING=try \
@@ -82,8 +96,8 @@ fi
     done
   done
 )
-stamp "perftest comparison done"
-python3 - "$out/perftest" >"$out/perftest.md" <<'EOF'
+want perftest && stamp "perftest comparison done"
+want perftest && python3 - "$out/perftest" >"$out/perftest.md" <<'EOF'
 import glob, json, os, re, statistics, sys
 d = sys.argv[1]
 rows = {}
@@ -112,10 +126,10 @@ for s in sorted({k[0] for k in rows}):
 print()
 print("medians of 3 rounds; GB/s = 1e9 bytes/s (ucx_perftest's MB/s is MiB/s, converted)")
 EOF
-cat "$out/perftest.md"
+want perftest && cat "$out/perftest.md"
 
 # The GPU integration tests (the same binary CI runs, where they skip).
-if [ -x "$root/.gpu/gpu-tests" ]; then
+if want tests && [ -x "$root/.gpu/gpu-tests" ]; then
   KVPROBE_BIN="$kv" "$root/.gpu/gpu-tests" --test-threads=1 --nocapture >"$out/gpu-tests.txt" 2>&1
   echo "exit $?" >>"$out/gpu-tests.txt"
   stamp "tests: $(grep -E '^test result' "$out/gpu-tests.txt")"

@@ -438,6 +438,40 @@ mod tests {
         }
     }
 
+    fn lanes_of(lanes: &[&str], protocol: &str) -> Transport {
+        let mut t =
+            from_request_info("get into cuda memory length 1048576 zero-copy cuda_ipc/cuda 1 MB/s 1 us", vec![]);
+        t.lanes = lanes.iter().map(|s| s.to_string()).collect();
+        t.protocol = protocol.into();
+        t
+    }
+
+    #[test]
+    fn gpu_paths_off_cuda_ipc_are_explained() {
+        let offered = [res("cuda_ipc", "cuda"), res("cuda_copy", "cuda"), res("tcp", "lo")];
+        let both = GpuEnds { src_vram: true, dst_vram: true, get_forced: false };
+        let tcp = lanes_of(&["cuda/GPU0", "tcp/lo"], "software emulation");
+        // READ without NVLink: cuda_ipc GET is off
+        let f = gpu_flags(&tcp, true, true, &offered, &both);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].kind, "cuda-ipc-get-disabled");
+        assert!(f[0].fix.contains("UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y"));
+        // forced on but still not cuda_ipc, or a WRITE: the generic GPU finding
+        let forced = GpuEnds { get_forced: true, ..both };
+        assert_eq!(gpu_flags(&tcp, true, true, &offered, &forced)[0].kind, "gpu-not-on-cuda-ipc");
+        assert_eq!(gpu_flags(&tcp, false, true, &offered, &both)[0].kind, "gpu-not-on-cuda-ipc");
+        // on cuda_ipc, across hosts, or a UCX without cuda_ipc: nothing to say
+        let ipc = lanes_of(&["cuda/GPU0", "cuda_ipc/cuda"], "zero-copy");
+        assert!(gpu_flags(&ipc, true, true, &offered, &both).is_empty());
+        assert!(gpu_flags(&tcp, true, false, &offered, &both).is_empty());
+        assert!(gpu_flags(&tcp, true, true, &[res("tcp", "lo")], &both).is_empty());
+        // host memory on one end: UCX emulates, and says so
+        let mixed = GpuEnds { src_vram: false, dst_vram: true, get_forced: false };
+        let f = gpu_flags(&lanes_of(&["tcp/lo"], "software emulation"), false, true, &offered, &mixed);
+        assert_eq!(f[0].kind, "host-gpu-rma-emulated");
+        assert!(f[0].evidence.contains("tcp/lo"));
+    }
+
     #[test]
     fn used_tables_parse_with_counts() {
         let t = parse_proto_tables(USED);

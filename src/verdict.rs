@@ -593,6 +593,48 @@ mod tests {
         assert!(v.paths[0].expected.as_ref().unwrap().basis.contains("--expect-gbps"));
     }
 
+    fn on_gpu(r: &mut SweepResults, src_gpu: u32, dst_gpu: u32) {
+        use crate::mem::{MemKind, MemSpec};
+        r.header.settings.src_mem = MemSpec { kind: MemKind::Vram, gpu: src_gpu, pin: false };
+        r.header.settings.dst_mem = MemSpec { kind: MemKind::Vram, gpu: dst_gpu, pin: false };
+        r.header.gpu_copy = Some(crate::report::schema::GpuCopy { gpu: src_gpu, dtod_gbps: 1400.0, htod_gbps: 55.0 });
+    }
+
+    #[test]
+    fn cuda_ipc_on_one_gpu_is_judged_against_its_device_copy() {
+        let mut r = base();
+        on_gpu(&mut r, 0, 0);
+        set_lanes(&mut r, &["cuda_ipc/cuda"], &[]);
+        rows_at(&mut r, 1350.0);
+        let v = judge(&r, &Facts::default(), &Thresholds::default(), Some(10.0));
+        assert_eq!(v.grade, Grade::Pass, "{v:#?}");
+        assert_eq!(v.paths[0].class, "cuda_ipc");
+        assert!(v.paths[0].expected.as_ref().unwrap().basis.contains("device-to-device"));
+        rows_at(&mut r, 800.0); // 57%: warn
+        assert_eq!(judge(&r, &Facts::default(), &Thresholds::default(), None).grade, Grade::Warn);
+        // two GPUs without NVLink: no table rate, so not judged (a warning that says so)
+        on_gpu(&mut r, 0, 1);
+        let v = judge(&r, &Facts::default(), &Thresholds::default(), None);
+        assert!(v.paths[0].expected.is_none(), "{v:#?}");
+        // staging through cuda_copy is judged against the host-to-device copy
+        set_lanes(&mut r, &["cuda_copy/cuda"], &[]);
+        rows_at(&mut r, 50.0);
+        let v = judge(&r, &Facts::default(), &Thresholds::default(), None);
+        assert_eq!(v.paths[0].class, "cuda_copy");
+        assert!(v.paths[0].expected.as_ref().unwrap().basis.contains("host-to-device"), "{v:#?}");
+    }
+
+    #[test]
+    fn a_gpu_read_that_left_cuda_ipc_fails() {
+        let mut r = base();
+        on_gpu(&mut r, 0, 0);
+        set_lanes(&mut r, &["tcp/lo"], &["software-emulation", "cuda-ipc-get-disabled"]);
+        rows_at(&mut r, 0.45);
+        let v = judge(&r, &Facts::default(), &Thresholds::default(), None);
+        assert_eq!(v.grade, Grade::Fail, "emulation on TCP alone only warns; a GPU READ off cuda_ipc fails");
+        assert!(v.paths[0].reasons.iter().any(|x| x.check == "cuda-ipc-get-disabled" && x.grade == Grade::Fail));
+    }
+
     #[test]
     fn tcp_between_hosts_with_efa_fails_whatever_the_rate() {
         let mut r = base();

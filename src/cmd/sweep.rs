@@ -1011,3 +1011,34 @@ fn wait_listening(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_flags_place_each_side() {
+        let (r, w) = (XferOp::Read, XferOp::Write);
+        let (v, d) = (MemKind::Vram, MemKind::Dram);
+        // same memory both ends: both ops, both sides alike
+        let (s, t, tgt, ini) = mem_sides(&[r, w], v, v, Some((1, 1)), true, false).unwrap();
+        assert_eq!((s, t), (MemSpec::vram(1), MemSpec::vram(1)));
+        assert_eq!((tgt, ini), (MemSpec::vram(1), MemSpec::vram(1)));
+        // READ reads the target: source memory is the target's
+        let (_, _, tgt, ini) = mem_sides(&[r], v, d, Some((2, 2)), true, false).unwrap();
+        assert_eq!(tgt, MemSpec::vram(2));
+        assert_eq!(ini, MemSpec { kind: MemKind::Dram, gpu: 2, pin: true }, "host side pinned for that GPU");
+        // WRITE reads the initiator
+        let (_, _, tgt, ini) = mem_sides(&[w], v, d, None, true, false).unwrap();
+        assert_eq!((tgt.kind, ini.kind), (MemKind::Dram, MemKind::Vram));
+        // across hosts, or --no-pin: nothing pinned
+        assert!(!mem_sides(&[r], v, d, None, true, true).unwrap().3.pin);
+        assert!(!mem_sides(&[r], v, d, None, false, false).unwrap().3.pin);
+        // mixed memories with both directions, or --gpu without GPU memory: refused with the way out
+        assert!(mem_sides(&[r, w], d, v, None, true, false).unwrap_err().contains("--ops"));
+        assert!(mem_sides(&[r], d, d, Some((0, 0)), true, false).unwrap_err().contains("--src-mem vram"));
+        assert_eq!(parse_gpus("0,3"), Ok((0, 3)));
+        assert_eq!(parse_gpus("2"), Ok((2, 2)));
+        assert!(parse_gpus("a").is_err());
+    }
+}

@@ -86,9 +86,13 @@ pub fn render(r: &SweepResults, style: Style) -> String {
         out.push('\n');
     }
     out.push_str(&format!(
-        "{} memory ({}), {} path, progress thread {}, notifications on {} transfer{}\n",
+        "{} memory{}, {} path, progress thread {}, notifications on {} transfer{}\n",
         h.settings.mem,
-        if h.settings.hugepages { "huge pages" } else { "4 KiB pages" },
+        match (h.settings.src_mem.kind, h.settings.dst_mem.kind, h.settings.hugepages) {
+            (crate::mem::MemKind::Vram, crate::mem::MemKind::Vram, _) => "",
+            (_, _, true) => " (host buffers on huge pages)",
+            (_, _, false) => " (host buffers on 4 KiB pages)",
+        },
         h.settings.xfer_path,
         if h.settings.agent.progress_thread { "on" } else { "off" },
         if h.settings.notif_every_transfer { "every" } else { "the checked" },
