@@ -9,8 +9,14 @@
 #        debug/gpu-build.sh            (release binary + GPU test binary, stripped, in .gpu/)
 # there: debug/gpu-sweep.sh           (carry .gpu and .bundle)
 #   QUICK=1    fewer sizes and no KV rows (a smoke run)
-#   ONLY="kv-random vram-noprogress"   only these steps (names below; doctor and gpu.txt always run)
+#   ONLY="kv-random perftest"   only these steps, space-separated (doctor and gpu.txt always run):
+#     vram-default vram-tuned h2d-write d2h-read kv-default kv-tuned kv-random kv-random-inflight4
+#     vram-progress-thread vram-no-progress-thread perftest tests
 set -u
+steps=" vram-default vram-tuned h2d-write d2h-read kv-default kv-tuned kv-random kv-random-inflight4 vram-progress-thread vram-no-progress-thread perftest tests "
+for s in ${ONLY:-}; do
+  [[ "$steps" == *" $s "* ]] || { echo "ONLY: unknown step '$s' (steps:$steps)" >&2; exit 2; }
+done
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${GPU_OUT:-$root/gpu-out}
 mkdir -p "$out"
@@ -25,6 +31,10 @@ export KVPROBE_NIXL_LIB=/opt/nixl/nixl
 perftest=/opt/nixl/ucx/bin/ucx_perftest
 libucp=/opt/nixl/ucx/lib/libucp.so.0
 t0=$(date +%s)
+# whatever happens (a step that hangs until the device tool's limit included), what was measured
+# is packed for the device tool
+pack() { if [ -n "${OUT:-}" ]; then tar -C "$out" -czf "$OUT/gpu-results.tar.gz" . 2>/dev/null; fi; }
+trap pack EXIT
 stamp() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
 
 { nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,pci.bus_id,memory.total --format=csv
@@ -43,6 +53,7 @@ run() { # name args...: one sweep into $out/name, its screen in $out/name.txt
   "$kv" "${common[@]}" --out "$out/$name" "$@" >"$out/$name.txt" 2>&1
   echo "exit $?" >>"$out/$name.txt"
   stamp "$name: $(tail -1 "$out/$name.txt")"
+  pack
 }
 run vram-default --backend nixl,ucx --src-mem vram --dst-mem vram --sizes "$sizes"
 UCX_CUDA_IPC_ENABLE_GET_ZCOPY=y run vram-tuned --backend nixl,ucx --src-mem vram --dst-mem vram --sizes "$sizes" \
@@ -81,13 +92,14 @@ want perftest && (
       n=$(( (32 << 30) / b )); [ "$n" -lt 200 ] && n=200
       for w in 1 default; do
         log="$out/perftest/perftest-$s-O$w-r$r.log"; mkdir -p "$out/perftest"
-        "$perftest" -p $port -m cuda >"$log.server" 2>&1 &
+        timeout 90 "$perftest" -p $port -m cuda >"$log.server" 2>&1 &
         spid=$!
         sleep 0.5
         args=(127.0.0.1 -p $port -t ucp_put_bw -m cuda -s "$b" -n "$n" -w $(( n / 10 + 1 )))
         [ "$w" != default ] && args+=(-O "$w")
         timeout 60 "$perftest" "${args[@]}" >"$log" 2>&1
-        wait $spid 2>/dev/null
+        # a server whose client never came (started too late, killed) is ended, not waited for
+        sleep 0.2; kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
         port=$(( port + 1 ))
       done
       d="$out/perftest/kvprobe-$s-r$r"
@@ -141,4 +153,4 @@ for d in "$out"/*/ "$out"/perftest/*/; do
   rm -f "$d/results.csv"
 done
 du -sh "$out"
-if [ -n "${OUT:-}" ]; then tar -C "$out" -czf "$OUT/gpu-results.tar.gz" . && ls -la "$OUT"; fi
+pack; [ -n "${OUT:-}" ] && ls -la "$OUT"

@@ -303,9 +303,9 @@ impl Cuda {
     /// Name, PCI address, memory and GPUDirect attributes of GPU `index`.
     pub fn device_facts(&self, index: u32) -> Result<CudaDevice, CudaError> {
         let dev = self.device(index)?;
-        let mut name = [0 as c_char; 128];
+        let mut name = [0u8; 128];
         // SAFETY: the buffer has the stated length.
-        unsafe { cu_call!(self.0, cuDeviceGetName(name.as_mut_ptr(), name.len() as c_int, dev)) }?;
+        unsafe { cu_call!(self.0, cuDeviceGetName(name.as_mut_ptr().cast(), name.len() as c_int, dev)) }?;
         let mut total: usize = 0;
         // SAFETY: valid out-pointer.
         unsafe { cu_call!(self.0, cuDeviceTotalMem_v2(&mut total, dev)) }?;
@@ -320,7 +320,9 @@ impl Cuda {
         let dmabuf = self.attribute(dev, raw::ATTR_DMA_BUF_SUPPORTED).map(|v| v != 0).ok();
         Ok(CudaDevice {
             index,
-            name: c_text(name.as_ptr()),
+            name: CStr::from_bytes_until_nul(&name)
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| String::from_utf8_lossy(&name).into_owned()),
             pci,
             memory_bytes: total as u64,
             gpudirect_rdma: gdr,
@@ -383,6 +385,12 @@ thread_local! {
     static GPUS: RefCell<(Option<Cuda>, HashMap<u32, Gpu>)> = RefCell::new((None, HashMap::new()));
 }
 
+/// Drops this thread's cached GPUs: each primary context is released once the
+/// last buffer of it is gone (the driver stays loaded).
+pub fn release_all() {
+    GPUS.with(|g| g.borrow_mut().1.clear());
+}
+
 /// GPU `index` with its primary context current, loading the driver on first
 /// use; later calls on this thread return the same context.
 pub fn gpu(index: u32) -> Result<Gpu, CudaError> {
@@ -439,33 +447,40 @@ impl Gpu {
         &self.0.name
     }
 
-    /// Allocates `len` bytes of device memory.
+    /// Allocates `len` bytes of device memory, with synchronous memory
+    /// operations (see below).
     pub fn alloc(&self, len: usize) -> Result<DeviceBuffer, CudaError> {
-        self.make_current()?;
-        let mut p: raw::CuDevicePtr = 0;
-        // SAFETY: valid out-pointer; the context is current.
-        unsafe { cu_call!(self.0.cuda.0, cuMemAlloc_v2(&mut p, len.max(1))) }?;
-        let buf = DeviceBuffer { ptr: p, len, gpu: self.clone() };
+        let buf = self.alloc_plain(len)?;
         let one: c_uint = 1;
         // SYNC_MEMOPS: copies kvprobe makes to check data are ordered after
         // whatever another process's IPC copy did to this memory (what UCX's
         // cuda_ipc users set on exported memory).
-        // SAFETY: `one` is the u32 this attribute takes; p is our allocation.
+        // SAFETY: `one` is the u32 this attribute takes; the pointer is our allocation.
         unsafe {
             cu_call!(
                 self.0.cuda.0,
-                cuPointerSetAttribute((&one as *const c_uint).cast(), raw::POINTER_ATTRIBUTE_SYNC_MEMOPS, p)
+                cuPointerSetAttribute((&one as *const c_uint).cast(), raw::POINTER_ATTRIBUTE_SYNC_MEMOPS, buf.ptr)
             )
         }?;
         Ok(buf)
+    }
+
+    /// Allocates `len` bytes of device memory with the driver's defaults
+    /// (asynchronous device-to-device copies: the copy-rate yardstick).
+    fn alloc_plain(&self, len: usize) -> Result<DeviceBuffer, CudaError> {
+        self.make_current()?;
+        let mut p: raw::CuDevicePtr = 0;
+        // SAFETY: valid out-pointer; the context is current.
+        unsafe { cu_call!(self.0.cuda.0, cuMemAlloc_v2(&mut p, len.max(1))) }?;
+        Ok(DeviceBuffer { ptr: p, len, gpu: self.clone() })
     }
 
     /// Device-to-device copy rate of this GPU, bytes/s: `iters` copies of
     /// `len` bytes between two fresh buffers, after one warm-up copy (what
     /// cuda_ipc between two processes on one GPU does at best).
     pub fn dtod_rate(&self, len: usize, iters: u32) -> Result<f64, CudaError> {
-        let a = self.alloc(len)?;
-        let b = self.alloc(len)?;
+        let a = self.alloc_plain(len)?;
+        let b = self.alloc_plain(len)?;
         let api = &self.0.cuda.0;
         // SAFETY: both allocations hold len bytes and live to the end of this function.
         unsafe { cu_call!(api, cuMemcpyDtoD_v2(b.ptr, a.ptr, len)) }?;
@@ -492,7 +507,7 @@ impl Gpu {
         })?;
         // SAFETY: exactly host's mapping; the guard drops before host (declared after it).
         let _pin = unsafe { self.pin(crate::mem::Region::addr(&host), len) }?;
-        let dev = self.alloc(len)?;
+        let dev = self.alloc_plain(len)?;
         let api = &self.0.cuda.0;
         let src = crate::mem::Region::addr(&host) as *const c_void;
         // SAFETY: both ranges hold len bytes and outlive the copies (synchronous for pinned sources once synchronized).

@@ -722,6 +722,23 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
             }
         }
     }
+    let narrow: Vec<String> = t
+        .gpus
+        .iter()
+        .filter_map(|g| {
+            let l = g.pcie.as_ref().filter(|l| l.narrowed())?;
+            Some(format!("{}: x{} of x{} ({})", g.pci, l.width.unwrap_or(0), l.max_width.unwrap_or(0), l.speed))
+        })
+        .collect();
+    if !narrow.is_empty() {
+        out.push(finding(
+            Severity::Warning,
+            "gpu-pcie-narrowed",
+            "a GPU's PCIe link runs on fewer lanes than it supports: host<->GPU staging and GPUDirect traffic get that fraction",
+            format!("sysfs current_link_width vs max_link_width: {}", narrow.join("; ")),
+            "reseat the card or check the slot/riser and BIOS bifurcation settings; lspci -vv shows LnkSta vs LnkCap",
+        ));
+    }
     if !nvidia.is_empty() && f.nvml.is_none() && f.root == Path::new("/") {
         out.push(finding(
             Severity::Info,

@@ -20,7 +20,7 @@ use crate::mem::Verify;
 use crate::nixl::AgentConfig;
 
 /// Protocol version; both sides must agree.
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
 
 /// Largest message accepted (metadata of a big registration is a few MB at most).
 const MAX_MESSAGE: u32 = 64 << 20;

@@ -93,6 +93,31 @@ pub struct Gpu {
     pub device: String,
     /// NUMA node.
     pub numa: Option<i32>,
+    /// The PCIe link, when sysfs shows it (a VM's emulated bridge may not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcie: Option<PcieLink>,
+}
+
+/// A PCIe link as sysfs reports it (`current_link_speed`, `current_link_width`
+/// and their `max_` forms).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PcieLink {
+    /// `32.0 GT/s PCIe` (GPUs lower it when idle: not a fault by itself).
+    pub speed: String,
+    /// Lanes in use.
+    pub width: Option<u32>,
+    /// Fastest the device and slot support.
+    pub max_speed: String,
+    /// Most lanes the device supports.
+    pub max_width: Option<u32>,
+}
+
+impl PcieLink {
+    /// Fewer lanes than the device supports: a card in a narrower slot or a
+    /// link trained down (a real loss, unlike an idle speed drop).
+    pub fn narrowed(&self) -> bool {
+        matches!((self.width, self.max_width), (Some(w), Some(m)) if w < m)
+    }
 }
 
 /// What the host has.
@@ -201,6 +226,7 @@ pub fn discover(root: &Path) -> Topology {
                 vendor: read_trim(&path.join("vendor")).unwrap_or_default(),
                 device: read_trim(&path.join("device")).unwrap_or_default(),
                 numa: numa_of(&path),
+                pcie: pcie_of(&path),
                 pci,
             });
         }
@@ -212,6 +238,17 @@ pub fn discover(root: &Path) -> Topology {
         .and_then(|s| s.lines().next().map(|l| l.trim().to_string()));
     t.modules = MODULES.iter().filter(|m| sysfs.join("module").join(m).exists()).map(|m| m.to_string()).collect();
     t
+}
+
+fn pcie_of(dev: &Path) -> Option<PcieLink> {
+    let speed = read_trim(&dev.join("current_link_speed"))?;
+    let width = |f: &str| read_trim(&dev.join(f)).and_then(|s| s.trim_start_matches('x').parse().ok());
+    Some(PcieLink {
+        speed,
+        width: width("current_link_width"),
+        max_speed: read_trim(&dev.join("max_link_speed")).unwrap_or_default(),
+        max_width: width("max_link_width"),
+    })
 }
 
 /// Whether the host has AWS EFA devices (an RDMA device bound to the `efa` driver).

@@ -137,7 +137,12 @@ fn p5() -> Tree {
 fn mlx5_ib() -> Tree {
     let t = Tree::new("5.15.0-105-generic", 2);
     for g in 0..8 {
-        t.pci(&format!("0000:{:02x}:00.0", 0x18 + g * 0x10), "0x030200", "0x10de", "0x2330", g / 4, "nvidia");
+        let dev = t.pci(&format!("0000:{:02x}:00.0", 0x18 + g * 0x10), "0x030200", "0x10de", "0x2330", g / 4, "nvidia");
+        // GPU 5 trained down to x8 (a bad riser); the others run x16, idle at a low speed
+        t.file(&format!("{dev}/current_link_width"), if g == 5 { "8\n" } else { "16\n" });
+        t.file(&format!("{dev}/max_link_width"), "16\n");
+        t.file(&format!("{dev}/current_link_speed"), "2.5 GT/s PCIe\n");
+        t.file(&format!("{dev}/max_link_speed"), "32.0 GT/s PCIe\n");
     }
     for i in 0..8 {
         let addr = format!("0000:{:02x}:00.0", 0x1a + i * 0x10);
@@ -361,6 +366,10 @@ fn doctor_on_an_ib_fixture_flags_the_down_port_and_missing_rc() {
     assert_eq!(finding(&v, "ucx-no-rdma-on-ib")["severity"], "error");
     // nvidia_peermem is loaded: no GPUDirect complaint
     assert!(!ids(&v).iter().any(|i| i.starts_with("gpudirect")), "{:?}", ids(&v));
+    // one GPU on 8 of its 16 lanes; an idle GPU's low link speed is not a finding
+    let narrow = finding(&v, "gpu-pcie-narrowed");
+    let ev = narrow["evidence"].as_str().unwrap();
+    assert!(ev.contains("0000:68:00.0: x8 of x16") && !ev.contains("0000:18:00.0"), "{narrow}");
     assert_eq!(code, 2);
 }
 

@@ -367,6 +367,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
     for g in &local_gpus {
         crate::cuda::gpu(*g).map_err(|e| CliError::usage(anyhow!(e)))?;
     }
+    crate::cuda::release_all();
     let host_sides = [Some(initiator_mem), a.peer.is_none().then_some(target_mem)]
         .into_iter()
         .flatten()
@@ -383,8 +384,9 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         _ => {}
     }
     let max = sizes.iter().copied().max().unwrap_or(0);
-    if let (Some(k), Some(avail)) = (&kv_plan, crate::hostinfo::mem_available()) {
-        let need = k.memory_bytes();
+    if let (Some(k), Some(avail)) = (&kv_plan, crate::hostinfo::mem_available().filter(|_| host_sides > 0)) {
+        // both ranks' caches: only the sides in host memory need host memory
+        let need = k.memory_bytes() / 2 * host_sides;
         if need.saturating_add(256 << 20) > avail {
             return Err(CliError::usage(anyhow!(
                 "these KV caches need {} of memory (both ranks' regions for {} requests in flight plus a contiguous buffer of the largest request on each side), but only {} is available: use fewer/shorter --isl, a smaller --inflight, or contiguous --block-pattern",
@@ -558,6 +560,9 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
             Ok(c) => results.header.gpu_copy = Some(c),
             Err(e) => results.warnings.push(format!("GPU copy rates: {e}")),
         }
+        // The helpers own the GPU from here: no context of ours stays on it
+        // (memory, and exclusive-process compute mode).
+        crate::cuda::release_all();
     }
     child::install_interrupt_handler();
     plan.nixl_lib = loc.lib.clone();
@@ -923,11 +928,10 @@ fn row_flags(t: &crate::report::schema::Transport, read: bool, r: &SweepResults)
     let gpu = transport::GpuEnds {
         src_vram: s.src_mem.kind == crate::mem::MemKind::Vram,
         dst_vram: s.dst_mem.kind == crate::mem::MemKind::Vram,
-        get_forced: r
-            .header
-            .env
-            .iter()
-            .any(|(k, v)| k == "UCX_CUDA_IPC_ENABLE_GET_ZCOPY" && v.starts_with(['y', 'Y', '1'])),
+        get_forced: r.header.env.iter().any(|(k, v)| {
+            k == "UCX_CUDA_IPC_ENABLE_GET_ZCOPY"
+                && ["y", "yes", "on", "1", "true"].contains(&v.trim().to_ascii_lowercase().as_str())
+        }),
     };
     let g = transport::gpu_flags(t, read, intra, resources(r), &gpu);
     // A GPU finding explains the TCP path better than the generic one.

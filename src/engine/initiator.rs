@@ -520,7 +520,10 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
     let resources =
         view_ucx.and_then(|u| crate::ucx::info::device_view(&u).ok()).map(|v| v.resources).unwrap_or_default();
     emit(Event::Started(Started {
-        buffer_numa: crate::mem::numa_node_of(conn.buf.addr()),
+        // GPU memory has no NUMA node of its own to look up
+        buffer_numa: (conn.buf.kind() == crate::mem::MemKind::Dram)
+            .then(|| crate::mem::numa_node_of(conn.buf.addr()))
+            .flatten(),
         initiator_pid: std::process::id(),
         resources,
         target: PeerInfo {

@@ -144,11 +144,21 @@ pub fn render(f: &Facts, d: &Diagnosis, style: &Style) -> String {
         let nv = f.nvml.as_ref().and_then(|n| n.gpus.iter().find(|x| x.pci == g.pci));
         let _ = writeln!(
             s,
-            "      GPU  {:<12} {}:{}  NUMA {:<3} {}",
+            "      GPU  {:<12} {}:{}  NUMA {:<3} {}{}",
             g.pci,
             g.vendor,
             g.device,
             g.numa.map_or("-".into(), |v| v.to_string()),
+            match &g.pcie {
+                Some(l) => format!(
+                    "PCIe x{} {} (max x{} {})  ",
+                    l.width.map_or("?".into(), |w| w.to_string()),
+                    l.speed,
+                    l.max_width.map_or("?".into(), |w| w.to_string()),
+                    l.max_speed
+                ),
+                None => String::new(),
+            },
             match nv {
                 Some(x) if x.nvlinks.is_empty() => format!("{}  NVLink: none active", x.name),
                 Some(x) => format!("{}  NVLink: {} active link(s)", x.name, x.nvlinks.len()),
