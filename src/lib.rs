@@ -21,6 +21,7 @@ pub mod mem;
 pub mod nixl;
 pub mod nvml;
 pub mod peer;
+pub mod pipeline;
 pub mod report;
 pub mod topology;
 pub mod transport;
