@@ -23,6 +23,7 @@ pub mod nvml;
 pub mod peer;
 pub mod pipeline;
 pub mod report;
+pub mod rng;
 pub mod topology;
 pub mod transport;
 pub mod ucx;

@@ -8,35 +8,12 @@
 use super::*;
 use crate::kv::Geometry;
 use crate::report::schema::{BlockPattern, KvRow};
+use crate::rng::SplitMix64;
 use crate::ucx::Request as UcxRequest;
 
 /// Seeds for the contiguous reference transfer are kept apart from the
 /// KV rows' own.
 const REFERENCE_ROW: usize = 1 << 20;
-
-/// SplitMix64: deterministic block ids for `--block-pattern random`.
-struct Ids(u64);
-
-impl Ids {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// `n` distinct ids out of `0..pool` (partial Fisher-Yates).
-    fn sample(&mut self, n: u64, pool: u64) -> Vec<u64> {
-        let mut all: Vec<u64> = (0..pool).collect();
-        for i in 0..n.min(pool) as usize {
-            let j = i + (self.next() % (pool - i as u64)) as usize;
-            all.swap(i, j);
-        }
-        all.truncate(n as usize);
-        all
-    }
-}
 
 /// The block ids of one request on both sides (request block k lives in
 /// block `local[k]` of the decode cache and `remote[k]` of the prefill cache).
@@ -56,7 +33,7 @@ struct IdSource {
     blocks: u64,
     /// Blocks per slot.
     part: u64,
-    rng: Ids,
+    rng: SplitMix64,
 }
 
 impl IdSource {
@@ -68,7 +45,8 @@ impl IdSource {
                 ReqIds { local: ids.clone(), remote: ids }
             }
             BlockPattern::Random => {
-                let pick = |rng: &mut Ids| rng.sample(self.blocks, self.part).into_iter().map(|b| b + base).collect();
+                let pick =
+                    |rng: &mut SplitMix64| rng.sample(self.blocks, self.part).into_iter().map(|b| b + base).collect();
                 ReqIds { local: pick(&mut self.rng), remote: pick(&mut self.rng) }
             }
         }
@@ -168,7 +146,7 @@ impl Session<'_> {
             pattern: kvp.pattern,
             blocks: shape.blocks,
             part: pool / u64::from(inflight),
-            rng: Ids(seed_for(index, 7)),
+            rng: SplitMix64::new(seed_for(index, 7)),
         };
         let ctx = KvCtx { g: &g, kinds: &kinds, layout: &layout, remote: &remote_layout, pos: &pos, op, isl, pool };
         let notifs = matches!(backend, BackendKind::Nixl);
