@@ -1,7 +1,8 @@
 //! The PD pipeline: load sweeps against an OpenAI-compatible endpoint
-//! (`bench`), an engine emulator (`emulate`) and plots (`viz`). Issue 7 is
-//! built here a piece at a time: so far [`metrics`] (vLLM bench's
-//! definitions) and [`arrivals`] (request-rate schedules).
+//! (`bench`), an engine emulator (`emulate`) and plots (`viz`).
+//! [`metrics`] holds vLLM bench's definitions, [`arrivals`] the request-rate
+//! schedules, [`result`] the files a bench run writes.
 
 pub mod arrivals;
 pub mod metrics;
+pub mod result;
