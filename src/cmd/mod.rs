@@ -4,8 +4,10 @@
 //! error, lost peer); 2 bad input or setup (bad flag, NIXL not found);
 //! 130 interrupted.
 
+pub mod bench;
 pub mod compare;
 pub mod doctor;
+pub mod emulate;
 pub mod info;
 pub mod initiator;
 pub mod kv_shape;
@@ -39,6 +41,10 @@ pub enum Cmd {
     Doctor(doctor::DoctorArgs),
     /// Print what one prefill->decode request moves for a model: bytes per token, regions, block length per rank, descriptors and bytes per request
     KvShape(kv_shape::KvShapeArgs),
+    /// Load-test an OpenAI-compatible /v1/completions endpoint: concurrency or request-rate sweeps with vLLM bench's metrics and files
+    Bench(Box<bench::BenchArgs>),
+    /// Serve an OpenAI-compatible EMULATOR of a serving engine (collocated or prefill/decode timing model, KV transfer time from a sweep); no model runs
+    Emulate(Box<emulate::EmulateArgs>),
     /// Show where NIXL was found, its version, plugins and backend parameters
     Info(info::InfoArgs),
     /// (internal) serve one initiator session as the target process
@@ -84,6 +90,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Compare(a) => compare::run(*a),
         Cmd::Doctor(a) => doctor::run(a),
         Cmd::KvShape(a) => kv_shape::run(a),
+        Cmd::Bench(a) => bench::run(*a),
+        Cmd::Emulate(a) => emulate::run(*a),
         Cmd::Info(a) => info::run(a),
         Cmd::Target(a) => target::run(a),
         Cmd::Initiator(a) => initiator::run(a),

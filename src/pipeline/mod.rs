@@ -4,5 +4,9 @@
 //! schedules, [`result`] the files a bench run writes.
 
 pub mod arrivals;
+pub mod bench;
+pub mod emulate;
+pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod result;
