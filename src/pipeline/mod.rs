@@ -6,3 +6,4 @@
 pub mod arrivals;
 pub mod metrics;
 pub mod result;
+pub mod viz;
