@@ -12,6 +12,7 @@ pub mod kv_shape;
 pub mod serve;
 pub mod sweep;
 pub mod target;
+pub mod viz;
 
 use std::process::ExitCode;
 
@@ -39,6 +40,8 @@ pub enum Cmd {
     Doctor(doctor::DoctorArgs),
     /// Print what one prefill->decode request moves for a model: bytes per token, regions, block length per rank, descriptors and bytes per request
     KvShape(kv_shape::KvShapeArgs),
+    /// Plot bench results (throughput per node vs latency with pareto frontiers, TPOT/TTFT vs load) and transport sweeps, PNG and SVG
+    Viz(Box<viz::VizArgs>),
     /// Show where NIXL was found, its version, plugins and backend parameters
     Info(info::InfoArgs),
     /// (internal) serve one initiator session as the target process
@@ -85,6 +88,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Doctor(a) => doctor::run(a),
         Cmd::KvShape(a) => kv_shape::run(a),
         Cmd::Info(a) => info::run(a),
+        Cmd::Viz(a) => viz::run(*a),
         Cmd::Target(a) => target::run(a),
         Cmd::Initiator(a) => initiator::run(a),
     }
