@@ -14,6 +14,7 @@ pub mod kv_shape;
 pub mod serve;
 pub mod sweep;
 pub mod target;
+pub mod viz;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,8 @@ pub enum Cmd {
     Bench(Box<bench::BenchArgs>),
     /// Serve an OpenAI-compatible EMULATOR of a serving engine (collocated or prefill/decode timing model, KV transfer time from a sweep); no model runs
     Emulate(Box<emulate::EmulateArgs>),
+    /// Plot bench results (throughput per node vs latency with pareto frontiers, TPOT/TTFT vs load) and transport sweeps, PNG and SVG
+    Viz(Box<viz::VizArgs>),
     /// Show where NIXL was found, its version, plugins and backend parameters
     Info(info::InfoArgs),
     /// (internal) serve one initiator session as the target process
@@ -93,6 +96,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Bench(a) => bench::run(*a),
         Cmd::Emulate(a) => emulate::run(*a),
         Cmd::Info(a) => info::run(a),
+        Cmd::Viz(a) => viz::run(*a),
         Cmd::Target(a) => target::run(a),
         Cmd::Initiator(a) => initiator::run(a),
     }

@@ -416,17 +416,24 @@ pub fn error_kind(e: &str) -> String {
         _ => ("", e),
     };
     let mut out = head.to_string();
-    let mut in_num = false;
+    // None: not in a number; Some(keep): inside one, kept when it is part of
+    // a word or flag (`--fault-500-every`)
+    let (mut run, mut prev): (Option<bool>, char) = (None, ' ');
     for c in rest.chars() {
         if c.is_ascii_digit() {
-            if !in_num {
+            let keep = *run.get_or_insert(prev.is_ascii_alphabetic() || prev == '-' || prev == '_');
+            if keep {
+                out.push(c);
+            } else if prev.is_ascii_digit() {
+                // the rest of a replaced number
+            } else {
                 out.push('N');
             }
-            in_num = true;
         } else {
-            in_num = false;
+            run = None;
             out.push(c);
         }
+        prev = c;
     }
     out
 }

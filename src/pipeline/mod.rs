@@ -10,3 +10,4 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod result;
+pub mod viz;

@@ -70,7 +70,8 @@ fn short(s: &str) -> String {
     if s.chars().count() > 30 { format!("{}...", s.chars().take(27).collect::<String>()) } else { s.to_string() }
 }
 
-const PALETTE: [RGBColor; 8] = [
+/// The series colours (matplotlib's tab10, first eight), shared with `pipeline::viz`.
+pub(crate) const PALETTE: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -84,7 +85,8 @@ const PALETTE: [RGBColor; 8] = [
 /// Reference lines are dark, dashed, and never share a series colour.
 const REFERENCE: [RGBColor; 3] = [RGBColor(0, 0, 0), RGBColor(90, 90, 90), RGBColor(150, 150, 150)];
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, p: &Plot) -> Result<(), String>
+/// Draws `p` on `root` (also used by `pipeline::viz` for the transport chart).
+pub(crate) fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, p: &Plot) -> Result<(), String>
 where
     DB::ErrorType: 'static,
 {
@@ -203,7 +205,7 @@ const FONTS: &[&str] = &[
 
 /// Registers a font for bitmap text once (`KVPROBE_FONT`, a TrueType file,
 /// first; then the system's); the path used, or the places searched.
-fn font() -> Result<&'static str, String> {
+pub(crate) fn font() -> Result<&'static str, String> {
     static FONT: std::sync::OnceLock<Result<&'static str, String>> = std::sync::OnceLock::new();
     FONT.get_or_init(|| {
         let own: Option<&'static str> = std::env::var("KVPROBE_FONT").ok().map(|s| &*Box::leak(s.into_boxed_str()));
