@@ -50,9 +50,12 @@ pub struct BenchArgs {
     /// Workload: mixed; prefill-only (one output token); decode-only (one shared prompt, so a prefix-caching engine skips prefill)
     #[arg(long, value_enum, default_value_t = Mode::Mixed)]
     pub mode: Mode,
-    /// Requests per point [default: 5 x concurrency for concurrency points, 500 for rate points, as the seeds' run_bm.sh]
+    /// Requests per point [default: --prompts-per-conc x concurrency for concurrency points, 500 for rate points, as the seeds' run_bm.sh]
     #[arg(long, value_name = "N", conflicts_with = "duration")]
     pub num_prompts: Option<u64>,
+    /// Concurrency points without --num-prompts send this many requests per unit of concurrency
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    pub prompts_per_conc: u64,
     /// Run each point for this long instead (a rate point sends ceil(rate x SECS) requests)
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
@@ -165,8 +168,8 @@ fn plan(a: &BenchArgs) -> Result<Plan, CliError> {
     if a.duration.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
         return Err(usage("--duration must be a positive number of seconds".into()));
     }
-    if a.num_prompts == Some(0) || a.max_concurrency == Some(0) {
-        return Err(usage("--num-prompts and --max-concurrency must be at least 1".into()));
+    if a.num_prompts == Some(0) || a.max_concurrency == Some(0) || a.prompts_per_conc == 0 {
+        return Err(usage("--num-prompts, --prompts-per-conc and --max-concurrency must be at least 1".into()));
     }
     if !(a.timeout.is_finite() && a.timeout > 0.0 && a.ready_timeout.is_finite() && a.ready_timeout >= 0.0) {
         return Err(usage("--timeout must be positive and --ready-timeout non-negative".into()));
@@ -305,7 +308,7 @@ async fn run_async(a: BenchArgs, p: Plan, base: BaseUrl) -> Result<ExitCode, Cli
         .map(|v| match (a.num_prompts, a.duration, p.kind) {
             (Some(n), _, _) => Length::Prompts(n),
             (None, Some(s), _) => Length::Seconds(s),
-            (None, None, PointKind::Concurrency) => Length::Prompts(5 * *v as u64),
+            (None, None, PointKind::Concurrency) => Length::Prompts(a.prompts_per_conc * *v as u64),
             (None, None, PointKind::RequestRate) => Length::Prompts(500),
         })
         .collect();

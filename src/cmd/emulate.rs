@@ -103,6 +103,9 @@ pub struct EmulateArgs {
     /// pd: which rows of the results file to use
     #[arg(long, value_enum, default_value_t = KvOp::Read)]
     pub kv_op: KvOp,
+    /// pd: which backend's rows of the results file to use (nixl: what vLLM's NixlConnector drives; falls back to every row when there are none)
+    #[arg(long, default_value = "nixl", value_name = "NAME")]
+    pub kv_backend: String,
     /// pd: fixed cost per KV transfer, microseconds
     #[arg(long, default_value_t = 0.0, value_name = "US")]
     pub kv_latency_us: f64,
@@ -112,6 +115,9 @@ pub struct EmulateArgs {
     /// KV cache dtype for the geometry: bf16, fp16, fp8
     #[arg(long, default_value = "bf16")]
     pub kv_dtype: String,
+    /// Sliding-window layers move all blocks (as kv-shape defaults) or only the window's (vLLM's hybrid KV cache manager)
+    #[arg(long, default_value = "all", value_name = "all|window")]
+    pub sliding: String,
     /// Tokens per KV block for the geometry
     #[arg(long, default_value_t = 16, value_name = "TOKENS")]
     pub block_size: u32,
@@ -144,7 +150,7 @@ fn kv_link(a: &EmulateArgs) -> Result<KvLink, CliError> {
             })?;
             let dtype: KvDtype = a.kv_dtype.parse().map_err(CliError::usage)?;
             let layout: Layout = model.default_layout();
-            let sliding = if model.sliding_window.is_some() { SlidingBlocks::Window } else { SlidingBlocks::All };
+            let sliding: SlidingBlocks = a.sliding.parse().map_err(CliError::usage)?;
             let kinds = model.layer_kinds.clone();
             let name = model.name.clone();
             let spec =
@@ -153,7 +159,10 @@ fn kv_link(a: &EmulateArgs) -> Result<KvLink, CliError> {
             let bpt = g.bytes_per_token;
             (
                 KvBytes::Geometry { geometry: Box::new(g), kinds, bytes_per_token: bpt },
-                format!("{name}, {} KV, {}-token blocks, {bpt} bytes per token", a.kv_dtype, a.block_size),
+                format!(
+                    "{name}, {} KV, {}-token blocks, sliding layers move {} blocks, {bpt} bytes per token",
+                    a.kv_dtype, a.block_size, a.sliding
+                ),
             )
         }
     };
@@ -162,7 +171,7 @@ fn kv_link(a: &EmulateArgs) -> Result<KvLink, CliError> {
             return Err(usage(format!("--kv-gbps must be positive (got {g})")));
         }
         (Some(g), _) => (vec![(1u64, *g)], format!("{g} GB/s (--kv-gbps)")),
-        (None, Some(p)) => curve_from(p, a.kv_op)?,
+        (None, Some(p)) => curve_from(p, a.kv_op, &a.kv_backend)?,
         (None, None) => {
             return Err(usage(
                 "--mode pd needs the KV path's rate: --kv-gbps N, or --kv-bandwidth-from results.json from `kvprobe sweep`".into(),
@@ -176,7 +185,7 @@ fn kv_link(a: &EmulateArgs) -> Result<KvLink, CliError> {
 }
 
 /// (bytes, GB/s) of a sweep's rows for one direction, sorted; KV-shaped rows included.
-fn curve_from(p: &std::path::Path, op: KvOp) -> Result<(Vec<(u64, f64)>, String), CliError> {
+fn curve_from(p: &std::path::Path, op: KvOp, backend: &str) -> Result<(Vec<(u64, f64)>, String), CliError> {
     let data = std::fs::read(p).with_context(|| format!("cannot read {}", p.display())).map_err(CliError::usage)?;
     let r: SweepResults = serde_json::from_slice(&data)
         .with_context(|| format!("{} is not a kvprobe sweep results file (results.json)", p.display()))
@@ -185,8 +194,16 @@ fn curve_from(p: &std::path::Path, op: KvOp) -> Result<(Vec<(u64, f64)>, String)
         KvOp::Read => crate::nixl::XferOp::Read,
         KvOp::Write => crate::nixl::XferOp::Write,
     };
-    let mut curve: Vec<(u64, f64)> =
-        r.rows.iter().filter(|row| row.op == want && row.gbps > 0.0).map(|row| (row.size_bytes, row.gbps)).collect();
+    let usable = |row: &&crate::report::schema::Row| row.op == want && row.gbps > 0.0;
+    let of_backend = r.rows.iter().filter(usable).filter(|row| row.backend == backend).count();
+    let rows_used = if of_backend > 0 { format!("{backend} ") } else { String::new() };
+    let mut curve: Vec<(u64, f64)> = r
+        .rows
+        .iter()
+        .filter(usable)
+        .filter(|row| of_backend == 0 || row.backend == backend)
+        .map(|row| (row.size_bytes, row.gbps))
+        .collect();
     if curve.is_empty() {
         return Err(CliError::usage(anyhow!(
             "{} has no {want:?} rows with a rate ({} rows in all); try --kv-op {}",
@@ -205,7 +222,7 @@ fn curve_from(p: &std::path::Path, op: KvOp) -> Result<(Vec<(u64, f64)>, String)
             false
         }
     });
-    let source = format!("{} ({want:?} rows, {} sizes, best per size)", p.display(), curve.len());
+    let source = format!("{} ({rows_used}{want:?} rows, {} sizes, best per size)", p.display(), curve.len());
     Ok((curve, source))
 }
 
