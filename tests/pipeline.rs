@@ -208,9 +208,56 @@ fn ctrl_c_keeps_finished_points_and_exits_130() {
 }
 
 #[test]
+fn ctrl_c_stops_a_busy_point_promptly() {
+    // completions every few ms: the stop must not wait for a quiet moment
+    let emu = Emu::start(&["--model", "emu-model", "--mode", "fixed", "--ttft-ms", "1", "--tpot-ms", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let child = kvprobe()
+        .args(["bench", "--url", &emu.url, "--model", "emu-model", "-q", "--out"])
+        .arg(dir.path())
+        .args(["--concurrency", "8", "--itl", "8", "--otl", "2", "--num-prompts", "1000000", "--warmup", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let sent = std::time::Instant::now();
+    signal(child.id(), libc::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    assert!(sent.elapsed() < Duration::from_secs(3), "took {:?} to stop", sent.elapsed());
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let p = point(dir.path(), "conc8.json.partial");
+    assert!(p["completed"].as_u64().unwrap() > 10, "{p}");
+    assert_eq!(p["kvprobe"]["interrupted"], true);
+}
+
+#[test]
+fn max_concurrency_caps_a_rate_point() {
+    let emu = Emu::start(&["--model", "emu-model", "--mode", "fixed", "--ttft-ms", "30", "--tpot-ms", "5"]);
+    let dir = tempfile::tempdir().unwrap();
+    // 1000 req/s asked, at most 2 in flight: each request takes 30 + 3 x 5 = 45 ms
+    let out = bench(
+        &emu.url,
+        dir.path(),
+        &["--request-rate", "1000", "--max-concurrency", "2", "--itl", "8", "--otl", "4", "--num-prompts", "12"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p = point(dir.path(), "rr1000.json");
+    assert_eq!(p["max_concurrency"], 2);
+    assert_eq!(p["kvprobe"]["max_in_flight"], 2, "{p}");
+    assert_eq!(p["completed"], 12);
+    // 12 requests two at a time: 6 x 45 ms
+    let d = p["duration"].as_f64().unwrap();
+    assert!((0.25..0.45).contains(&d), "duration {d}");
+    // a request's clock starts when it is sent, after it got its slot: TTFT stays 30 ms
+    let ttft = p["median_ttft_ms"].as_f64().unwrap();
+    assert!(within(ttft, 30.0, 0.1), "TTFT {ttft}");
+}
+
+#[test]
 fn pd_emulation_adds_the_kv_transfer_to_ttft() {
     // Llama-3.1-8B: 128 KiB per token; 1024 tokens = 128 MiB = 134.2 ms at 1 GB/s;
-    // TTFT = 20 ms prefill + 134.2 ms transfer + 10 ms first decode step
+    // TTFT = 20 ms prefill + 134.2 ms transfer + 20 ms first decode step
     let common_args = [
         "--model",
         "llama-3.1-8b",
@@ -221,7 +268,7 @@ fn pd_emulation_adds_the_kv_transfer_to_ttft() {
         "--prefill-per-token-us",
         "0",
         "--decode-base-ms",
-        "10",
+        "20",
         "--decode-per-seq-us",
         "0",
     ];
@@ -239,10 +286,11 @@ fn pd_emulation_adds_the_kv_transfer_to_ttft() {
         point(d, "conc1.json")
     };
     let p = bench_it(&emu.url, dir.path());
-    let want = 20.0 + (1024.0 * 131_072.0) / 1e9 * 1e3 + 10.0;
+    let want = 20.0 + (1024.0 * 131_072.0) / 1e9 * 1e3 + 20.0;
     let ttft = p["median_ttft_ms"].as_f64().unwrap();
     assert!(within(ttft, want, 0.05), "TTFT {ttft} ms, model {want:.1} ms");
-    assert!(within(p["median_tpot_ms"].as_f64().unwrap(), 10.0, 0.05));
+    let tpot = p["median_tpot_ms"].as_f64().unwrap();
+    assert!(within(tpot, 20.0, 0.05), "TPOT {tpot} ms, model 20 ms");
     drop(emu);
     // the rate from a sweep's results file: the fixture's NIXL READ at 16 MiB, 4.61 GB/s
     // (its raw UCX row, 9.08 GB/s, is not what vLLM's connector drives)
@@ -250,7 +298,7 @@ fn pd_emulation_adds_the_kv_transfer_to_ttft() {
     let emu = Emu::start(&[&common_args[..], &["--kv-bandwidth-from", fixture]].concat());
     let dir2 = tempfile::tempdir().unwrap();
     let p = bench_it(&emu.url, dir2.path());
-    let want = 20.0 + (1024.0 * 131_072.0) / 4.612_405_2e9 * 1e3 + 10.0;
+    let want = 20.0 + (1024.0 * 131_072.0) / 4.612_405_2e9 * 1e3 + 20.0;
     let ttft = p["median_ttft_ms"].as_f64().unwrap();
     assert!(within(ttft, want, 0.05), "TTFT {ttft} ms, model {want:.1} ms");
     let m = point(dir2.path(), "manifest.json");
@@ -321,9 +369,26 @@ fn bad_input_is_a_clear_error() {
         "0",
         "--num-prompts",
         "1",
+        "--out",
+        "ctx",
     ]);
     assert_eq!(c, Some(1), "{e}");
-    assert!(dir.path().read_dir().unwrap().count() > 0);
+    let p = point(&dir.path().join("ctx"), "conc1.json");
+    assert_eq!(p["failed"], 1);
+    let errors = p["kvprobe"]["errors"].to_string();
+    assert!(errors.contains("HTTP 400") && errors.contains("maximum context length"), "{errors}");
+    // values that would overflow a duration or a count are refused up front
+    for bad in [["--timeout", "1e300"], ["--duration", "1e300"], ["--burstiness", "0"], ["--request-rate", "1e300"]] {
+        let mut args = vec!["bench", "--url", &emu.url, "--model", "emu-model"];
+        if bad[0] != "--request-rate" {
+            args.extend(["--concurrency", "1"]);
+        }
+        args.extend(bad);
+        let (c, e) = run(&args);
+        assert_eq!(c, Some(2), "{bad:?}: {e}");
+    }
+    let (c, e) = run(&["emulate", "--model", "m", "--mode", "fixed", "--ttft-ms", "1e300", "--tpot-ms", "1"]);
+    assert_eq!(c, Some(2), "{e}");
 }
 
 #[test]

@@ -39,7 +39,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1.0, value_name = "K")]
     pub burstiness: f64,
     /// Request-rate points: at most this many requests in flight
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "concurrency")]
     pub max_concurrency: Option<u64>,
     /// Prompt tokens per request (exact: prompts are token ids)
     #[arg(long, default_value_t = 8000, value_name = "TOKENS")]
@@ -162,8 +162,8 @@ fn plan(a: &BenchArgs) -> Result<Plan, CliError> {
     if a.itl == 0 || a.otl == 0 {
         return Err(usage("--itl and --otl must be at least 1".into()));
     }
-    if !(a.burstiness.is_finite() && a.burstiness > 0.0) {
-        return Err(usage(format!("--burstiness must be positive (got {})", a.burstiness)));
+    if !(1e-3..=1e3).contains(&a.burstiness) {
+        return Err(usage(format!("--burstiness must be in 0.001 .. 1000 (got {}; 1 = Poisson)", a.burstiness)));
     }
     if a.duration.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
         return Err(usage("--duration must be a positive number of seconds".into()));
@@ -171,8 +171,37 @@ fn plan(a: &BenchArgs) -> Result<Plan, CliError> {
     if a.num_prompts == Some(0) || a.max_concurrency == Some(0) || a.prompts_per_conc == 0 {
         return Err(usage("--num-prompts, --prompts-per-conc and --max-concurrency must be at least 1".into()));
     }
-    if !(a.timeout.is_finite() && a.timeout > 0.0 && a.ready_timeout.is_finite() && a.ready_timeout >= 0.0) {
-        return Err(usage("--timeout must be positive and --ready-timeout non-negative".into()));
+    // bounds that keep every derived duration and count representable
+    const DAY: f64 = 86_400.0;
+    if !(a.timeout > 0.0 && a.timeout <= DAY && a.ready_timeout >= 0.0 && a.ready_timeout <= DAY) {
+        return Err(usage(format!("--timeout must be in (0, {DAY}] s and --ready-timeout in [0, {DAY}] s")));
+    }
+    if a.duration.is_some_and(|d| d > 7.0 * DAY) {
+        return Err(usage("--duration is limited to a week per point".into()));
+    }
+    const MAX_REQUESTS: f64 = 1e7;
+    match kind {
+        PointKind::Concurrency => {
+            let most = values.iter().fold(0.0, |m: f64, v| m.max(*v));
+            if most > 100_000.0 {
+                return Err(usage(format!("--concurrency {most}: at most 100000 requests in flight")));
+            }
+            if a.num_prompts.is_none() && a.duration.is_none() && most * a.prompts_per_conc as f64 > MAX_REQUESTS {
+                return Err(usage(format!("--prompts-per-conc x concurrency is above {MAX_REQUESTS} requests")));
+            }
+        }
+        PointKind::RequestRate => {
+            if let Some(r) = values.iter().find(|r| !(1e-3..=1e6).contains(*r)) {
+                return Err(usage(format!("--request-rate {r}: use 0.001 .. 1000000 requests/s")));
+            }
+            let most = values.iter().fold(0.0, |m: f64, v| m.max(*v));
+            if a.duration.is_some_and(|d| d * most > MAX_REQUESTS) {
+                return Err(usage(format!("rate x --duration is above {MAX_REQUESTS} requests")));
+            }
+        }
+    }
+    if a.num_prompts.is_some_and(|n| n as f64 > MAX_REQUESTS) {
+        return Err(usage(format!("--num-prompts is limited to {MAX_REQUESTS}")));
     }
     if a.vocab <= bench::VOCAB_LO {
         return Err(usage(format!("--vocab must be above {}", bench::VOCAB_LO)));
@@ -229,11 +258,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode, CliError> {
     let p = plan(&a)?;
     let base = BaseUrl::parse(&a.url).map_err(CliError::usage)?;
     crate::child::install_interrupt_handler();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .map_err(CliError::failed)?;
+    let rt = crate::pipeline::runtime().context("cannot start the async runtime").map_err(CliError::failed)?;
     rt.block_on(run_async(a, p, base))
 }
 
@@ -241,8 +266,29 @@ fn workload(a: &BenchArgs) -> Workload {
     Workload { model: a.model.clone(), mode: a.mode, itl: a.itl, otl: a.otl, seed: a.seed, vocab: a.vocab }
 }
 
+/// Runs `f` until it ends or SIGINT/SIGTERM arrives (None), polling the flag every 50 ms.
+async fn stoppable<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    loop {
+        if crate::child::interrupted() {
+            return None;
+        }
+        if let Ok(v) = tokio::time::timeout(Duration::from_millis(50), &mut f).await {
+            return Some(v);
+        }
+    }
+}
+
+fn interrupted_before_measuring() -> Result<ExitCode, CliError> {
+    eprintln!("kvprobe bench: interrupted before the first point; nothing was measured");
+    Ok(ExitCode::from(130))
+}
+
 async fn run_async(a: BenchArgs, p: Plan, base: BaseUrl) -> Result<ExitCode, CliError> {
-    let server = probe_server(&base, &a.model, a.ready_timeout).await?;
+    let Some(server) = stoppable(probe_server(&base, &a.model, a.ready_timeout)).await else {
+        return interrupted_before_measuring();
+    };
+    let server = server?;
     let client = Arc::new(Client::new(base.clone(), Duration::from_secs_f64(a.timeout)));
     let w = Arc::new(workload(&a));
     if a.smoke {
@@ -251,7 +297,9 @@ async fn run_async(a: BenchArgs, p: Plan, base: BaseUrl) -> Result<ExitCode, Cli
     // warm-up: the point shape, short outputs, one at a time
     for i in 0..a.warmup {
         let body = w.body(u64::MAX >> 24, i, w.output_len().min(16));
-        let o = client.complete(&body, Instant::now()).await;
+        let Some(o) = stoppable(client.complete(&body, w.itl, Instant::now())).await else {
+            return interrupted_before_measuring();
+        };
         if !o.record.success {
             return Err(CliError::failed(anyhow!(
                 "warm-up request {} of {} failed: {}; nothing was measured",
@@ -339,10 +387,23 @@ async fn run_async(a: BenchArgs, p: Plan, base: BaseUrl) -> Result<ExitCode, Cli
             ));
         };
         let date = crate::hostinfo::stamp_utc(SystemTime::now());
-        let run =
-            bench::run_point(client.clone(), w.clone(), idx as u64, load, length, &on_done, &crate::child::interrupted)
-                .await
-                .map_err(|e| CliError::usage(anyhow!(e)))?;
+        let run = match bench::run_point(
+            client.clone(),
+            w.clone(),
+            idx as u64,
+            load,
+            length,
+            &on_done,
+            &crate::child::interrupted,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                bar.finish_and_clear();
+                return Err(fail_manifest(&out_dir, &mut manifest, CliError::usage(anyhow!("{label}: {e}"))));
+            }
+        };
         let result = point_result(&a, &p, &w, value, date, &run);
         if run.interrupted {
             let f = out_dir.join(format!("{name}.partial"));
@@ -361,7 +422,10 @@ async fn run_async(a: BenchArgs, p: Plan, base: BaseUrl) -> Result<ExitCode, Cli
             eprintln!("kvprobe bench: interrupted; {} finished point(s) kept in {}", results.len(), out_dir.display());
             return Ok(ExitCode::from(130));
         }
-        write_json(&out_dir.join(&name), &result)?;
+        if let Err(e) = write_json(&out_dir.join(&name), &result) {
+            bar.finish_and_clear();
+            return Err(fail_manifest(&out_dir, &mut manifest, e));
+        }
         any_failed |= result.metrics.failed > 0;
         manifest.points.push(ManifestPoint {
             file: name,
@@ -387,6 +451,16 @@ async fn run_async(a: BenchArgs, p: Plan, base: BaseUrl) -> Result<ExitCode, Cli
     Ok(ExitCode::SUCCESS)
 }
 
+/// Marks the manifest `failed` with the error (best effort: the error is
+/// what the user sees either way) and passes the error on.
+fn fail_manifest(dir: &Path, manifest: &mut Manifest, e: CliError) -> CliError {
+    manifest.status = BenchStatus::Failed;
+    manifest.errors.push(format!("{:#}", e.error));
+    manifest.finished_at = Some(crate::hostinfo::rfc3339_utc(SystemTime::now()));
+    let _ = write_json(&dir.join(MANIFEST_FILE), manifest);
+    e
+}
+
 fn point_result(a: &BenchArgs, p: &Plan, w: &Workload, value: f64, date: String, run: &bench::PointRun) -> PointResult {
     let records: Vec<metrics::RequestRecord> = run.outcomes.iter().map(|o| o.record.clone()).collect();
     let m = metrics::calculate(&records, run.duration_s, &p.metrics, &p.percentiles, p.goodput.as_ref());
@@ -403,6 +477,7 @@ fn point_result(a: &BenchArgs, p: &Plan, w: &Workload, value: f64, date: String,
         prompt_len_mismatch: ok().filter(|o| !o.usage_missing && o.record.prompt_len != a.itl).count() as u64,
         output_len_mismatch: ok().filter(|o| o.record.output_tokens != w.output_len()).count() as u64,
         errors: bench::error_counts(&run.outcomes),
+        max_in_flight: metrics::peak_in_flight(&records),
         interrupted: run.interrupted,
     };
     let detailed = a.save_detailed.then(|| Detailed {
@@ -482,7 +557,9 @@ fn print_table(results: &[PointResult], p: &Plan) {
 
 async fn smoke(client: &Client, w: &Workload, server: &ServerInfo) -> Result<ExitCode, CliError> {
     let body = w.body(0, 0, w.output_len());
-    let o = client.complete(&body, Instant::now()).await;
+    let Some(o) = stoppable(client.complete(&body, w.itl, Instant::now())).await else {
+        return interrupted_before_measuring();
+    };
     let r = &o.record;
     if server.emulator {
         println!("(the server is kvprobe's emulator)");

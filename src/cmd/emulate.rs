@@ -167,8 +167,8 @@ fn kv_link(a: &EmulateArgs) -> Result<KvLink, CliError> {
         }
     };
     let (curve, source) = match (&a.kv_gbps, &a.kv_bandwidth_from) {
-        (Some(g), _) if !(g.is_finite() && *g > 0.0) => {
-            return Err(usage(format!("--kv-gbps must be positive (got {g})")));
+        (Some(g), _) if !(1e-6..=1e6).contains(g) => {
+            return Err(usage(format!("--kv-gbps must be between 1e-6 and 1e6 GB/s (got {g})")));
         }
         (Some(g), _) => (vec![(1u64, *g)], format!("{g} GB/s (--kv-gbps)")),
         (None, Some(p)) => curve_from(p, a.kv_op, &a.kv_backend)?,
@@ -178,8 +178,8 @@ fn kv_link(a: &EmulateArgs) -> Result<KvLink, CliError> {
             ));
         }
     };
-    if !(a.kv_latency_us.is_finite() && a.kv_latency_us >= 0.0) {
-        return Err(usage("--kv-latency-us must be a non-negative number".into()));
+    if !(0.0..=3.6e9).contains(&a.kv_latency_us) {
+        return Err(usage("--kv-latency-us must be between 0 and 3.6e9 (an hour)".into()));
     }
     Ok(KvLink { geometry, bytes, curve, source, latency_us: a.kv_latency_us })
 }
@@ -229,11 +229,14 @@ fn curve_from(p: &std::path::Path, op: KvOp, backend: &str) -> Result<(Vec<(u64,
 /// Runs `kvprobe emulate` until SIGINT/SIGTERM.
 pub fn run(a: EmulateArgs) -> Result<ExitCode, CliError> {
     let usage = |m: String| CliError::usage(anyhow!(m));
+    // every time flag is at most an hour (3.6e6 ms, 3.6e9 us): enough for any
+    // emulation, and every derived duration stays representable
     let pos = |v: f64, name: &str| {
-        if v.is_finite() && v >= 0.0 {
+        let hour = if name.ends_with("-us") { 3.6e9 } else { 3.6e6 };
+        if (0.0..=hour).contains(&v) {
             Ok(())
         } else {
-            Err(usage(format!("{name} must be a non-negative number (got {v})")))
+            Err(usage(format!("{name} must be between 0 and {hour} (got {v})")))
         }
     };
     pos(a.prefill_base_ms, "--prefill-base-ms")?;
@@ -285,11 +288,7 @@ pub fn run(a: EmulateArgs) -> Result<ExitCode, CliError> {
         faults: Faults { error_500_every: a.fault_500_every, drop_every: a.fault_drop_every },
     };
     crate::child::install_interrupt_handler();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .map_err(CliError::failed)?;
+    let rt = crate::pipeline::runtime().context("cannot start the async runtime").map_err(CliError::failed)?;
     rt.block_on(async move {
         let listener = listen(&a.host, a.port)
             .await

@@ -80,6 +80,8 @@ impl Workload {
 /// One request's outcome.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Outcome {
+    /// Its number in the point (send order).
+    pub index: u64,
     /// What vLLM's metrics need.
     pub record: RequestRecord,
     /// The stream had no `usage`: output tokens counted as chunks.
@@ -117,11 +119,15 @@ impl Client {
         Conn::open(&self.base).await
     }
 
-    /// Sends one streamed completion; `t0` is the start of the point (for `start_time_s`).
-    pub async fn complete(&self, body: &[u8], t0: Instant) -> Outcome {
+    /// Sends one streamed completion of `prompt_len` tokens; `t0` is the
+    /// start of the point (for `start_time_s`). The prompt length stays the
+    /// asked one unless the server's usage says otherwise (as vLLM, which
+    /// takes it from its dataset).
+    pub async fn complete(&self, body: &[u8], prompt_len: u64, t0: Instant) -> Outcome {
         let start = Instant::now();
         let mut out = Outcome::default();
         out.record.start_time_s = secs(t0, start);
+        out.record.prompt_len = prompt_len;
         match tokio::time::timeout(self.timeout, self.stream(body, start, &mut out)).await {
             Ok(Ok(())) => out.record.success = true,
             Ok(Err(e)) => {
@@ -137,11 +143,13 @@ impl Client {
     }
 
     async fn stream(&self, body: &[u8], start: Instant, out: &mut Outcome) -> Result<(), String> {
-        // a kept-alive connection the server closed meanwhile fails before any
-        // response byte: retry once on a fresh one
+        // a kept-alive connection the server closed meanwhile fails on the write
+        // or before any response byte: retry once on a fresh one (nothing else
+        // is retried: the request may have reached the server)
         let (mut conn, mut resp) = match self.take() {
             Some(mut c) => match c.send(&self.base, "POST", "/v1/completions", Some(body)).await {
                 Ok(r) => (c, r),
+                Err(e) if !stale(&e) => return Err(format!("{e}")),
                 Err(_) => {
                     let mut c = self.open().await.map_err(|e| format!("cannot connect: {e}"))?;
                     let r =
@@ -174,7 +182,7 @@ impl Client {
                 Err(e) => return Err(format!("{e} after {chunks} chunks")),
             };
             let now = Instant::now();
-            for data in sse.feed(&piece) {
+            for data in sse.feed(&piece).map_err(|e| format!("{e} after {chunks} chunks"))? {
                 if data.trim() == "[DONE]" {
                     done = true;
                     continue;
@@ -219,6 +227,17 @@ impl Client {
             self.give(conn);
         }
         Ok(())
+    }
+}
+
+/// Whether an error on a reused connection means the server had closed it
+/// (nothing of a response was read).
+fn stale(e: &HttpError) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    match e {
+        HttpError::Closed(what) => what.starts_with("before the response"),
+        HttpError::Io(io) => matches!(io.kind(), BrokenPipe | ConnectionReset | ConnectionAborted),
+        _ => false,
     }
 }
 
@@ -333,7 +352,8 @@ pub async fn run_point(
                             break;
                         }
                         let body = w.body(point, i, max_tokens);
-                        let o = client.complete(&body, t0).await;
+                        let mut o = client.complete(&body, w.itl, t0).await;
+                        o.index = i;
                         if tx.send(o).is_err() {
                             break;
                         }
@@ -351,20 +371,26 @@ pub async fn run_point(
             let sem = cap.map(|c| Arc::new(tokio::sync::Semaphore::new(c.min(1 << 20) as usize)));
             let (client, w, tx, sent) = (client.clone(), w.clone(), tx.clone(), sent.clone());
             tasks.push(tokio::spawn(async move {
+                // the requests belong to this task: aborting it (stop) drops the set,
+                // which aborts every request still running
+                let mut running = tokio::task::JoinSet::new();
                 for (i, t) in times.into_iter().enumerate() {
                     tokio::time::sleep_until((t0 + Duration::from_secs_f64(t)).into()).await;
                     let (client, w, tx, sem) = (client.clone(), w.clone(), tx.clone(), sem.clone());
                     sent.fetch_add(1, Ordering::SeqCst);
-                    tokio::spawn(async move {
+                    running.spawn(async move {
                         let _permit = match &sem {
                             Some(s) => s.clone().acquire_owned().await.ok(),
                             None => None,
                         };
                         let body = w.body(point, i as u64, max_tokens);
-                        let o = client.complete(&body, t0).await;
+                        let mut o = client.complete(&body, w.itl, t0).await;
+                        o.index = i as u64;
                         let _ = tx.send(o);
                     });
+                    while running.try_join_next().is_some() {}
                 }
+                while running.join_next().await.is_some() {}
             }));
         }
     }
@@ -377,20 +403,21 @@ pub async fn run_point(
                 break;
             }
         }
+        // checked on every pass: at load, completions arrive more often than the timeout
+        if stop() {
+            interrupted = true;
+            break;
+        }
         match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
             Ok(Some(o)) => {
                 on_done(&o);
                 outcomes.push(o);
             }
             Ok(None) => break, // every sender is gone: all requests are in
-            Err(_) => {
-                if stop() {
-                    interrupted = true;
-                    break;
-                }
-            }
+            Err(_) => {}
         }
     }
+    outcomes.sort_by_key(|o| o.index);
     let duration_s = secs(t0, Instant::now());
     for t in &tasks {
         t.abort();

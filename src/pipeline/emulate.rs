@@ -58,6 +58,9 @@ pub struct Emulator {
     created: u64,
 }
 
+/// How long a connection may sit without a complete request.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
 fn server_headers() -> String {
     format!("server: kvprobe-emulate/{} (emulator; no model runs)\r\nx-kvprobe-emulator: 1\r\n", crate::version())
 }
@@ -157,11 +160,11 @@ fn parse_completion(e: &Emulator, body: &[u8]) -> Result<Completion, (u16, Strin
             .filter(|n| *n >= 1)
             .ok_or_else(|| bad(format!("max_tokens must be a positive integer (got {x})")))?,
     };
-    if prompt_tokens + max_tokens > e.cfg.max_model_len {
+    if prompt_tokens.checked_add(max_tokens).is_none_or(|n| n > e.cfg.max_model_len) {
         return Err(bad(format!(
             "This model's maximum context length is {} tokens. However, you requested {} tokens ({prompt_tokens} in the prompt, {max_tokens} for the completion).",
             e.cfg.max_model_len,
-            prompt_tokens + max_tokens
+            prompt_tokens.saturating_add(max_tokens)
         )));
     }
     let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
@@ -172,7 +175,14 @@ fn parse_completion(e: &Emulator, body: &[u8]) -> Result<Completion, (u16, Strin
 /// Serves connections until the listener is dropped with the task.
 pub async fn serve(listener: TcpListener, emu: Arc<Emulator>) {
     loop {
-        let Ok((sock, _)) = listener.accept().await else { continue };
+        let sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(_) => {
+                // out of descriptors or the like: back off instead of spinning
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let _ = sock.set_nodelay(true);
         let emu = emu.clone();
         tokio::spawn(async move {
@@ -185,7 +195,9 @@ async fn connection(sock: TcpStream, emu: Arc<Emulator>) -> Result<(), http::Htt
     let mut io = BufReader::new(sock);
     let hdrs = server_headers();
     loop {
-        let req = match http::read_request(&mut io).await {
+        // an idle kept-alive connection (or one that never finishes its header) is closed
+        let Ok(next) = tokio::time::timeout(IDLE, http::read_request(&mut io)).await else { return Ok(()) };
+        let req = match next {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -279,8 +291,16 @@ async fn completion(w: &mut TcpStream, emu: &Emulator, req: &Request, hdrs: &str
     let usage = json!({"prompt_tokens": c.prompt_tokens, "completion_tokens": c.max_tokens, "total_tokens": c.prompt_tokens + c.max_tokens});
     if !c.stream {
         let mut out = String::new();
+        let mut got = 0u64;
         while let Some(Event::Token(k)) = rx.recv().await {
             out.push_str(&text(k));
+            got = k;
+        }
+        if got < c.max_tokens {
+            let msg = format!("the engine stopped after {got} of {} tokens", c.max_tokens);
+            http::write_response(w, 500, "application/json", hdrs, &error_body(500, "InternalServerError", &msg))
+                .await?;
+            return Ok(true);
         }
         let v = json!({
             "id": id, "object": "text_completion", "created": created, "model": model,
@@ -301,7 +321,9 @@ async fn completion(w: &mut TcpStream, emu: &Emulator, req: &Request, hdrs: &str
         Value::from(model.as_str())
     );
     let mut event = String::with_capacity(prefix.len() + 64);
+    let mut got = 0u64;
     while let Some(Event::Token(k)) = rx.recv().await {
+        got = k;
         let finish = if k >= c.max_tokens { "\"length\"" } else { "null" };
         event.clear();
         event.push_str(&prefix);
@@ -312,6 +334,15 @@ async fn completion(w: &mut TcpStream, emu: &Emulator, req: &Request, hdrs: &str
             let _ = tokio::io::AsyncWriteExt::shutdown(w).await;
             return Ok(false);
         }
+    }
+    if got < c.max_tokens {
+        // the engine dropped the request: say so and end without [DONE], never a
+        // usage that claims tokens that were not sent
+        let msg = format!("the engine stopped after {got} of {} tokens", c.max_tokens);
+        let e = json!({"error": {"object": "error", "message": msg, "type": "InternalServerError", "code": 500}});
+        http::write_chunk(w, format!("data: {e}\n\n").as_bytes()).await?;
+        http::end_chunks(w).await?;
+        return Ok(true);
     }
     if c.include_usage {
         let u = json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": [], "usage": usage});

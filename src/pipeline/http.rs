@@ -120,18 +120,46 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
+/// Reads one line (up to and including `\n`) of at most `limit` bytes;
+/// `Ok(None)` at the end of the stream before any byte.
+async fn read_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+) -> Result<Option<String>, HttpError> {
+    let mut line: Vec<u8> = Vec::new();
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return if line.is_empty() { Ok(None) } else { Err(HttpError::Closed("inside a line")) };
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > limit {
+            return Err(HttpError::Malformed(format!("a line longer than {limit} bytes")));
+        }
+        line.extend_from_slice(&buf[..take]);
+        r.consume(take);
+        if done {
+            return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+        }
+    }
+}
+
 /// Reads the start line and headers; `None` on a clean end before any byte.
 async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(
     r: &mut R,
 ) -> Result<Option<(String, Vec<(String, String)>)>, HttpError> {
-    let mut start = String::new();
+    let mut start;
     let mut total = 0usize;
     loop {
-        start.clear();
-        let n = r.read_line(&mut start).await?;
-        if n == 0 {
-            return if total == 0 { Ok(None) } else { Err(HttpError::Closed("inside the header")) };
-        }
+        start = match read_line_bounded(r, MAX_HEAD - total).await? {
+            Some(l) => l,
+            None if total == 0 => return Ok(None),
+            None => return Err(HttpError::Closed("inside the header")),
+        };
+        let n = start.len();
         total += n;
         if !start.trim().is_empty() {
             break; // tolerate blank lines before a message (RFC 9112 2.2)
@@ -142,15 +170,11 @@ async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(
     }
     let mut headers = Vec::new();
     loop {
-        let mut line = String::new();
-        let n = r.read_line(&mut line).await?;
-        if n == 0 {
-            return Err(HttpError::Closed("inside the header"));
-        }
-        total += n;
-        if total > MAX_HEAD {
+        if total >= MAX_HEAD {
             return Err(HttpError::Malformed(format!("header larger than {MAX_HEAD} bytes")));
         }
+        let line = read_line_bounded(r, MAX_HEAD - total).await?.ok_or(HttpError::Closed("inside the header"))?;
+        total += line.len();
         let line = line.trim_end_matches(['\r', '\n']);
         if line.is_empty() {
             break;
@@ -161,8 +185,11 @@ async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(
     Ok(Some((start.trim_end().to_string(), headers)))
 }
 
-/// Reads one request (server side); `None` when the client closed the connection cleanly.
-pub async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<Request>, HttpError> {
+/// Reads one request (server side); `None` when the client closed the
+/// connection cleanly. Answers `Expect: 100-continue` before reading the body.
+pub async fn read_request<R: tokio::io::AsyncBufRead + tokio::io::AsyncWrite + Unpin>(
+    r: &mut R,
+) -> Result<Option<Request>, HttpError> {
     let Some((start, headers)) = read_head(r).await? else { return Ok(None) };
     let mut parts = start.split(' ');
     let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
@@ -180,6 +207,10 @@ pub async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Resu
     };
     if len > MAX_BODY {
         return Err(HttpError::Malformed(format!("body of {len} bytes is larger than {MAX_BODY}")));
+    }
+    if len > 0 && header(&headers, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+        r.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        r.flush().await?;
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await.map_err(|_| HttpError::Closed("inside the request body"))?;
@@ -259,6 +290,23 @@ enum Framing {
     UntilClose,
 }
 
+/// What has arrived of the next `left` bytes (at least one), counting them off.
+async fn take_up_to<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    left: &mut u64,
+    cut: &'static str,
+) -> Result<Vec<u8>, HttpError> {
+    let buf = r.fill_buf().await?;
+    if buf.is_empty() {
+        return Err(HttpError::Closed(cut));
+    }
+    let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+    let piece = buf[..n].to_vec();
+    r.consume(n);
+    *left -= n as u64;
+    Ok(piece)
+}
+
 /// A response being read (client side): status, headers, then the body
 /// piece by piece as bytes arrive.
 #[derive(Debug)]
@@ -298,25 +346,16 @@ impl Response {
                     self.finished = true;
                     return Ok(None);
                 }
-                let buf = r.fill_buf().await?;
-                if buf.is_empty() {
-                    return Err(HttpError::Closed("before the end of the body"));
-                }
-                let n = buf.len().min(*left as usize);
-                let piece = buf[..n].to_vec();
-                r.consume(n);
-                *left -= n as u64;
-                Ok(Some(piece))
+                take_up_to(r, left, "before the end of the body").await.map(Some)
             }
             Framing::Chunked { left, done } => {
                 while *left == 0 {
                     if *done {
                         // the chunk's closing CRLF was read already; read trailers to the blank line
                         loop {
-                            let mut line = String::new();
-                            if r.read_line(&mut line).await? == 0 {
-                                return Err(HttpError::Closed("inside the chunked trailer"));
-                            }
+                            let line = read_line_bounded(r, MAX_HEAD)
+                                .await?
+                                .ok_or(HttpError::Closed("inside the chunked trailer"))?;
                             if line.trim().is_empty() {
                                 break;
                             }
@@ -324,10 +363,9 @@ impl Response {
                         self.finished = true;
                         return Ok(None);
                     }
-                    let mut line = String::new();
-                    if r.read_line(&mut line).await? == 0 {
-                        return Err(HttpError::Closed("inside a chunked body (the stream was cut)"));
-                    }
+                    let line = read_line_bounded(r, 1024)
+                        .await?
+                        .ok_or(HttpError::Closed("inside a chunked body (the stream was cut)"))?;
                     let size = line.trim().split(';').next().unwrap_or("").trim();
                     if size.is_empty() {
                         continue; // the CRLF ending the previous chunk
@@ -340,15 +378,7 @@ impl Response {
                         *left = n;
                     }
                 }
-                let buf = r.fill_buf().await?;
-                if buf.is_empty() {
-                    return Err(HttpError::Closed("inside a chunk (the stream was cut)"));
-                }
-                let n = buf.len().min(*left as usize);
-                let piece = buf[..n].to_vec();
-                r.consume(n);
-                *left -= n as u64;
-                Ok(Some(piece))
+                take_up_to(r, left, "inside a chunk (the stream was cut)").await.map(Some)
             }
             Framing::UntilClose => {
                 let buf = r.fill_buf().await?;
@@ -455,19 +485,32 @@ impl Conn {
 #[derive(Debug, Default)]
 pub struct SseParser {
     buf: Vec<u8>,
+    /// Bytes of `buf` already searched for an event's end.
+    scanned: usize,
 }
+
+/// Largest event the parser holds before giving up on the stream.
+pub const MAX_EVENT: usize = 16 * 1024 * 1024;
 
 impl SseParser {
     /// Adds bytes; returns the data of every event completed by them (the
     /// `data:` lines of one event joined with newlines; comments and other
-    /// fields are dropped).
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
+    /// fields are dropped). An event larger than [`MAX_EVENT`] is an error.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
         loop {
-            // an event ends with a blank line: "\n\n" or "\r\n\r\n"
-            let end = find_blank_line(&self.buf);
-            let Some((at, len)) = end else { break };
+            // an event ends with a blank line: "\n\n" or "\r\n\r\n"; resume where the
+            // last search stopped (less the 2 bytes a split terminator may straddle)
+            let from = self.scanned.saturating_sub(2);
+            let Some((at, len)) = find_blank_line(&self.buf[from..]).map(|(a, l)| (a + from, l)) else {
+                self.scanned = self.buf.len();
+                if self.buf.len() > MAX_EVENT {
+                    return Err(format!("a stream event larger than {MAX_EVENT} bytes"));
+                }
+                break;
+            };
+            self.scanned = 0;
             let event: Vec<u8> = self.buf.drain(..at + len).take(at).collect();
             let text = String::from_utf8_lossy(&event);
             let mut data: Vec<&str> = Vec::new();
@@ -481,7 +524,7 @@ impl SseParser {
                 out.push(data.join("\n"));
             }
         }
-        out
+        Ok(out)
     }
 
     /// Bytes held that do not yet form an event.
@@ -555,10 +598,20 @@ mod tests {
     #[test]
     fn sse_events_split_across_pieces() {
         let mut p = SseParser::default();
-        assert!(p.feed(b"data: {\"a\"").is_empty());
-        assert_eq!(p.feed(b":1}\n\ndata: [DONE]\r\n\r\n: comment\n\n"), vec!["{\"a\":1}", "[DONE]"]);
+        assert!(p.feed(b"data: {\"a\"").unwrap().is_empty());
+        assert_eq!(p.feed(b":1}\n\ndata: [DONE]\r\n\r\n: comment\n\n").unwrap(), vec!["{\"a\":1}", "[DONE]"]);
         assert_eq!(p.pending(), 0);
-        assert_eq!(p.feed(b"event: x\ndata: a\ndata: b\n\n"), vec!["a\nb"]);
+        assert_eq!(p.feed(b"event: x\ndata: a\ndata: b\n\n").unwrap(), vec!["a\nb"]);
+        // a terminator split across pieces, byte by byte
+        let mut q = SseParser::default();
+        let mut got = Vec::new();
+        for b in b"data: x\r\n\r\ndata: y\n\n" {
+            got.extend(q.feed(&[*b]).unwrap());
+        }
+        assert_eq!(got, vec!["x", "y"]);
+        // an endless event is refused
+        let mut big = SseParser::default();
+        assert!(big.feed(&vec![b'a'; MAX_EVENT + 1]).is_err());
     }
 
     #[test]
@@ -587,7 +640,7 @@ mod tests {
             let mut sse = SseParser::default();
             let mut events = Vec::new();
             while let Some(p) = r.next_piece(&mut c.io).await.unwrap() {
-                events.extend(sse.feed(&p));
+                events.extend(sse.feed(&p).unwrap());
             }
             assert_eq!(events, vec!["1", "2"]);
             assert!(r.reusable());

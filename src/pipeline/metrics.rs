@@ -209,11 +209,34 @@ fn peak_chunks_per_second(ok: &[&RequestRecord]) -> f64 {
     buckets.values().copied().max().unwrap_or(0) as f64
 }
 
-/// Most requests in flight at one moment: a sweep over start (+1) and end
-/// (-1) events, ends before starts at the same instant.
+/// vLLM's `max_concurrent_requests`: the most requests active in any
+/// one-second bucket (buckets counted from the first start; a request counts
+/// in every bucket from the one it started in to the one it ended in). Not
+/// the instantaneous peak: two requests that never overlap but share a
+/// second count as 2. See [`peak_in_flight`] for the instantaneous one.
 fn peak_concurrency(ok: &[&RequestRecord]) -> u64 {
-    let mut ev: Vec<(f64, i64)> =
-        ok.iter().flat_map(|r| [(r.start_time_s, 1), (r.start_time_s + r.latency_s, -1)]).collect();
+    let Some(t0) = ok.iter().map(|r| r.start_time_s).min_by(f64::total_cmp) else { return 0 };
+    let end = ok.iter().map(|r| r.start_time_s + r.latency_s).fold(t0, f64::max);
+    let buckets = ((end - t0).ceil().max(0.0) as usize).saturating_add(1).min(1 << 24);
+    let mut count = vec![0u64; buckets];
+    for r in ok {
+        let first = (r.start_time_s - t0).max(0.0) as usize;
+        let last = (r.start_time_s + r.latency_s - t0).max(0.0) as usize;
+        for c in count.iter_mut().take(last.saturating_add(1)).skip(first) {
+            *c += 1;
+        }
+    }
+    count.into_iter().max().unwrap_or(0)
+}
+
+/// Most requests in flight at one instant (successful ones): a sweep over
+/// start (+1) and end (-1) events, ends before starts at the same instant.
+pub fn peak_in_flight(records: &[RequestRecord]) -> u64 {
+    let mut ev: Vec<(f64, i64)> = records
+        .iter()
+        .filter(|r| r.success)
+        .flat_map(|r| [(r.start_time_s, 1), (r.start_time_s + r.latency_s, -1)])
+        .collect();
     ev.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let (mut now, mut peak) = (0i64, 0i64);
     for (_, d) in ev {
@@ -259,8 +282,9 @@ mod tests {
         let a = req(0.0, 0.100, &[0.010, 0.010, 0.010, 0.010], 5); // e2el 0.140, tpot 0.010
         let b = req(0.5, 0.200, &[0.020, 0.020, 0.020, 0.020], 5); // e2el 0.280, tpot 0.020
         let bad = RequestRecord { success: false, error: "HTTP 500".into(), ..RequestRecord::default() };
+        let rs = [a, b, bad];
         let m = calculate(
-            &[a, b, bad],
+            &rs,
             2.0,
             &["ttft", "tpot", "itl", "e2el"],
             &[99.0],
@@ -280,13 +304,27 @@ mod tests {
         assert!((k("mean_tpot_ms") - 15.0).abs() < 1e-9);
         assert!((k("mean_itl_ms") - 15.0).abs() < 1e-9, "8 gaps pooled");
         assert!((k("mean_e2el_ms") - 210.0).abs() < 1e-9);
-        assert_eq!(m.max_concurrent_requests, 1, "0-0.14 s and 0.5-0.78 s do not overlap");
+        // vLLM counts requests per one-second bucket: 0-0.14 s and 0.5-0.78 s share second 0
+        assert_eq!(m.max_concurrent_requests, 2, "vLLM's bucketed definition");
+        assert_eq!(peak_in_flight(&rs), 1, "0-0.14 s and 0.5-0.78 s never overlap");
         assert_eq!(m.max_output_tokens_per_s, 10.0, "all 10 chunks land in the first second");
         // JSON keys are vLLM's
         let j = serde_json::to_value(&m).unwrap();
         for key in ["completed", "failed", "request_goodput", "p99_ttft_ms", "median_tpot_ms", "std_itl_ms"] {
             assert!(j.get(key).is_some(), "{key} in {j}");
         }
+    }
+
+    #[test]
+    fn concurrency_buckets_follow_vllm() {
+        // 3 s of back-to-back requests of 0.9 s: never two at once, but seconds 0..2
+        // each hold two (vLLM's bucketed max_concurrent_requests)
+        let rs: Vec<RequestRecord> = (0..3).map(|i| req(i as f64 * 0.9, 0.1, &[0.8], 2)).collect();
+        let m = calculate(&rs, 2.7, &["ttft"], &[99.0], None);
+        assert_eq!(m.max_concurrent_requests, 2);
+        assert_eq!(peak_in_flight(&rs), 1);
+        let overlap = [req(0.0, 0.1, &[0.5], 2), req(0.2, 0.1, &[0.5], 2), req(0.3, 0.1, &[0.5], 2)];
+        assert_eq!(peak_in_flight(&overlap), 3);
     }
 
     #[test]
@@ -302,8 +340,11 @@ mod tests {
         let a = req(0.0, 1.0, &[1.0], 2);
         let b = req(0.5, 1.0, &[1.0], 2);
         let c = req(2.0, 0.1, &[], 1); // starts exactly when a ends: not overlapping
-        let m = calculate(&[a, b, c], 3.0, METRICS, &[50.0, 99.9], None);
-        assert_eq!(m.max_concurrent_requests, 2);
+        let rs = [a, b, c];
+        let m = calculate(&rs, 3.0, METRICS, &[50.0, 99.9], None);
+        // second 2 holds a's and b's ends and c's start: 3 in vLLM's buckets
+        assert_eq!(m.max_concurrent_requests, 3);
+        assert_eq!(peak_in_flight(&rs), 2, "c starts exactly when a ends");
         assert_eq!(m.request_goodput, None);
         assert!(m.latency_ms.contains_key("p99.9_e2el_ms"));
         assert!(Slo::parse("ttft").is_err());

@@ -11,3 +11,9 @@ pub mod metrics;
 pub mod model;
 pub mod result;
 pub mod viz;
+
+/// The single-threaded tokio runtime `bench` and `emulate` run on (engines
+/// and the load generator's timing do not need more; see docs/PIPELINE.md).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}

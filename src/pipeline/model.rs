@@ -82,7 +82,8 @@ impl StepTiming {
         if prefill_tokens > 0 {
             ms += self.prefill_base_ms + self.prefill_per_token_us * prefill_tokens as f64 / 1000.0;
         }
-        Duration::from_secs_f64(ms / 1000.0)
+        // at most a day per step: the CLI bounds the costs; this keeps any input finite
+        Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 86_400.0))
     }
 }
 
@@ -158,7 +159,7 @@ impl KvLink {
         let bytes = self.bytes.of(prompt_tokens);
         let gbps = self.gbps_at(bytes);
         let s = self.latency_us / 1e6 + if gbps > 0.0 { bytes as f64 / (gbps * 1e9) } else { 0.0 };
-        Duration::from_secs_f64(s)
+        Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
     }
 }
 
@@ -290,6 +291,20 @@ impl Seq {
     }
 }
 
+/// The end of a decode step: every running sequence emits a token; finished
+/// ones (or ones whose client is gone) leave the batch.
+fn decode_step_done(running: &mut Vec<Seq>, load: &AtomicU64, c: &Counters) {
+    running.retain_mut(|s| {
+        let alive = s.emit();
+        let done = !alive || s.emitted >= s.job.max_tokens;
+        if done {
+            load.fetch_sub(1, Ordering::Relaxed);
+            c.finished.fetch_add(u64::from(alive), Ordering::Relaxed);
+        }
+        !done
+    });
+}
+
 /// Sleeps until `t`, taking new jobs meanwhile. False when every sender is gone.
 fn wait_until<T>(rx: &Receiver<T>, t: Instant, inbox: &mut VecDeque<T>) -> bool {
     loop {
@@ -338,7 +353,15 @@ fn fixed_engine(rx: Receiver<Job>, ttft: Duration, tpot: Duration, load: Arc<Ato
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             Some(t) => {
                 let now = Instant::now();
-                if t <= now { Err(RecvTimeoutError::Timeout) } else { rx.recv_timeout(t - now) }
+                if t <= now {
+                    Err(RecvTimeoutError::Timeout)
+                } else if open {
+                    rx.recv_timeout(t - now)
+                } else {
+                    // nothing more can arrive: just wait for the next token
+                    std::thread::sleep(t - now);
+                    Err(RecvTimeoutError::Timeout)
+                }
             }
         };
         match got {
@@ -390,16 +413,15 @@ impl DecodeSinks {
         let Some(d) = self.sinks.iter().min_by_key(|d| d.load.load(Ordering::Relaxed)) else { return };
         d.load.fetch_add(1, Ordering::Relaxed);
         let took = self.kv.transfer_time(seq.job.prompt_tokens);
-        let ready_at = {
-            let mut free = d.link_free.lock().unwrap_or_else(|p| p.into_inner());
-            let start = (*free).max(Instant::now());
-            *free = start + took;
-            *free
-        };
         c.kv_transfers.fetch_add(1, Ordering::Relaxed);
         c.kv_transfer_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        // queue on the link and send under one lock, so a decode engine receives
+        // its arrivals in the order they complete
+        let mut free = d.link_free.lock().unwrap_or_else(|p| p.into_inner());
+        let start = (*free).max(Instant::now());
+        *free = start + took;
         let tx = d.tx.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = tx.send(Arrival { seq, ready_at });
+        let _ = tx.send(Arrival { seq, ready_at: *free });
     }
 }
 
@@ -466,15 +488,7 @@ fn batch_engine(
         }
         // the step is over: every decoding sequence has a new token
         if decode {
-            running.retain_mut(|s| {
-                let alive = s.emit();
-                let done = !alive || s.emitted >= s.job.max_tokens;
-                if done {
-                    load.fetch_sub(1, Ordering::Relaxed);
-                    c.finished.fetch_add(u64::from(alive), Ordering::Relaxed);
-                }
-                !done
-            });
+            decode_step_done(&mut running, &load, &c);
         }
         for mut s in waiting.drain(..completes) {
             match &handoff {
@@ -541,15 +555,7 @@ fn decode_engine(rx: Receiver<Arrival>, t: StepTiming, load: Arc<AtomicU64>, c: 
         if !wait_until(&rx, clock, &mut inbox) {
             open = false;
         }
-        running.retain_mut(|s| {
-            let alive = s.emit();
-            let done = !alive || s.emitted >= s.job.max_tokens;
-            if done {
-                load.fetch_sub(1, Ordering::Relaxed);
-                c.finished.fetch_add(u64::from(alive), Ordering::Relaxed);
-            }
-            !done
-        });
+        decode_step_done(&mut running, &load, &c);
     }
 }
 

@@ -104,7 +104,11 @@ pub struct PointInfo {
     pub output_len_mismatch: u64,
     /// Failed requests by reason (every failure is counted here and in `failed`).
     pub errors: BTreeMap<String, u64>,
-    /// The point was cut short by Ctrl-C (only written with `--keep-partial`).
+    /// Most successful requests in flight at one instant (vLLM's
+    /// `max_concurrent_requests` counts per one-second bucket instead).
+    #[serde(default)]
+    pub max_in_flight: u64,
+    /// The point was cut short by Ctrl-C (then written as `<name>.json.partial`).
     #[serde(default)]
     pub interrupted: bool,
 }
@@ -284,6 +288,7 @@ mod tests {
                 prompt_len_mismatch: 0,
                 output_len_mismatch: 0,
                 errors: BTreeMap::new(),
+                max_in_flight: 4,
                 interrupted: false,
             },
             detailed: None,

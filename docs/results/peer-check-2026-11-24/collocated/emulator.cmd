@@ -1,0 +1,1 @@
+kvprobe emulate --model emu --port 0 --mode collocated
