@@ -11,6 +11,7 @@ pub mod emulate;
 pub mod info;
 pub mod initiator;
 pub mod kv_shape;
+pub mod launch;
 pub mod serve;
 pub mod sweep;
 pub mod target;
@@ -46,6 +47,8 @@ pub enum Cmd {
     Bench(Box<bench::BenchArgs>),
     /// Serve an OpenAI-compatible EMULATOR of a serving engine (collocated or prefill/decode timing model, KV transfer time from a sweep); no model runs
     Emulate(Box<emulate::EmulateArgs>),
+    /// Write (and check) a Ray Serve LLM config: collocated, PD packed on one node or spread over two, NixlConnector; --dry-run for now
+    Launch(Box<launch::LaunchArgs>),
     /// Plot bench results (throughput per node vs latency with pareto frontiers, TPOT/TTFT vs load) and transport sweeps, PNG and SVG
     Viz(Box<viz::VizArgs>),
     /// Show where NIXL was found, its version, plugins and backend parameters
@@ -96,6 +99,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Bench(a) => bench::run(*a),
         Cmd::Emulate(a) => emulate::run(*a),
         Cmd::Info(a) => info::run(a),
+        Cmd::Launch(a) => launch::run(*a),
         Cmd::Viz(a) => viz::run(*a),
         Cmd::Target(a) => target::run(a),
         Cmd::Initiator(a) => initiator::run(a),

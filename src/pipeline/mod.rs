@@ -7,6 +7,7 @@ pub mod arrivals;
 pub mod bench;
 pub mod emulate;
 pub mod http;
+pub mod launch;
 pub mod metrics;
 pub mod model;
 pub mod result;
