@@ -6,7 +6,9 @@
 #     libucx wheel (ucx_perftest and ucx_info for comparisons, UCX's headers
 #     for regenerating ucx-sys; kvprobe itself uses the UCX NIXL bundles);
 #   - iproute2 and util-linux for the emulated hosts (debug/hosts.sh, tests/hosts.rs);
-#   - fonts-dejavu-core for the plots' text.
+#   - fonts-dejavu-core for the plots' text;
+#   - ray[serve] (with pyarrow and httpx) in .venv, so Ray's own schema classes
+#     check the Serve configs `kvprobe launch` writes (KVPROBE_NO_RAY=1 skips it).
 # kvprobe finds .venv by itself (docs/SETUP.md); nothing needs exporting.
 #
 # Environment: NIXL_WHEEL (default nixl-cu12), NIXL_VERSION (default 1.5.1),
@@ -62,6 +64,20 @@ if ls -d "$venv"/lib/python3*/site-packages/"$ucxdir"-"$ucx_version".dist-info >
 else
   say "installing $ucx_wheel==$ucx_version (ucx_perftest, ucx_info, headers) into $venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$ucx_wheel==$ucx_version"
+fi
+
+# Ray Serve's own schema classes check the configs `kvprobe launch` writes
+# (debug/validate-serve-config.py, tests/launch.rs); pyarrow and httpx let the
+# LLM builders' argument models import without vLLM. About 660 MB, 1 minute.
+ray_version=${RAY_VERSION:-2.60.0}
+if ls -d "$venv"/lib/python3*/site-packages/ray-"$ray_version".dist-info >/dev/null 2>&1; then
+  say "ray[serve] $ray_version already in $venv"
+elif [ "${KVPROBE_NO_RAY:-0}" = 1 ]; then
+  say "KVPROBE_NO_RAY=1: not installing ray[serve] (tests/launch.rs then skips the Ray schema check)"
+else
+  say "installing ray[serve]==$ray_version pyarrow httpx (Serve config validation) into $venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "ray[serve]==$ray_version" pyarrow httpx
+  say "(pip's note that nixl-cu12 requires torch is expected: NIXL's wheel is installed without its Python dependencies)"
 fi
 
 lib=$(ls "$venv"/lib/python3*/site-packages/."$pydir".mesonpy.libs/libnixl_capi.so 2>/dev/null | head -n 1)

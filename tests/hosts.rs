@@ -16,22 +16,6 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("debug/hosts.sh")
 }
 
-/// Whether this machine can make emulated hosts; prints why not.
-fn can_make_hosts(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let tools = ["ip", "unshare", "tc"].iter().all(|t| {
-        Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
-    });
-    if !root || !tools {
-        eprintln!(
-            "SKIPPED {test}: emulated hosts need root and iproute2/util-linux (root: {root}, ip/unshare/tc: {tools})"
-        );
-        return false;
-    }
-    true
-}
-
 /// Two emulated hosts, removed on drop.
 struct Hosts {
     name: String,

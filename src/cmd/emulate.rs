@@ -49,6 +49,9 @@ pub struct EmulateArgs {
     /// KV geometry from a Hugging Face config.json instead of the --model preset
     #[arg(long, value_name = "PATH")]
     pub model_config: Option<PathBuf>,
+    /// KV geometry preset when the served name is not one (e.g. --model gptoss --kv-model gpt-oss-120b)
+    #[arg(long, value_name = "PRESET", conflicts_with = "model_config")]
+    pub kv_model: Option<String>,
     /// Timing model
     #[arg(long, value_enum, default_value_t = EmuMode::Collocated)]
     pub mode: EmuMode,
@@ -141,7 +144,7 @@ fn kv_link(a: &EmulateArgs) -> Result<KvLink, CliError> {
         None => {
             let model = match &a.model_config {
                 Some(p) => Model::from_config_file(p),
-                None => Model::preset(&a.model),
+                None => Model::preset(a.kv_model.as_deref().unwrap_or(&a.model)),
             }
             .map_err(|e| {
                 usage(format!(

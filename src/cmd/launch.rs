@@ -1,7 +1,9 @@
 //! `kvprobe launch`: a Ray Serve LLM deployment (collocated, PD packed on
 //! one node, PD spread over two) checked against the cluster and the model
-//! and written as a Serve config. So far `--dry-run` only (issue 8 is open):
-//! the config is printed and, with `--out`, written with a manifest.
+//! and written as a Serve config (`--engine ray`; so far `--dry-run` only,
+//! issue 8 is open), or the same layout started as `kvprobe emulate`
+//! (`--engine emulate`), optionally inside an emulated host (`--netns`), so
+//! the pipeline runs without GPUs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +13,15 @@ use anyhow::{Context, anyhow};
 use super::CliError;
 use crate::kv::{Attention, Model};
 use crate::pipeline::launch::{self, Engines, LaunchMode, LaunchSpec, NixlBackend};
+
+/// What serves the layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// Ray Serve LLM with vLLM (writes the Serve config)
+    Ray,
+    /// kvprobe's emulator with the same layout (no GPU)
+    Emulate,
+}
 
 /// Arguments of `kvprobe launch`.
 #[derive(Debug, clap::Args)]
@@ -63,9 +74,27 @@ pub struct LaunchArgs {
     /// Allow prefill TP above decode TP (the seeds' NixlConnector, vLLM 0.11, refuses it)
     #[arg(long)]
     pub allow_p_tp_above_d_tp: bool,
-    /// The cluster's GPU nodes, ADDRESS=GPUS,... (Ray's node addresses)
+    /// The cluster's GPU nodes, ADDRESS=GPUS,... (Ray's node addresses) [emulate default: two emulated nodes of 8 GPUs]
     #[arg(long, value_name = "ADDR=GPUS,...")]
-    pub nodes: String,
+    pub nodes: Option<String>,
+    /// What serves the layout
+    #[arg(long, value_enum, default_value_t = Engine::Ray)]
+    pub engine: Engine,
+    /// emulate, PD: the KV path's GB/s-vs-size from this `kvprobe sweep` results.json (measure the placement first)
+    #[arg(long, value_name = "RESULTS_JSON")]
+    pub kv_from: Option<PathBuf>,
+    /// emulate, PD: a fixed KV rate instead, GB/s
+    #[arg(long, value_name = "GBPS", conflicts_with = "kv_from")]
+    pub kv_gbps: Option<f64>,
+    /// emulate: run the emulator inside this network namespace (an emulated host, debug/hosts.sh)
+    #[arg(long, value_name = "NS")]
+    pub netns: Option<String>,
+    /// emulate: address the emulator listens on
+    #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
+    pub listen: String,
+    /// emulate: more `kvprobe emulate` flags (timings), after `--`
+    #[arg(last = true, value_name = "EMULATE_ARGS")]
+    pub emulate_args: Vec<String>,
     /// HTTP port of the Serve proxy
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
@@ -96,12 +125,16 @@ fn kv_heads(a: &LaunchArgs) -> Result<(Option<u32>, String), CliError> {
 /// Runs `kvprobe launch`.
 pub fn run(a: LaunchArgs) -> Result<ExitCode, CliError> {
     let usage = |m: String| CliError::usage(anyhow!(m));
-    if !a.dry_run {
+    if !a.dry_run && a.engine == Engine::Ray {
         return Err(usage(
-            "only --dry-run is implemented so far: it prints the Serve config for `serve run` / `serve deploy`".into(),
+            "--engine ray: only --dry-run is implemented so far (it prints the Serve config for `serve run` / `serve deploy`); --engine emulate starts the emulator".into(),
         ));
     }
-    let nodes = launch::parse_nodes(&a.nodes).map_err(CliError::usage)?;
+    let nodes = match (&a.nodes, a.engine) {
+        (Some(n), _) => launch::parse_nodes(n).map_err(CliError::usage)?,
+        (None, Engine::Emulate) => launch::parse_nodes("emulated-a=8,emulated-b=8").map_err(CliError::usage)?,
+        (None, Engine::Ray) => return Err(usage("--nodes ADDR=GPUS,... is required with --engine ray".into())),
+    };
     let (heads, heads_note) = kv_heads(&a)?;
     let mut env = Vec::new();
     for item in &a.env {
@@ -131,6 +164,9 @@ pub fn run(a: LaunchArgs) -> Result<ExitCode, CliError> {
         allow_p_tp_above_d_tp: a.allow_p_tp_above_d_tp,
     };
     let placement = launch::place(&spec, &nodes).map_err(CliError::usage)?;
+    if a.engine == Engine::Emulate {
+        return run_emulator(&a, &spec, &placement);
+    }
     let config = launch::serve_config(&spec, &placement, a.port);
     let yaml = format!(
         "# kvprobe launch --dry-run ({}): {}\n# model: {heads_note}\n{}",
@@ -162,6 +198,128 @@ pub fn run(a: LaunchArgs) -> Result<ExitCode, CliError> {
     }
     print!("{yaml}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `kvprobe emulate` arguments that stand for a layout.
+fn emulate_args(a: &LaunchArgs, s: &LaunchSpec) -> Result<Vec<String>, CliError> {
+    let mut v: Vec<String> = vec![
+        "emulate".into(),
+        "--host".into(),
+        a.listen.clone(),
+        "--port".into(),
+        a.port.to_string(),
+        "--model".into(),
+        s.model_id.clone(),
+        "--max-model-len".into(),
+        s.max_model_len.to_string(),
+    ];
+    match (&a.model_config, Model::preset(&a.model)) {
+        (Some(p), _) => v.extend(["--model-config".into(), p.display().to_string()]),
+        (None, Ok(_)) => v.extend(["--kv-model".into(), a.model.clone()]),
+        (None, Err(_)) => {}
+    }
+    match s.mode {
+        LaunchMode::Collocated => v.extend([
+            "--mode".into(),
+            "collocated".into(),
+            "--num-replicas".into(),
+            s.collocated.num.to_string(),
+            "--tp".into(),
+            s.collocated.tp.to_string(),
+        ]),
+        LaunchMode::PdPack | LaunchMode::PdSpread => {
+            v.extend(["--mode".into(), "pd".into()]);
+            for (k, e) in [("p", s.prefill), ("d", s.decode)] {
+                v.extend([format!("--{k}-num"), e.num.to_string(), format!("--{k}-tp"), e.tp.to_string()]);
+            }
+            match (&a.kv_from, a.kv_gbps) {
+                (Some(p), _) => v.extend(["--kv-bandwidth-from".into(), p.display().to_string()]),
+                (None, Some(g)) => v.extend(["--kv-gbps".into(), g.to_string()]),
+                (None, None) => {
+                    return Err(CliError::usage(anyhow!(
+                        "--engine emulate with a PD mode needs the KV path's rate: --kv-from results.json (a `kvprobe sweep` of this placement) or --kv-gbps N"
+                    )));
+                }
+            }
+        }
+    }
+    v.extend(a.emulate_args.iter().cloned());
+    Ok(v)
+}
+
+/// Starts the emulator for the layout (in `--netns` when given), waits until
+/// it answers, records it, and stays in the foreground until SIGINT/SIGTERM,
+/// then ends it (by PID) and exits.
+fn run_emulator(a: &LaunchArgs, s: &LaunchSpec, p: &launch::Placement) -> Result<ExitCode, CliError> {
+    let exe = std::env::current_exe().context("cannot find the kvprobe binary").map_err(CliError::failed)?;
+    let mut argv: Vec<String> = Vec::new();
+    if let Some(ns) = &a.netns {
+        argv.extend(["ip".into(), "netns".into(), "exec".into(), ns.clone()]);
+    }
+    argv.push(exe.display().to_string());
+    argv.extend(emulate_args(a, s)?);
+    if a.dry_run {
+        println!("{}", argv.iter().map(|x| shell_word(x)).collect::<Vec<_>>().join(" "));
+        return Ok(ExitCode::SUCCESS);
+    }
+    crate::child::install_interrupt_handler();
+    let mut child = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", argv[0]))
+        .map_err(CliError::failed)?;
+    let stdout = child.stdout.take();
+    let mut line = String::new();
+    if let Some(out) = stdout {
+        use std::io::BufRead;
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    let Some(url) = line.trim().strip_prefix("listening on ").map(str::to_string) else {
+        let status = child.wait().map(crate::child::describe).unwrap_or_default();
+        return Err(CliError::failed(anyhow!("the emulator did not start ({status}); its messages are above")));
+    };
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))
+            .map_err(CliError::usage)?;
+        let record = serde_json::json!({
+            "schema": "kvprobe.launch/1",
+            "kvprobe_version": crate::version(),
+            "command_line": std::env::args().collect::<Vec<_>>(),
+            "engine": "emulate",
+            "spec": s,
+            "placement": p,
+            "emulator": {"command": argv, "pid": child.id(), "url": url, "netns": a.netns},
+        });
+        let data = serde_json::to_vec_pretty(&record).map_err(|e| CliError::failed(anyhow!(e)))?;
+        crate::report::write_atomic(&dir.join("launch.json"), &data)
+            .with_context(|| format!("cannot write {}", dir.join("launch.json").display()))
+            .map_err(CliError::failed)?;
+    }
+    println!("ready: {url} (kvprobe emulate, pid {}; an emulator, no model runs)", child.id());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(CliError::failed(anyhow!("the emulator stopped: {}", crate::child::describe(status))));
+        }
+        if crate::child::interrupted() {
+            // SAFETY: kill has no memory-safety preconditions; the PID is our own child's.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn shell_word(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 fn describe(s: &LaunchSpec, p: &launch::Placement) -> String {

@@ -78,3 +78,19 @@ pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid as i32, sig) };
 }
+
+/// Whether this machine can make emulated hosts (debug/hosts.sh); prints why not.
+pub fn can_make_hosts(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let tools = ["ip", "unshare", "tc"].iter().all(|t| {
+        Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
+    });
+    if !root || !tools {
+        eprintln!(
+            "SKIPPED {test}: emulated hosts need root and iproute2/util-linux (root: {root}, ip/unshare/tc: {tools})"
+        );
+        return false;
+    }
+    true
+}
