@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow};
 
 use super::CliError;
+use super::launch::LayoutArgs;
 use crate::kv::{KvDtype, KvSpec, Layout, Model, SlidingBlocks};
 use crate::pipeline::emulate::{Emulator, EmulatorConfig, Faults};
 use crate::pipeline::model::{KvBytes, KvLink, StepTiming, Topology};
@@ -61,24 +62,9 @@ pub struct EmulateArgs {
     /// fixed: time per later output token, ms
     #[arg(long, value_name = "MS")]
     pub tpot_ms: Option<f64>,
-    /// collocated: engines (replicas)
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub num_replicas: u32,
-    /// collocated: GPUs per engine (reported for plots; no effect on timing)
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub tp: u32,
-    /// pd: prefill engines
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub p_num: u32,
-    /// pd: GPUs per prefill engine (reported)
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub p_tp: u32,
-    /// pd: decode engines
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub d_num: u32,
-    /// pd: GPUs per decode engine (reported)
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub d_tp: u32,
+    /// Replicas and TP of the engines
+    #[command(flatten)]
+    pub layout: LayoutArgs,
     /// Fixed cost of a step that prefills, ms
     #[arg(long, default_value_t = 15.0, value_name = "MS")]
     pub prefill_base_ms: f64,
@@ -265,18 +251,18 @@ pub fn run(a: EmulateArgs) -> Result<ExitCode, CliError> {
             };
             pos(ttft, "--ttft-ms")?;
             pos(tpot, "--tpot-ms")?;
-            (Topology::Fixed { ttft_ms: ttft, tpot_ms: tpot }, count(a.tp, "--tp")?)
+            (Topology::Fixed { ttft_ms: ttft, tpot_ms: tpot }, count(a.layout.tp, "--tp")?)
         }
         EmuMode::Collocated => (
-            Topology::Collocated { replicas: count(a.num_replicas, "--num-replicas")?, timing },
-            a.num_replicas * count(a.tp, "--tp")?,
+            Topology::Collocated { replicas: count(a.layout.num_replicas, "--num-replicas")?, timing },
+            a.layout.num_replicas * count(a.layout.tp, "--tp")?,
         ),
         EmuMode::Pd => {
             let kv = kv_link(&a)?;
-            let (p, d) = (count(a.p_num, "--p-num")?, count(a.d_num, "--d-num")?);
+            let (p, d) = (count(a.layout.p_num, "--p-num")?, count(a.layout.d_num, "--d-num")?);
             (
                 Topology::Pd { p_num: p, d_num: d, timing, kv },
-                p * count(a.p_tp, "--p-tp")? + d * count(a.d_tp, "--d-tp")?,
+                p * count(a.layout.p_tp, "--p-tp")? + d * count(a.layout.d_tp, "--d-tp")?,
             )
         }
     };

@@ -23,21 +23,10 @@ pub enum Engine {
     Emulate,
 }
 
-/// Arguments of `kvprobe launch`.
-#[derive(Debug, clap::Args)]
-pub struct LaunchArgs {
-    /// Deployment shape
-    #[arg(long, value_enum)]
-    pub mode: LaunchMode,
-    /// Model to serve: a Hugging Face id or a local path (model_source); its KV heads are checked when it is a kvprobe preset
-    #[arg(long, value_name = "SOURCE")]
-    pub model: String,
-    /// Name the endpoint serves [default: the last path part of --model]
-    #[arg(long, value_name = "NAME")]
-    pub served_model_name: Option<String>,
-    /// The model's config.json, for its KV heads (TP must divide them)
-    #[arg(long, value_name = "PATH")]
-    pub model_config: Option<PathBuf>,
+/// Replicas and TP of a layout, shared by `launch` and `emulate` (for the
+/// emulator TP changes only the GPU count it reports, not its timing).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LayoutArgs {
     /// collocated: TP per replica
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub tp: u32,
@@ -56,6 +45,26 @@ pub struct LaunchArgs {
     /// PD: TP per decode replica
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub d_tp: u32,
+}
+
+/// Arguments of `kvprobe launch`.
+#[derive(Debug, clap::Args)]
+pub struct LaunchArgs {
+    /// Deployment shape
+    #[arg(long, value_enum)]
+    pub mode: LaunchMode,
+    /// Model to serve: a Hugging Face id or a local path (model_source); its KV heads are checked when it is a kvprobe preset
+    #[arg(long, value_name = "SOURCE")]
+    pub model: String,
+    /// Name the endpoint serves [default: the last path part of --model]
+    #[arg(long, value_name = "NAME")]
+    pub served_model_name: Option<String>,
+    /// The model's config.json, for its KV heads (TP must divide them)
+    #[arg(long, value_name = "PATH")]
+    pub model_config: Option<PathBuf>,
+    /// Replicas and TP of the engines
+    #[command(flatten)]
+    pub layout: LayoutArgs,
     /// NIXL backend of vLLM's NixlConnector
     #[arg(long, value_enum, default_value_t = NixlBackend::Ucx)]
     pub backend: NixlBackend,
@@ -153,9 +162,9 @@ pub fn run(a: LaunchArgs) -> Result<ExitCode, CliError> {
         model_id: served,
         model_source: a.model.clone(),
         kv_heads: heads,
-        collocated: Engines { num: a.num_replicas, tp: a.tp },
-        prefill: Engines { num: a.p_num, tp: a.p_tp },
-        decode: Engines { num: a.d_num, tp: a.d_tp },
+        collocated: Engines { num: a.layout.num_replicas, tp: a.layout.tp },
+        prefill: Engines { num: a.layout.p_num, tp: a.layout.p_tp },
+        decode: Engines { num: a.layout.d_num, tp: a.layout.d_tp },
         backend: a.backend,
         ucx_tls: a.ucx_tls.clone(),
         env,
