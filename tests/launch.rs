@@ -199,3 +199,92 @@ fn ray_s_own_schema_classes_accept_every_generated_config() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("INVALID"), "{why}");
     }
 }
+
+#[test]
+fn engine_emulate_serves_the_layout_until_interrupted() {
+    // --dry-run prints the emulator command for the layout
+    let (code, out, err) = launch(&[
+        "--engine",
+        "emulate",
+        "--mode",
+        "pd-spread",
+        "--model",
+        "gpt-oss-120b",
+        "--served-model-name",
+        "gptoss",
+        "--p-tp",
+        "4",
+        "--d-tp",
+        "4",
+        "--kv-gbps",
+        "2",
+        "--dry-run",
+        "--",
+        "--decode-base-ms",
+        "12",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    for part in [
+        "emulate",
+        "--model gptoss",
+        "--kv-model gpt-oss-120b",
+        "--mode pd",
+        "--p-tp 4",
+        "--kv-gbps 2",
+        "--decode-base-ms 12",
+    ] {
+        assert!(out.contains(part), "{part} missing from {out}");
+    }
+    // a PD layout without a KV rate is refused
+    let (code, _, err) = launch(&["--engine", "emulate", "--mode", "pd-pack", "--model", "gpt-oss-120b", "--dry-run"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--kv-from"), "{err}");
+    // for real: ready, answers as the layout, stops on SIGINT and takes the emulator with it
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = kvprobe()
+        .args([
+            "launch",
+            "--engine",
+            "emulate",
+            "--mode",
+            "collocated",
+            "--model",
+            "llama-3.1-8b",
+            "--tp",
+            "2",
+            "--num-replicas",
+            "3",
+        ])
+        .args(["--port", "0", "--out"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line
+        .strip_prefix("ready: ")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("launch.json")).unwrap()).unwrap();
+    let emu_pid = rec["emulator"]["pid"].as_u64().unwrap() as u32;
+    assert!(common::alive(emu_pid));
+    let out = kvprobe()
+        .args(["bench", "--url", &url, "--model", "llama-3.1-8b", "--smoke", "--itl", "16", "--otl", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    common::signal(child.id(), libc::SIGINT);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        common::wait_for(std::time::Duration::from_secs(5), || (!common::alive(emu_pid)).then_some(())).is_some(),
+        "the emulator outlived launch"
+    );
+    // the record holds the layout
+    assert_eq!(rec["spec"]["collocated"]["num"], 3);
+}
