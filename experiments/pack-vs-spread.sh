@@ -49,9 +49,12 @@ name=${name:0:10}
   say "1/3 transport per placement (NIXL READ; the verdict is in each sweep.txt)"
   mkdir -p "$out/transport"
   in_b "$kv" sweep "${sweep_args[@]}" --out "$out/transport/pack" >"$out/transport/pack.txt" 2>&1
-  in_b "$kv" serve --listen "$KVP_B_IP:7700" --json --log-dir "$out/transport/serve-logs" >"$out/transport/serve.jsonl" 2>&1 &
+  # exec all the way down, so $! is the serve process itself (ended by PID in cleanup)
+  ( UCX_NET_DEVICES=$KVP_B_DEV exec "$hosts" exec "$KVP_HOSTS" b "$kv" serve --listen "$KVP_B_IP:7700" --json \
+      --log-dir "$out/transport/serve-logs" >"$out/transport/serve.jsonl" 2>&1 ) &
   pids+=($!)
   for _ in $(seq 100); do grep -q token "$out/transport/serve.jsonl" 2>/dev/null && break; sleep 0.1; done
+  grep -q token "$out/transport/serve.jsonl" 2>/dev/null || { say "kvprobe serve did not start:"; cat "$out/transport/serve.jsonl" >&2; exit 1; }
   token=$(python3 -c "import json,sys; print(json.loads(open(sys.argv[1]).readline())[\"token\"])" "$out/transport/serve.jsonl")
   in_a "$kv" sweep --peer "$KVP_B_IP:7700" --token "$token" "${sweep_args[@]}" --out "$out/transport/spread-good" \
     >"$out/transport/spread-good.txt" 2>&1

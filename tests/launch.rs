@@ -288,3 +288,30 @@ fn engine_emulate_serves_the_layout_until_interrupted() {
     // the record holds the layout
     assert_eq!(rec["spec"]["collocated"]["num"], 3);
 }
+
+#[test]
+fn yaml_reads_back_as_the_json_it_was_made_from() {
+    let Some(py) = ray_python() else {
+        eprintln!("SKIPPED yaml_reads_back_as_the_json_it_was_made_from: no PyYAML (ray[serve] is not in the venv)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut args =
+        vec!["--mode", "pd-spread", "--model", "2024-01-01", "--served-model-name", "0x10", "--ucx-tls", "1_000"];
+    let envs =
+        ["A=null", "B=1e3", "C=a: b #c", "D= lead", "E=", "F=é\u{7f}\u{85}x", "G=multi\nline", "H=\"q\" \\ back"];
+    for e in &envs {
+        args.extend(["--env", e]);
+    }
+    args.extend(["--nodes", NODES, "--dry-run", "--out", dir.path().to_str().unwrap()]);
+    let (code, _, err) = launch(&args);
+    assert_eq!(code, Some(0), "{err}");
+    let script = "import json,sys,yaml\ny=yaml.safe_load(open(sys.argv[1]))\nj=json.load(open(sys.argv[2]))['serve_config']\nprint('same' if y==j else 'DIFFERENT')";
+    let out = std::process::Command::new(py)
+        .args(["-c", script])
+        .arg(dir.path().join("serve-config.yaml"))
+        .arg(dir.path().join("launch.json"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "same", "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -272,22 +272,36 @@ fn run_emulator(a: &LaunchArgs, s: &LaunchSpec, p: &launch::Placement) -> Result
         return Ok(ExitCode::SUCCESS);
     }
     crate::child::install_interrupt_handler();
-    let mut child = std::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {}", argv[0]))
+    // spawn_exe: its own process group (a terminal's Ctrl-C reaches only this
+    // process, which then stops the emulator) and a parent-death signal (a
+    // SIGKILLed launch takes the emulator along; `ip netns exec` execs in place)
+    let (exe0, rest) = argv.split_first().ok_or_else(|| CliError::failed(anyhow!("empty command")))?;
+    let mut child = crate::child::spawn_exe(std::path::Path::new(exe0), "emulator", rest, &[], false, None, None)
+        .with_context(|| format!("cannot start {exe0}"))
         .map_err(CliError::failed)?;
-    let stdout = child.stdout.take();
-    let mut line = String::new();
-    if let Some(out) = stdout {
-        use std::io::BufRead;
-        let _ = std::io::BufReader::new(out).read_line(&mut line);
-    }
-    let Some(url) = line.trim().strip_prefix("listening on ").map(str::to_string) else {
-        let status = child.wait().map(crate::child::describe).unwrap_or_default();
-        return Err(CliError::failed(anyhow!("the emulator did not start ({status}); its messages are above")));
+    let lines = child.stdout_lines().ok_or_else(|| CliError::failed(anyhow!("no stdout from the emulator")))?;
+    let started = std::time::Instant::now();
+    let url = loop {
+        if crate::child::interrupted() {
+            child.kill();
+            return Ok(ExitCode::from(130));
+        }
+        match lines.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(l) => match l.trim().strip_prefix("listening on ") {
+                Some(u) => break u.to_string(),
+                None => continue,
+            },
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if started.elapsed().as_secs() < 60 => {}
+            Err(_) => {
+                let status = child.kill().map(crate::child::describe).unwrap_or_default();
+                return Err(CliError::failed(anyhow!(
+                    "the emulator did not start listening ({status}); its messages are above"
+                )));
+            }
+        }
     };
+    // keep draining its stdout, so a later line never meets a closed pipe
+    std::thread::spawn(move || while lines.recv().is_ok() {});
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create {}", dir.display()))
@@ -299,25 +313,28 @@ fn run_emulator(a: &LaunchArgs, s: &LaunchSpec, p: &launch::Placement) -> Result
             "engine": "emulate",
             "spec": s,
             "placement": p,
-            "emulator": {"command": argv, "pid": child.id(), "url": url, "netns": a.netns},
+            "emulator": {"command": argv, "pid": child.pid(), "url": url, "netns": a.netns},
         });
         let data = serde_json::to_vec_pretty(&record).map_err(|e| CliError::failed(anyhow!(e)))?;
         crate::report::write_atomic(&dir.join("launch.json"), &data)
             .with_context(|| format!("cannot write {}", dir.join("launch.json").display()))
             .map_err(CliError::failed)?;
     }
-    println!("ready: {url} (kvprobe emulate, pid {}; an emulator, no model runs)", child.id());
+    println!("ready: {url} (kvprobe emulate listening, pid {}; an emulator, no model runs)", child.pid());
     use std::io::Write;
     let _ = std::io::stdout().flush();
     loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(CliError::failed(anyhow!("the emulator stopped: {}", crate::child::describe(status))));
-        }
+        // the interrupt first: an emulator that ends because of it is a clean stop
         if crate::child::interrupted() {
             // SAFETY: kill has no memory-safety preconditions; the PID is our own child's.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
+            unsafe { libc::kill(child.pid() as i32, libc::SIGTERM) };
+            if child.wait_timeout(std::time::Duration::from_secs(5)).is_none() {
+                child.kill();
+            }
             return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(status) = child.try_status() {
+            return Err(CliError::failed(anyhow!("the emulator stopped: {}", crate::child::describe(status))));
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }

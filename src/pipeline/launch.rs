@@ -314,7 +314,10 @@ pub fn serve_config(s: &LaunchSpec, p: &Placement, port: u16) -> Value {
     let (import_path, args) = match s.mode {
         LaunchMode::Collocated => (
             "ray.serve.llm:build_openai_app",
-            json!({"llm_configs": [llm_config(s, s.collocated, p.collocated.as_deref(), false, &env)]}),
+            json!({
+                "llm_configs": [llm_config(s, s.collocated, p.collocated.as_deref(), false, &env)],
+                "ingress_deployment_config": {"num_replicas": s.ingress_replicas},
+            }),
         ),
         LaunchMode::PdPack | LaunchMode::PdSpread => (
             "ray.serve.llm:build_pd_openai_app",
@@ -360,7 +363,14 @@ fn scalar(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
         Value::Bool(b) => b.to_string(),
-        Value::Number(n) => n.to_string(),
+        Value::Number(n) => {
+            // YAML 1.1 (PyYAML) reads `1e-7` as a string: give every exponent a mantissa dot
+            let t = n.to_string();
+            match t.find(['e', 'E']) {
+                Some(i) if n.is_f64() && !t[..i].contains('.') => format!("{}.0{}", &t[..i], &t[i..]),
+                _ => t,
+            }
+        }
         Value::String(s) => yaml_string(s),
         Value::Array(a) if a.is_empty() => "[]".into(),
         Value::Object(o) if o.is_empty() => "{}".into(),
@@ -368,16 +378,37 @@ fn scalar(v: &Value) -> String {
     }
 }
 
+/// A string as YAML reads it back unchanged: plain only when it starts with
+/// a letter, holds only letters, digits and `-._/`, and is no YAML 1.1
+/// keyword; otherwise double-quoted with every control character (C0, DEL,
+/// C1, line and paragraph separators, BOM) escaped.
 fn yaml_string(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c))
-        && !s.starts_with(['-', '.'])
-        && s.parse::<f64>().is_err()
+    let plain = s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-._/".contains(c))
         && !matches!(
             s.to_ascii_lowercase().as_str(),
-            "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "y" | "n" | "~"
+            "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "y" | "n"
         );
-    if plain { s.to_string() } else { Value::String(s.to_string()).to_string() }
+    if plain {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20
+                || (0x7f..=0x9f).contains(&(c as u32))
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}') =>
+            {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn is_block(v: &Value) -> bool {
@@ -511,11 +542,20 @@ mod tests {
         let y = to_yaml(&c);
         assert!(y.contains("import_path: \"ray.serve.llm:build_openai_app\""), "{y}");
         // keys come sorted (serde_json's map); list items open on the dash line
-        assert!(y.starts_with("applications:\n  - args:\n      llm_configs:\n        - deployment_config:\n"), "{y}");
+        assert!(
+            y.starts_with("applications:\n  - args:\n      ingress_deployment_config:\n        num_replicas: 16\n      llm_configs:\n        - deployment_config:\n"),
+            "{y}"
+        );
         assert!(y.contains("    name: kvprobe-collocated-2xtp4\n"), "{y}");
         assert!(y.contains("UCX_TLS: all\n"), "{y}");
         assert_eq!(yaml_string("yes"), "\"yes\"");
         assert_eq!(yaml_string("8000"), "\"8000\"");
+        for tricky in ["0x10", "1_000", "2024-01-01", "1e3", "", " lead", "a: b", "#c", "Null", "ON"] {
+            assert!(yaml_string(tricky).starts_with('"'), "{tricky} must be quoted");
+        }
+        assert_eq!(yaml_string("a\u{7f}b\u{85}\n\"\\"), "\"a\\u007fb\\u0085\\u000a\\\"\\\\\"");
+        assert_eq!(scalar(&json!(1e-7)), "1.0e-7");
+        assert_eq!(scalar(&json!(0.001)), "0.001");
         assert_eq!(yaml_string("node:10.0.0.1"), "\"node:10.0.0.1\"");
         assert_eq!(yaml_string("openai/gpt-oss-120b"), "openai/gpt-oss-120b");
     }
