@@ -19,7 +19,7 @@ fn pack_vs_spread_shows_the_bad_link_in_ttft_not_tpot() {
         .arg(&out)
         .env("KVPROBE", env!("CARGO_BIN_EXE_kvprobe"))
         .env("HOSTS_NAME", format!("pvt{}", std::process::id() % 100_000))
-        .envs([("ITL", "1000"), ("OTL", "20"), ("CONC", "1,4"), ("PROMPTS_PER_CONC", "2"), ("SIZES", "1M,16M,64M")])
+        .envs([("ITL", "1000"), ("OTL", "40"), ("CONC", "1,4"), ("PROMPTS_PER_CONC", "2"), ("SIZES", "1M,16M,64M")])
         .output()
         .expect("run experiments/pack-vs-spread.sh");
     let text = format!("{}\n{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
