@@ -106,10 +106,20 @@ fn impossible_layouts_are_refused_before_anything_starts() {
         launch(&["--mode", "collocated", "--model", "m", "--nodes", NODES, "--env", "novalue", "--dry-run"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("KEY=VALUE"), "{err}");
-    // without --dry-run nothing pretends to start
-    let (code, _, err) = launch(&["--mode", "collocated", "--model", "m", "--nodes", NODES]);
-    assert_eq!(code, Some(2));
-    assert!(err.contains("only --dry-run"), "{err}");
+    // without --dry-run it needs a cluster: none there is an ordinary error, at once
+    let t0 = std::time::Instant::now();
+    let (code, _, err) =
+        launch(&["--mode", "collocated", "--model", "m", "--nodes", NODES, "--ray-address", "127.0.0.1:9"]);
+    assert_eq!(code, Some(1), "{err}");
+    if err.contains("no Python with Ray") {
+        eprintln!("(no Ray in the venv: the refusal names that instead) {err}");
+    } else {
+        assert!(err.contains("nothing answers at 127.0.0.1:9"), "{err}");
+        assert!(t0.elapsed().as_secs() < 60, "took {:?}", t0.elapsed());
+    }
+    let (code, _, err) = launch(&["--mode", "collocated", "--model", "m", "--python", "/nonexistent/python"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no Python with Ray found") && err.contains("/nonexistent/python"), "{err}");
 }
 
 /// The project venv's python when Ray Serve imports there (debug/setup.sh installs it).
@@ -314,4 +324,123 @@ fn yaml_reads_back_as_the_json_it_was_made_from() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "same", "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `launch --engine ray` against a real two-node Ray cluster of emulated
+/// hosts (debug/ray-cluster.sh: Ray 2.60 head in host a, worker in host b,
+/// 8 declared GPUs each). There is no vLLM here, so the deployment itself
+/// must fail: the test checks everything up to and around that, for real:
+/// the inventory (nodes, addresses, per-node versions), `--nodes` taken
+/// from the cluster and checked against it, layouts refused against the
+/// cluster's GPUs before anything is deployed, `serve deploy` run, Serve's
+/// own failure read back (vLLM's import error) with a hint from the
+/// inventory, the manifest, the shutdown, and the refusal to replace
+/// another application.
+#[test]
+fn on_a_real_ray_cluster_launch_inventories_deploys_and_reports_the_failure() {
+    let test = "on_a_real_ray_cluster_launch_inventories_deploys_and_reports_the_failure";
+    if !common::can_make_hosts(test) {
+        return;
+    }
+    if ray_python().is_none() {
+        eprintln!("SKIPPED {test}: no Ray in the project venv (debug/setup.sh installs it unless KVPROBE_NO_RAY=1)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // every step runs inside host a (the head's host); results go to files
+    let script = r#"
+      set -u
+      in_a() { "$ROOT/debug/hosts.sh" exec "$KVP_HOSTS" a "$@"; }
+      L() { in_a "$KV" launch --model gpt-oss-120b --ray-address "$KVP_RAY_ADDRESS" "$@"; }
+      L --mode pd-spread --p-tp 2 --d-tp 4 --dry-run >"$D/dry.yaml" 2>"$D/dry.err"; echo $? >"$D/dry.rc"
+      L --mode pd-pack --p-tp 8 --d-tp 8 --out "$D/big" >"$D/big.out" 2>"$D/big.err"; echo $? >"$D/big.rc"
+      L --mode pd-pack --nodes 10.9.9.9=8 --out "$D/bogus" >"$D/bogus.out" 2>"$D/bogus.err"; echo $? >"$D/bogus.rc"
+      L --mode pd-spread --p-tp 2 --d-tp 4 --ready-timeout 240 --out "$D/run" >"$D/run.out" 2>"$D/run.err"; echo $? >"$D/run.rc"
+      in_a "$PY" -c "import json,urllib.request as u; print(json.dumps(json.load(u.urlopen('$KVP_RAY_DASHBOARD/api/serve/applications/'))['applications']))" >"$D/apps-after.json"
+      # someone else's application: launch must not replace it unasked
+      in_a "$SERVE" deploy "$D/run/serve-config.yaml" --address "$KVP_RAY_DASHBOARD" >"$D/other.out" 2>&1
+      L --mode collocated --tp 4 --out "$D/other" >"$D/refuse.out" 2>"$D/refuse.err"; echo $? >"$D/refuse.rc"
+      echo "$KVP_A_IP $KVP_B_IP" >"$D/ips"
+    "#;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let py = ray_python().unwrap();
+    let serve = py.parent().unwrap().join("serve");
+    let run = std::process::Command::new(format!("{root}/debug/ray-cluster.sh"))
+        .args(["run", &format!("rct{}", std::process::id() % 100_000), "bash", "-c", script])
+        .env("ROOT", root)
+        .env("KV", env!("CARGO_BIN_EXE_kvprobe"))
+        .env("PY", &py)
+        .env("SERVE", &serve)
+        .env("D", d)
+        .env("RAY_LOGS", d)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run debug/ray-cluster.sh");
+    let text = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
+    let logs = format!(
+        "{}\n{}\nhead log:\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+        text("ray-a.log")
+    );
+    assert!(run.status.success(), "{logs}");
+    let ips = text("ips");
+    let (a_ip, b_ip) = ips.trim().split_once(' ').expect("the hosts' addresses");
+    let rc = |name: &str| text(&format!("{name}.rc")).trim().to_string();
+
+    // a dry run takes its nodes from the cluster: prefill on one, decode on the other
+    assert_eq!(rc("dry"), "0", "{}", text("dry.err"));
+    let yaml = text("dry.yaml");
+    assert!(
+        yaml.contains(&format!("\"node:{a_ip}\": 0.001")) && yaml.contains(&format!("\"node:{b_ip}\": 0.001")),
+        "{yaml}"
+    );
+    assert!(
+        text("dry.err").contains("rct") && text("dry.err").contains("no vllm"),
+        "inventory lines: {}",
+        text("dry.err")
+    );
+    // too big for the cluster's nodes: refused with the cluster's own inventory, nothing deployed
+    assert_eq!(rc("big"), "2", "{}", text("big.err"));
+    assert!(
+        text("big.err").contains("16 GPUs on one node") && text("big.err").contains(&format!("{a_ip} (8 GPUs)")),
+        "{}",
+        text("big.err")
+    );
+    assert!(!d.join("big/serve-config.yaml").exists());
+    assert_eq!(rc("bogus"), "2", "{}", text("bogus.err"));
+    assert!(text("bogus.err").contains("10.9.9.9 is not an alive node of the cluster"), "{}", text("bogus.err"));
+
+    // the real deployment fails (no vLLM): Serve's reason, the hint, the record, the shutdown
+    assert_eq!(rc("run"), "1", "{}\n{logs}", text("run.err"));
+    let err = text("run.err");
+    assert!(err.contains("DEPLOY_FAILED") && err.contains("Neither vLLM nor SGLang is installed"), "{err}");
+    assert!(err.contains(&format!("vLLM is not installed on {a_ip}, {b_ip}")), "{err}");
+    let rec: serde_json::Value = serde_json::from_str(&text("run/launch.json")).expect("launch.json");
+    assert_eq!(rec["schema"], "kvprobe.launch/1");
+    assert_eq!(rec["status"], "failed");
+    assert_eq!(rec["nodes_from"], "cluster");
+    assert_eq!(rec["placement"]["prefill"], a_ip);
+    assert_eq!(rec["placement"]["decode"], b_ip);
+    let nodes = rec["cluster"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    for n in nodes {
+        assert_eq!(n["gpus"], 8.0);
+        assert_eq!(n["probe"]["dists"]["ray"], "2.60.0", "{n}");
+        assert!(n["probe"]["ucx"]["version"].as_str().is_some_and(|v| v.starts_with("1.")), "{n}");
+    }
+    assert!(nodes.iter().any(|n| n["is_head"] == true && n["address"] == a_ip));
+    let cmds: Vec<String> =
+        rec["commands"].as_array().unwrap().iter().map(|c| c["argv"][1].as_str().unwrap_or("").to_string()).collect();
+    assert_eq!(cmds, ["-c", "deploy", "status", "shutdown"], "{:#}", rec["commands"]);
+    assert!(rec["commands"].as_array().unwrap().iter().all(|c| c["exit_code"] == 0), "{:#}", rec["commands"]);
+    assert!(rec["failure"].as_str().unwrap().contains("ImportError"));
+    assert!(text("run/serve-status.txt").contains("DEPLOY_FAILED"), "{}", text("run/serve-status.txt"));
+    assert_eq!(text("apps-after.json").trim(), "{}", "the failed application was left deployed");
+
+    // another application runs: refused, not replaced
+    assert_eq!(rc("refuse"), "2", "{}\n{}", text("refuse.err"), text("other.out"));
+    assert!(text("refuse.err").contains("already runs kvprobe-pd-spread-1xtp2-1xtp4"), "{}", text("refuse.err"));
+    assert!(text("refuse.err").contains("--replace-apps"));
 }

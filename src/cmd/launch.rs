@@ -1,18 +1,22 @@
 //! `kvprobe launch`: a Ray Serve LLM deployment (collocated, PD packed on
-//! one node, PD spread over two) checked against the cluster and the model
-//! and written as a Serve config (`--engine ray`; so far `--dry-run` only,
-//! issue 8 is open), or the same layout started as `kvprobe emulate`
+//! one node, PD spread over two) checked against the cluster and the model,
+//! written as a Serve config and deployed with Ray's CLI (`--engine ray`:
+//! inventory, `serve deploy`, wait for `/v1/models`, manifest; `--dry-run`
+//! prints the config only), or the same layout started as `kvprobe emulate`
 //! (`--engine emulate`), optionally inside an emulated host (`--netns`), so
 //! the pipeline runs without GPUs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, anyhow};
 
 use super::CliError;
 use crate::kv::{Attention, Model};
+use crate::pipeline::http::BaseUrl;
 use crate::pipeline::launch::{self, Engines, LaunchMode, LaunchSpec, NixlBackend};
+use crate::pipeline::ray::{self, AppPhase, Inventory, LaunchRecord, RayPython};
 
 /// What serves the layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -83,7 +87,7 @@ pub struct LaunchArgs {
     /// Allow prefill TP above decode TP (the seeds' NixlConnector, vLLM 0.11, refuses it)
     #[arg(long)]
     pub allow_p_tp_above_d_tp: bool,
-    /// The cluster's GPU nodes, ADDRESS=GPUS,... (Ray's node addresses) [emulate default: two emulated nodes of 8 GPUs]
+    /// The cluster's GPU nodes, ADDRESS=GPUS,... (Ray's node addresses) [ray: taken from the cluster and checked against it; emulate: two emulated nodes of 8 GPUs]
     #[arg(long, value_name = "ADDR=GPUS,...")]
     pub nodes: Option<String>,
     /// What serves the layout
@@ -107,12 +111,36 @@ pub struct LaunchArgs {
     /// HTTP port of the Serve proxy
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
-    /// Print the Serve config and exit (nothing starts)
+    /// Print the Serve config and exit (nothing starts; the cluster is asked for its nodes only when --nodes is not given)
     #[arg(long)]
     pub dry_run: bool,
-    /// Also write serve-config.yaml and launch.json here
+    /// Write serve-config.yaml and launch.json here [ray default: launch_results/<app>-<UTC time>]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// ray: the cluster's GCS address, HOST:PORT [default: $RAY_ADDRESS, else auto (a cluster started on this machine)]
+    #[arg(long, value_name = "ADDR")]
+    pub ray_address: Option<String>,
+    /// ray: the Ray dashboard `serve` talks to [default: the one the cluster reports]
+    #[arg(long, value_name = "URL")]
+    pub dashboard: Option<String>,
+    /// ray: the Python with Ray [default: $KVPROBE_PYTHON, $VIRTUAL_ENV, the project's .venv, python3]
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// ray: the OpenAI endpoint to wait for [default: http://<head node>:<--port>]
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// ray: wait this long for /v1/models after `serve deploy`, seconds (loading a large model takes minutes)
+    #[arg(long, default_value_t = 1800.0, value_name = "S")]
+    pub ready_timeout: f64,
+    /// ray: exit once ready and leave the application running (default: stay until SIGINT/SIGTERM, then shut it down)
+    #[arg(long)]
+    pub detach: bool,
+    /// ray: leave a failed or timed-out application deployed for inspection (default: shut it down)
+    #[arg(long)]
+    pub keep_on_failure: bool,
+    /// ray: deploy even though Serve runs other applications (`serve deploy` replaces every one of them)
+    #[arg(long)]
+    pub replace_apps: bool,
 }
 
 fn kv_heads(a: &LaunchArgs) -> Result<(Option<u32>, String), CliError> {
@@ -134,15 +162,45 @@ fn kv_heads(a: &LaunchArgs) -> Result<(Option<u32>, String), CliError> {
 /// Runs `kvprobe launch`.
 pub fn run(a: LaunchArgs) -> Result<ExitCode, CliError> {
     let usage = |m: String| CliError::usage(anyhow!(m));
-    if !a.dry_run && a.engine == Engine::Ray {
-        return Err(usage(
-            "--engine ray: only --dry-run is implemented so far (it prints the Serve config for `serve run` / `serve deploy`); --engine emulate starts the emulator".into(),
-        ));
+    if !(a.ready_timeout > 0.0 && a.ready_timeout <= 7.0 * 86_400.0) {
+        return Err(usage(format!("--ready-timeout must be between 0 and 7 days of seconds, got {}", a.ready_timeout)));
     }
-    let nodes = match (&a.nodes, a.engine) {
-        (Some(n), _) => launch::parse_nodes(n).map_err(CliError::usage)?,
-        (None, Engine::Emulate) => launch::parse_nodes("emulated-a=8,emulated-b=8").map_err(CliError::usage)?,
-        (None, Engine::Ray) => return Err(usage("--nodes ADDR=GPUS,... is required with --engine ray".into())),
+    // --engine ray asks the cluster (its nodes and versions) unless this is
+    // a dry run with the nodes given
+    let mut ray_side: Option<(RayPython, Inventory, ray::CommandRecord)> = None;
+    if a.engine == Engine::Ray && (!a.dry_run || a.nodes.is_none()) {
+        crate::child::install_interrupt_handler();
+        let py = ray::find_python(a.python.as_deref()).map_err(CliError::failed)?;
+        let address = ray_address(&a);
+        eprintln!(
+            "launch: taking the inventory of the Ray cluster at {address} (Ray {}, {})",
+            py.ray_version,
+            py.python.display()
+        );
+        let (inv, rec) = ray::inventory(&py, &address, Duration::from_secs(120)).map_err(CliError::failed)?;
+        eprint!("{}", inv.describe());
+        ray_side = Some((py, inv, rec));
+    }
+    let nodes = match (&a.nodes, a.engine, &ray_side) {
+        (Some(n), _, _) => {
+            let n = launch::parse_nodes(n).map_err(CliError::usage)?;
+            if let Some((_, inv, _)) = &ray_side {
+                inv.check(&n).map_err(CliError::usage)?;
+            }
+            n
+        }
+        (None, Engine::Emulate, _) => launch::parse_nodes("emulated-a=8,emulated-b=8").map_err(CliError::usage)?,
+        (None, Engine::Ray, Some((_, inv, _))) => {
+            let n = inv.gpu_nodes();
+            if n.is_empty() {
+                return Err(usage(format!(
+                    "the Ray cluster at {} has no alive node with a GPU resource: start its nodes with GPUs (`ray start --num-gpus N` if Ray does not detect them)",
+                    inv.address
+                )));
+            }
+            n
+        }
+        (None, Engine::Ray, None) => return Err(usage("internal: no cluster inventory".into())),
     };
     let (heads, heads_note) = kv_heads(&a)?;
     let mut env = Vec::new();
@@ -178,35 +236,391 @@ pub fn run(a: LaunchArgs) -> Result<ExitCode, CliError> {
     }
     let config = launch::serve_config(&spec, &placement, a.port);
     let yaml = format!(
-        "# kvprobe launch --dry-run ({}): {}\n# model: {heads_note}\n{}",
+        "# kvprobe launch ({}): {}\n# model: {heads_note}\n{}",
         crate::version(),
         describe(&spec, &placement),
         launch::to_yaml(&config)
     );
-    if let Some(dir) = &a.out {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))
-            .map_err(CliError::usage)?;
-        let write = |name: &str, data: &[u8]| {
-            crate::report::write_atomic(&dir.join(name), data)
-                .with_context(|| format!("cannot write {}", dir.join(name).display()))
-                .map_err(CliError::failed)
+    if !a.dry_run {
+        let Some((py, inv, inv_rec)) = ray_side else {
+            return Err(usage("internal: no cluster inventory".into()));
         };
-        write("serve-config.yaml", yaml.as_bytes())?;
+        return run_ray(
+            &a,
+            RayRun { spec: &spec, placement: &placement, config: &config, yaml: &yaml, nodes_given: a.nodes.is_some() },
+            py,
+            inv,
+            inv_rec,
+        );
+    }
+    if let Some(dir) = &a.out {
+        make_dir(dir)?;
+        write_file(&dir.join("serve-config.yaml"), yaml.as_bytes())?;
         let record = serde_json::json!({
             "schema": "kvprobe.launch/1",
             "kvprobe_version": crate::version(),
             "command_line": std::env::args().collect::<Vec<_>>(),
+            "engine": "ray",
             "dry_run": true,
             "spec": spec,
             "nodes": nodes,
+            "cluster": ray_side.as_ref().map(|(_, inv, _)| inv),
             "placement": placement,
             "serve_config": config,
         });
-        write("launch.json", &serde_json::to_vec_pretty(&record).map_err(|e| CliError::failed(anyhow!(e)))?)?;
+        write_file(
+            &dir.join("launch.json"),
+            &serde_json::to_vec_pretty(&record).map_err(|e| CliError::failed(anyhow!(e)))?,
+        )?;
     }
     print!("{yaml}");
     Ok(ExitCode::SUCCESS)
+}
+
+fn ray_address(a: &LaunchArgs) -> String {
+    a.ray_address
+        .clone()
+        .or_else(|| std::env::var("RAY_ADDRESS").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "auto".into())
+}
+
+fn make_dir(dir: &Path) -> Result<(), CliError> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display())).map_err(CliError::usage)
+}
+
+fn write_file(path: &Path, data: &[u8]) -> Result<(), CliError> {
+    crate::report::write_atomic(path, data)
+        .with_context(|| format!("cannot write {}", path.display()))
+        .map_err(CliError::failed)
+}
+
+/// The layout a Ray launch deploys.
+struct RayRun<'a> {
+    spec: &'a LaunchSpec,
+    placement: &'a launch::Placement,
+    config: &'a serde_json::Value,
+    yaml: &'a str,
+    nodes_given: bool,
+}
+
+/// The state of one Ray launch: its record, saved at every change.
+struct RayLaunch {
+    record: LaunchRecord,
+    path: PathBuf,
+    serve: PathBuf,
+    dashboard: String,
+    t0: Instant,
+}
+
+impl RayLaunch {
+    fn save(&mut self) {
+        self.record.updated_at = crate::hostinfo::rfc3339_utc(SystemTime::now());
+        match serde_json::to_vec_pretty(&self.record) {
+            Ok(data) => {
+                if let Err(e) = crate::report::write_atomic(&self.path, &data) {
+                    eprintln!("launch: cannot write {}: {e}", self.path.display());
+                }
+            }
+            Err(e) => eprintln!("launch: cannot encode launch.json: {e}"),
+        }
+    }
+
+    fn status(&mut self, s: &str) {
+        self.record.status = s.into();
+        self.save();
+    }
+
+    /// Runs a `serve` subcommand against the dashboard, recorded.
+    fn serve(&mut self, args: &[&str], limit: Duration, stoppable: bool) -> ray::CommandRecord {
+        let mut argv = vec![self.serve.display().to_string()];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        argv.extend(["--address".into(), self.dashboard.clone()]);
+        let rec = ray::run_captured(&argv, &argv, limit, stoppable).unwrap_or_else(|e| ray::CommandRecord {
+            argv: argv.clone(),
+            exit_code: None,
+            seconds: 0.0,
+            timed_out: false,
+            interrupted: false,
+            stdout_tail: String::new(),
+            stderr_tail: e.to_string(),
+            stdout: String::new(),
+        });
+        self.record.commands.push(rec.clone());
+        self.save();
+        rec
+    }
+
+    fn note(&mut self, line: String) {
+        let t = self.t0.elapsed().as_secs_f64();
+        eprintln!("launch: [{t:6.1} s] {line}");
+        self.record.timeline.push(((t * 10.0).round() / 10.0, line));
+    }
+
+    /// `serve status` into serve-status.txt, for the failure report.
+    fn capture_status(&mut self, dir: &Path) {
+        let r = self.serve(&["status"], Duration::from_secs(60), false);
+        let _ = crate::report::write_atomic(&dir.join("serve-status.txt"), r.stdout.as_bytes());
+    }
+
+    /// Shuts down what this launch deployed: `serve shutdown`, only when no
+    /// other application runs (it removes them all).
+    fn teardown(&mut self, app: &str) {
+        let dash = BaseUrl::parse(&self.dashboard);
+        let others: Vec<String> =
+            match dash.map_err(|e| e.to_string()).and_then(|d| ray::serve_details(&d).map_err(|e| e.to_string())) {
+                Ok(d) => ray::app_names(&d).into_iter().filter(|n| n != app).collect(),
+                Err(e) => {
+                    eprintln!("launch: cannot read Serve's state before shutting down ({e}); shutting down anyway");
+                    vec![]
+                }
+            };
+        if !others.is_empty() {
+            eprintln!(
+                "launch: Serve also runs {} now: not shutting Serve down; remove {app} yourself",
+                others.join(", ")
+            );
+            return;
+        }
+        eprintln!("launch: shutting down {app} (serve shutdown)");
+        let r = self.serve(&["shutdown", "--yes"], Duration::from_secs(180), false);
+        if !r.ok() {
+            eprintln!("launch: {}", r.failure());
+        }
+    }
+}
+
+/// Deploys on the Ray cluster: `serve deploy`, then waits for `/v1/models`
+/// (Serve's state read every 2 s from the dashboard: a failed deployment
+/// ends the wait at once with Serve's own messages), writes launch.json, and
+/// stays until SIGINT/SIGTERM (or exits at once with `--detach`).
+fn run_ray(
+    a: &LaunchArgs,
+    r: RayRun,
+    py: RayPython,
+    inv: Inventory,
+    inv_rec: ray::CommandRecord,
+) -> Result<ExitCode, CliError> {
+    let app = r.config["applications"][0]["name"].as_str().unwrap_or("kvprobe").to_string();
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from("launch_results").join(format!("{app}-{}", crate::hostinfo::stamp_utc(SystemTime::now())))
+    });
+    make_dir(&out)?;
+    let config_path = out.join("serve-config.yaml");
+    write_file(&config_path, r.yaml.as_bytes())?;
+    let dashboard = match (&a.dashboard, &inv.dashboard_url) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) if d.starts_with("http") => d.clone(),
+        (None, Some(d)) => format!("http://{d}"),
+        (None, None) => {
+            return Err(CliError::usage(anyhow!(
+                "the cluster reports no dashboard (was it started with --include-dashboard false?): `serve deploy` needs one; pass --dashboard URL"
+            )));
+        }
+    };
+    let dash = BaseUrl::parse(&dashboard).map_err(|e| CliError::usage(anyhow!("--dashboard {dashboard:?}: {e}")))?;
+    let head = inv.head().map(|n| n.address.clone());
+    let now = crate::hostinfo::rfc3339_utc(SystemTime::now());
+    let mut l = RayLaunch {
+        record: LaunchRecord {
+            schema: "kvprobe.launch/1",
+            kvprobe_version: crate::version().to_string(),
+            engine: "ray",
+            command_line: crate::hostinfo::redacted_args(),
+            status: "inventory".into(),
+            failure: None,
+            started_at: now.clone(),
+            updated_at: now,
+            python: py.clone(),
+            ray_address: ray_address(a),
+            dashboard: Some(dashboard.clone()),
+            nodes_from: if r.nodes_given { "--nodes" } else { "cluster" },
+            cluster: inv,
+            spec: serde_json::to_value(r.spec).unwrap_or_default(),
+            placement: serde_json::to_value(r.placement).unwrap_or_default(),
+            app_name: app.clone(),
+            serve_config_path: config_path.display().to_string(),
+            commands: vec![inv_rec],
+            timeline: vec![],
+            url: None,
+            ready_seconds: None,
+            models: None,
+            serve_app: None,
+        },
+        path: out.join("launch.json"),
+        serve: py.serve.clone(),
+        dashboard: dashboard.clone(),
+        t0: Instant::now(),
+    };
+    l.save();
+    let fail = |l: &mut RayLaunch, status: &str, why: String| -> Result<ExitCode, CliError> {
+        l.record.failure = Some(why.clone());
+        l.status(status);
+        Err(CliError::failed(anyhow!("{why}\n  everything kvprobe saw is in {}", l.path.display())))
+    };
+
+    // `serve deploy` replaces every application: never someone else's unasked
+    let details = match ray::serve_details(&dash) {
+        Ok(d) => d,
+        Err(e) => return fail(&mut l, "failed", format!("before deploying: {e}")),
+    };
+    let others: Vec<String> = ray::app_names(&details).into_iter().filter(|n| n != &app).collect();
+    if !others.is_empty() && !a.replace_apps {
+        l.record.failure = Some(format!("Serve runs other applications: {}", others.join(", ")));
+        l.status("refused");
+        return Err(CliError::usage(anyhow!(
+            "Serve on this cluster already runs {}: `serve deploy` would replace them with this config; pass --replace-apps to do that, or remove them first (`serve shutdown`)",
+            others.join(", ")
+        )));
+    }
+    if crate::child::interrupted() {
+        l.status("interrupted");
+        return Ok(ExitCode::from(130));
+    }
+    // the engines import vLLM and NIXL where they are placed: say so before
+    // a deploy that cannot start (a runtime_env could still install them)
+    let mut hints = Vec::new();
+    for (dist, what) in [("vllm", "vLLM"), ("nixl", "NIXL")] {
+        let missing = l.record.cluster.missing(dist);
+        if !missing.is_empty() {
+            hints.push(format!(
+                "{what} is not installed on {} (the inventory's probe found no `{dist}` distribution)",
+                missing.join(", ")
+            ));
+        }
+    }
+    for h in &hints {
+        eprintln!("launch: warning: {h}");
+    }
+    let hint = if hints.is_empty() { String::new() } else { format!("\n  hint: {}", hints.join("; ")) };
+    l.status("deploying");
+    l.t0 = Instant::now();
+    let path = config_path.display().to_string();
+    let dep = l.serve(&["deploy", &path], Duration::from_secs(180), true);
+    if dep.interrupted {
+        l.status("interrupted");
+        return Ok(ExitCode::from(130));
+    }
+    if !dep.ok() {
+        return fail(&mut l, "failed", format!("serve deploy failed: {}", dep.failure()));
+    }
+    let url = a.url.clone().unwrap_or_else(|| format!("http://{}:{}", head.as_deref().unwrap_or("127.0.0.1"), a.port));
+    let base = BaseUrl::parse(&url).map_err(|e| CliError::usage(anyhow!("--url {url:?}: {e}")))?;
+    l.record.url = Some(url.clone());
+    l.note(format!("deployed {app} from {path}; waiting up to {:.0} s for {url}/v1/models", a.ready_timeout));
+    let deadline = Instant::now() + Duration::from_secs_f64(a.ready_timeout);
+    let rt = crate::pipeline::runtime().context("cannot start the I/O runtime").map_err(CliError::failed)?;
+    let mut last = String::new();
+    let mut last_err = String::new();
+    loop {
+        if crate::child::interrupted() {
+            l.note("interrupted while waiting: shutting down what was deployed".into());
+            l.teardown(&app);
+            l.status("interrupted");
+            return Ok(ExitCode::from(130));
+        }
+        match ray::serve_details(&dash) {
+            Ok(d) => {
+                let line = ray::progress(&d, &app);
+                if line != last {
+                    l.note(line.clone());
+                    last = line;
+                }
+                l.record.serve_app = Some(d["applications"][&app].clone());
+                match ray::phase(&d, &app) {
+                    AppPhase::Failed => {
+                        let report = ray::failure_report(&d, &app);
+                        l.capture_status(&out);
+                        if !a.keep_on_failure {
+                            l.teardown(&app);
+                        }
+                        return fail(&mut l, "failed", format!("the deployment failed:\n{report}{hint}"));
+                    }
+                    AppPhase::Running => {
+                        let got = rt.block_on(crate::pipeline::http::get(&base, "/v1/models", Duration::from_secs(10)));
+                        match got {
+                            Ok((200, _, body)) => {
+                                let models: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                                let listed = models["data"]
+                                    .as_array()
+                                    .is_some_and(|v| v.iter().any(|m| m["id"] == r.spec.model_id.as_str()));
+                                if listed {
+                                    l.record.models = Some(models);
+                                    break;
+                                }
+                                last_err = format!("/v1/models does not list {} yet", r.spec.model_id);
+                            }
+                            Ok((code, _, _)) => last_err = format!("/v1/models answered HTTP {code}"),
+                            Err(e) => last_err = format!("{url}/v1/models: {e}"),
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) => last_err = e.to_string(),
+        }
+        if Instant::now() > deadline {
+            let report = match ray::serve_details(&dash) {
+                Ok(d) => ray::failure_report(&d, &app),
+                Err(e) => e.to_string(),
+            };
+            l.capture_status(&out);
+            if !a.keep_on_failure {
+                l.teardown(&app);
+            }
+            let why = format!(
+                "not ready within {:.0} s (--ready-timeout); last: {last}{}\n{report}{hint}",
+                a.ready_timeout,
+                if last_err.is_empty() { String::new() } else { format!("; {last_err}") }
+            );
+            return fail(&mut l, "timeout", why);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let secs = l.t0.elapsed().as_secs_f64();
+    l.record.ready_seconds = Some((secs * 10.0).round() / 10.0);
+    l.note(format!("ready: {url} lists {}", r.spec.model_id));
+    l.status("ready");
+    println!(
+        "ready: {url} (Ray Serve application {app}, {secs:.0} s after serve deploy; record in {})",
+        l.path.display()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    if a.detach {
+        eprintln!("launch: left running; remove it with `{} shutdown --yes --address {dashboard}`", py.serve.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    // stay: a stop signal shuts it down; an application that goes away or fails ends the launch
+    let mut next_check = Instant::now() + Duration::from_secs(5);
+    loop {
+        if crate::child::interrupted() {
+            l.teardown(&app);
+            l.status("stopped");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if Instant::now() >= next_check {
+            next_check = Instant::now() + Duration::from_secs(5);
+            if let Ok(d) = ray::serve_details(&dash) {
+                match ray::phase(&d, &app) {
+                    AppPhase::Running | AppPhase::Deploying => {}
+                    AppPhase::Failed => {
+                        let report = ray::failure_report(&d, &app);
+                        l.record.serve_app = Some(d["applications"][&app].clone());
+                        l.capture_status(&out);
+                        return fail(&mut l, "failed", format!("the application failed after it was ready:\n{report}"));
+                    }
+                    other => {
+                        return fail(
+                            &mut l,
+                            "failed",
+                            format!("the application is {other:?} now (removed by someone else?)"),
+                        );
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The `kvprobe emulate` arguments that stand for a layout.

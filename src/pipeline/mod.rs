@@ -10,6 +10,7 @@ pub mod http;
 pub mod launch;
 pub mod metrics;
 pub mod model;
+pub mod ray;
 pub mod result;
 pub mod viz;
 
