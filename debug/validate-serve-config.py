@@ -14,8 +14,13 @@ Checks per file:
      LLMConfig.model_validate with extra="forbid" on each LLM config), plus
      PlacementGroupConfig on each placement_group_config (LLMConfig keeps it as
      a plain dict; only the vLLM engine config validates it) and unknown-key
-     checks on deployment_config / ingress_deployment_config (Serve's
-     DeploymentConfig ignores unknown keys).
+     checks on deployment_config / ingress_deployment_config against the
+     deployment options Serve takes (DeploymentSchema: num_replicas,
+     autoscaling_config, name, ray_actor_options, ...), which it would
+     otherwise ignore;
+  4. every runtime_env (the application's and each LLM config's) with Ray's
+     RuntimeEnv class (types: env_vars must be str -> str), plus unknown keys
+     (RuntimeEnv accepts any key as a plugin; a typo would be ignored).
 Without vLLM/SGLang, Ray's openai_api_models module raises ImportError; it only
 holds OpenAI request/response models not used by these arg schemas, so it is
 replaced with a stub for validation.
@@ -64,16 +69,23 @@ def validate(path, schema):
     from ray.llm._internal.serve.serving_patterns.prefill_decode.builder import (
         PDServingArgs,
     )
-    from ray.serve._private.config import DeploymentConfig
-    from ray.serve.schema import ServeApplicationSchema
+    from ray.runtime_env import RuntimeEnv
+    from ray.serve.schema import DeploymentSchema, ServeApplicationSchema
+
+    def runtime_env(where, env):
+        if env is None:
+            return
+        _unknown(where, env, RuntimeEnv.known_fields)
+        RuntimeEnv(**env)
 
     with open(path) as f:
         doc = yaml.safe_load(f)
     schema.model_validate(doc)
     _unknown("top level", doc, schema.model_fields)
-    dep_fields = DeploymentConfig.model_fields
+    dep_fields = DeploymentSchema.model_fields
     for i, app in enumerate(doc["applications"]):
         _unknown(f"applications[{i}]", app, ServeApplicationSchema.model_fields)
+        runtime_env(f"applications[{i}].runtime_env", app.get("runtime_env"))
         kind = BUILDERS.get(app["import_path"])
         if kind is None:
             continue
@@ -93,6 +105,7 @@ def validate(path, schema):
                 if c.get("placement_group_config") is not None:
                     PlacementGroupConfig.model_validate(c["placement_group_config"])
                 _unknown(where + ".deployment_config", c.get("deployment_config"), dep_fields)
+                runtime_env(where + ".runtime_env", c.get("runtime_env"))
 
 
 def main(paths):
@@ -110,7 +123,7 @@ def main(paths):
     for p in paths:
         try:
             validate(p, ServeDeploySchema)
-        except Exception as e:  # pydantic.ValidationError, ValueError, KeyError
+        except Exception as e:  # pydantic.ValidationError, ValueError, KeyError, TypeError
             print(f"{p}: INVALID (ray {ray.__version__})\n{type(e).__name__}: {e}",
                   file=sys.stderr)
             return 1

@@ -201,13 +201,28 @@ fn ray_s_own_schema_classes_accept_every_generated_config() {
     for (bad, why) in [
         (text.replace("strategy: STRICT_PACK", "strategy: STRICT_PAK"), "STRICT_PAK"),
         (text.replace("kv_transfer_config:", "kv_transfer_configs:"), "kv_transfer_config"),
+        // runtime_env: a misspelt key (RuntimeEnv takes any key as a plugin) and a non-string value
+        (text.replacen("env_vars:", "env_var:", 1), "env_var"),
+        (text.replacen("UCX_TLS: all", "UCX_TLS: 1", 1), "env_vars"),
     ] {
         let f = dir.path().join("broken.yaml");
         std::fs::write(&f, bad).unwrap();
         let out = validate(&py, &[f]);
         assert_eq!(out.status.code(), Some(1), "{why}: {}", String::from_utf8_lossy(&out.stdout));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("INVALID"), "{why}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("INVALID") && err.contains(why), "{why}: {err}");
     }
+    // and it accepts what Serve accepts: deployment options of an LLM config beyond DeploymentConfig's
+    let good = text.replacen(
+        "        deployment_config:\n",
+        "        deployment_config:\n          name: decode-engines\n          ray_actor_options:\n            num_cpus: 1\n",
+        1,
+    );
+    assert_ne!(good, text);
+    let f = dir.path().join("options.yaml");
+    std::fs::write(&f, good).unwrap();
+    let out = validate(&py, &[f]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

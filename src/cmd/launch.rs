@@ -540,10 +540,7 @@ fn run_ray(
                         match got {
                             Ok((200, _, body)) => {
                                 let models: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                                let listed = models["data"]
-                                    .as_array()
-                                    .is_some_and(|v| v.iter().any(|m| m["id"] == r.spec.model_id.as_str()));
-                                if listed {
+                                if ray::lists_model(&models, &r.spec.model_id) {
                                     l.record.models = Some(models);
                                     break;
                                 }

@@ -502,6 +502,11 @@ pub fn serve_details(dashboard: &BaseUrl) -> Result<Value, RayError> {
     serde_json::from_slice(&body).map_err(|e| RayError::Protocol(format!("Serve's details are not JSON: {e}")))
 }
 
+/// Whether an OpenAI `/v1/models` answer lists `id` (ready to serve it).
+pub fn lists_model(models: &Value, id: &str) -> bool {
+    models["data"].as_array().is_some_and(|v| v.iter().any(|m| m["id"] == id))
+}
+
 /// The applications Serve runs, by name.
 pub fn app_names(details: &Value) -> Vec<String> {
     details["applications"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
@@ -678,6 +683,10 @@ mod tests {
         assert!(r.contains("deployment Prefill: UNHEALTHY: replica failed to start"), "{r}");
         assert!(!r.contains("PDProxyServer"), "healthy deployments are left out: {r}");
         assert_eq!(app_names(&details("RUNNING")), vec!["app".to_string()]);
+        let models = json!({"object": "list", "data": [{"id": "gptoss", "object": "model"}]});
+        assert!(lists_model(&models, "gptoss"));
+        assert!(!lists_model(&models, "gpt"));
+        assert!(!lists_model(&json!({"detail": "Not Found"}), "gptoss"));
     }
 
     #[test]
