@@ -17,6 +17,7 @@ pub mod engine;
 pub mod hostinfo;
 pub mod kv;
 pub mod locate;
+pub mod matrix;
 pub mod mem;
 pub mod nixl;
 pub mod nvml;

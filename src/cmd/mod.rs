@@ -12,6 +12,7 @@ pub mod info;
 pub mod initiator;
 pub mod kv_shape;
 pub mod launch;
+pub mod matrix;
 pub mod serve;
 pub mod sweep;
 pub mod target;
@@ -47,8 +48,10 @@ pub enum Cmd {
     Bench(Box<bench::BenchArgs>),
     /// Serve an OpenAI-compatible EMULATOR of a serving engine (collocated or prefill/decode timing model, KV transfer time from a sweep); no model runs
     Emulate(Box<emulate::EmulateArgs>),
-    /// Write (and check) a Ray Serve LLM config: collocated, PD packed on one node or spread over two, NixlConnector; --dry-run for now
+    /// Deploy a Ray Serve LLM layout (collocated, PD packed on one node or spread over two, NixlConnector) on a Ray cluster and wait until it serves; --dry-run prints the checked config; --engine emulate starts it as the emulator
     Launch(Box<launch::LaunchArgs>),
+    /// Measure every ordered pair of a Ray cluster's nodes (kvprobe serve + sweep --peer placed by Ray), in rounds with one transfer per node; matrix.json, heatmap, outlier links and nodes
+    Matrix(Box<matrix::MatrixArgs>),
     /// Plot bench results (throughput per node vs latency with pareto frontiers, TPOT/TTFT vs load) and transport sweeps, PNG and SVG
     Viz(Box<viz::VizArgs>),
     /// Show where NIXL was found, its version, plugins and backend parameters
@@ -100,6 +103,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Emulate(a) => emulate::run(*a),
         Cmd::Info(a) => info::run(a),
         Cmd::Launch(a) => launch::run(*a),
+        Cmd::Matrix(a) => matrix::run(*a),
         Cmd::Viz(a) => viz::run(*a),
         Cmd::Target(a) => target::run(a),
         Cmd::Initiator(a) => initiator::run(a),

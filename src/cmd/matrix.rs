@@ -1,0 +1,477 @@
+//! `kvprobe matrix`: every ordered pair of a Ray cluster's nodes measured
+//! with `kvprobe sweep --peer`, in rounds that keep each node in one
+//! transfer at a time (or deliberately overlapping ones with
+//! `--contention`), through the cluster's own Ray: a Python driver shipped
+//! inside kvprobe places one agent per node. Writes matrix.json as it goes,
+//! then the heatmap, the table and the verdict (outlier links and nodes).
+
+use std::io::BufRead;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, anyhow};
+use serde_json::Value;
+
+use super::CliError;
+use crate::matrix::{self, DoctorSummary, MatrixNode, MatrixResult, PairResult};
+use crate::pipeline::ray;
+
+const DRIVER_PY: &str = include_str!("../matrix/driver.py");
+
+/// Arguments of `kvprobe matrix`.
+#[derive(Debug, clap::Args)]
+pub struct MatrixArgs {
+    /// The Ray cluster's GCS address, HOST:PORT [default: $RAY_ADDRESS, else auto]
+    #[arg(long, value_name = "ADDR")]
+    pub ray_address: Option<String>,
+    /// Only these nodes (Ray node addresses, comma-separated) [default: every alive node]
+    #[arg(long, value_name = "ADDR,...")]
+    pub nodes: Option<String>,
+    /// Transfer sizes of each pair's sweep
+    #[arg(long, default_value = "1M,16M,64M", value_name = "LIST")]
+    pub sizes: String,
+    /// Operations (the first is the one the matrix compares)
+    #[arg(long, default_value = "READ", value_name = "LIST")]
+    pub ops: String,
+    /// Time per size and operation of each sweep (kvprobe sweep --duration)
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<String>,
+    /// KV-shaped pairs: the sweep's --model (a preset or a config.json path on every node)
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
+    /// Run every node's transfers at once in shifted rounds (each node sends and receives at the same time) instead of one transfer per node
+    #[arg(long)]
+    pub contention: bool,
+    /// A link under this fraction of the cluster's median is an outlier
+    #[arg(long, default_value_t = 0.5, value_name = "FRACTION")]
+    pub outlier_at: f64,
+    /// A link under this fraction of its NIC's rated line rate is an outlier
+    #[arg(long, default_value_t = 0.25, value_name = "FRACTION")]
+    pub line_rate_at: f64,
+    /// The kvprobe binary on every node [default: this binary's path: a shared path or the same install everywhere]
+    #[arg(long, value_name = "PATH")]
+    pub kvprobe: Option<PathBuf>,
+    /// Ship this binary to the nodes with Ray (runtime_env working_dir) instead of --kvprobe
+    #[arg(long, conflicts_with = "kvprobe")]
+    pub ship: bool,
+    /// Skip `kvprobe doctor` on the nodes
+    #[arg(long)]
+    pub no_doctor: bool,
+    /// Give up on a pair after this many seconds
+    #[arg(long, default_value_t = 600.0, value_name = "S")]
+    pub pair_timeout: f64,
+    /// The Python with Ray [default: $KVPROBE_PYTHON, $VIRTUAL_ENV, the project's .venv, python3]
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Results folder [default: results/matrix-<UTC time>]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Exit 0 even when the verdict is FAIL
+    #[arg(long)]
+    pub no_fail: bool,
+    /// No progress lines
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+fn save(path: &std::path::Path, r: &mut MatrixResult) {
+    r.updated_at = crate::hostinfo::rfc3339_utc(SystemTime::now());
+    match serde_json::to_vec_pretty(r) {
+        Ok(d) => {
+            if let Err(e) = crate::report::write_atomic(path, &d) {
+                eprintln!("matrix: cannot write {}: {e}", path.display());
+            }
+        }
+        Err(e) => eprintln!("matrix: cannot encode matrix.json: {e}"),
+    }
+}
+
+/// The headline numbers of one pair's results.json.
+struct PairSummary {
+    /// GB/s per size of the headline operation, in size order.
+    by_size: Vec<(u64, f64)>,
+    /// Lanes at the largest size.
+    lanes: Option<String>,
+    /// The sweep's verdict grade.
+    grade: Option<String>,
+    /// The initiator NIC's rated line rate, GB/s.
+    rated: Option<f64>,
+}
+
+fn summarize(results: &Value, op: &str) -> PairSummary {
+    let mut by: Vec<(u64, f64, Option<String>)> = results["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["op"].as_str().is_some_and(|o| o.eq_ignore_ascii_case(op)))
+        .filter_map(|r| {
+            let lanes = r["transport"]["lanes"]
+                .as_array()
+                .map(|l| l.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(","));
+            Some((r["size_bytes"].as_u64()?, r["gbps"].as_f64()?, lanes))
+        })
+        .collect();
+    by.sort_by_key(|x| x.0);
+    let lanes = by.last().and_then(|x| x.2.clone());
+    let grade = results["verdict"]["grade"].as_str().map(str::to_string);
+    let rated = results["header"]["link"]["local_dev_mbps"].as_f64().map(|m| m * 1e6 / 8.0 / 1e9);
+    PairSummary { by_size: by.into_iter().map(|(s, g, _)| (s, g)).collect(), lanes, grade, rated }
+}
+
+fn doctor_summary(ev: &Value) -> DoctorSummary {
+    let report = &ev["report"];
+    let across = report["diagnosis"]["carriers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["path"].as_str().is_some_and(|p| p.contains("across")))
+        .and_then(|c| c["carrier"].as_str().map(str::to_string));
+    let findings = report["diagnosis"]["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| format!("{} {}", f["severity"].as_str().unwrap_or("?"), f["id"].as_str().unwrap_or("?")))
+        .collect();
+    DoctorSummary {
+        exit_code: ev["exit_code"].as_i64().map(|c| c as i32),
+        across_hosts: across,
+        findings,
+        error: ev["error"].as_str().map(str::to_string),
+    }
+}
+
+/// Runs `kvprobe matrix`.
+pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
+    let usage = |m: String| CliError::usage(anyhow!(m));
+    if !(a.outlier_at > 0.0 && a.outlier_at < 1.0 && a.line_rate_at >= 0.0 && a.line_rate_at < 1.0) {
+        return Err(usage("--outlier-at must be in (0, 1) and --line-rate-at in [0, 1)".into()));
+    }
+    if !(a.pair_timeout >= 10.0 && a.pair_timeout <= 86_400.0) {
+        return Err(usage(format!("--pair-timeout must be 10 s to a day, got {}", a.pair_timeout)));
+    }
+    let ops: Vec<String> = a.ops.split(',').map(|s| s.trim().to_ascii_uppercase()).filter(|s| !s.is_empty()).collect();
+    let headline = ops.first().cloned().ok_or_else(|| usage("--ops lists nothing".into()))?;
+    let mut sweep_args =
+        vec!["--sizes".to_string(), a.sizes.clone(), "--ops".into(), ops.join(","), "--backend".into(), "nixl".into()];
+    if let Some(d) = &a.duration {
+        sweep_args.extend(["--duration".into(), d.clone()]);
+    }
+    if let Some(m) = &a.model {
+        sweep_args.extend(["--model".into(), m.clone()]);
+    }
+    crate::child::install_interrupt_handler();
+    let py = ray::find_python(a.python.as_deref()).map_err(CliError::failed)?;
+    let address = a
+        .ray_address
+        .clone()
+        .or_else(|| std::env::var("RAY_ADDRESS").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "auto".into());
+    if !a.quiet {
+        eprintln!("matrix: taking the inventory of the Ray cluster at {address}");
+    }
+    let (inv, _) = ray::inventory(&py, &address, Duration::from_secs(120)).map_err(CliError::failed)?;
+    if !a.quiet {
+        eprint!("{}", inv.describe());
+    }
+    let mut alive: Vec<&ray::RayNode> = inv.nodes.iter().filter(|n| n.alive).collect();
+    alive.sort_by(|x, y| x.address.cmp(&y.address));
+    let chosen: Vec<&ray::RayNode> = match &a.nodes {
+        None => alive,
+        Some(list) => {
+            let mut v = Vec::new();
+            for addr in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let n = alive.iter().find(|n| n.address == addr).ok_or_else(|| {
+                    usage(format!(
+                        "--nodes: {addr} is not an alive node of the cluster (alive: {})",
+                        alive.iter().map(|n| n.address.as_str()).collect::<Vec<_>>().join(", ")
+                    ))
+                })?;
+                if !v.iter().any(|x: &&ray::RayNode| x.address == addr) {
+                    v.push(*n);
+                }
+            }
+            v
+        }
+    };
+    if chosen.len() < 2 {
+        return Err(usage(format!("a matrix needs at least 2 nodes; {} chosen", chosen.len())));
+    }
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from("results").join(format!("matrix-{}", crate::hostinfo::stamp_utc(SystemTime::now())))
+    });
+    std::fs::create_dir_all(out.join("pairs"))
+        .with_context(|| format!("cannot create {}", out.display()))
+        .map_err(CliError::usage)?;
+    let exe = std::env::current_exe().context("cannot find this binary").map_err(CliError::failed)?;
+    let (kv_path, ship_dir) = if a.ship {
+        let dir = out.join("ship");
+        std::fs::create_dir_all(&dir).map_err(|e| CliError::failed(anyhow!("cannot create {}: {e}", dir.display())))?;
+        std::fs::copy(&exe, dir.join("kvprobe"))
+            .with_context(|| format!("cannot copy {} to ship it", exe.display()))
+            .map_err(CliError::failed)?;
+        ("kvprobe".to_string(), Some(std::fs::canonicalize(&dir).unwrap_or(dir).display().to_string()))
+    } else {
+        (a.kvprobe.clone().unwrap_or(exe).display().to_string(), None)
+    };
+    let rounds = matrix::plan::rounds(chosen.len(), a.contention);
+    let total_pairs: usize = rounds.iter().map(Vec::len).sum();
+    let nodes_json: Vec<Value> =
+        chosen.iter().map(|n| serde_json::json!({"node_id": n.node_id, "address": n.address})).collect();
+    // the nodes' kvprobe finds NIXL as here: pass on what points at it
+    let env: serde_json::Map<String, Value> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("KVPROBE_") || k.starts_with("UCX_") || k.starts_with("NIXL_"))
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    let plan = serde_json::json!({
+        "address": address,
+        "kvprobe": kv_path,
+        "ship_dir": ship_dir,
+        "env": env,
+        "nodes": nodes_json,
+        "rounds": rounds.iter().map(|r| r.iter().map(|p| [p.initiator, p.target]).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "sweep_args": sweep_args,
+        "doctor": !a.no_doctor,
+        "doctor_timeout": 120.0,
+        "start_timeout": 180.0,
+        "pair_timeout": a.pair_timeout,
+    });
+    let plan_path = out.join("plan.json");
+    crate::report::write_atomic(&plan_path, &serde_json::to_vec_pretty(&plan).unwrap_or_default())
+        .with_context(|| format!("cannot write {}", plan_path.display()))
+        .map_err(CliError::failed)?;
+    let now = crate::hostinfo::rfc3339_utc(SystemTime::now());
+    let mut r = MatrixResult {
+        schema: matrix::SCHEMA.into(),
+        kvprobe_version: crate::version().to_string(),
+        command_line: crate::hostinfo::redacted_args(),
+        status: "running".into(),
+        started_at: now.clone(),
+        updated_at: now,
+        ray_address: address.clone(),
+        contention: a.contention,
+        sweep_args: sweep_args.clone(),
+        nodes: chosen
+            .iter()
+            .map(|n| MatrixNode {
+                address: n.address.clone(),
+                hostname: n.hostname.clone(),
+                node_id: n.node_id.clone(),
+                doctor: None,
+                lost: None,
+            })
+            .collect(),
+        rounds: rounds.clone(),
+        round_seconds: vec![],
+        pairs: vec![],
+        seconds: None,
+        verdict: None,
+        errors: vec![],
+    };
+    let mpath = out.join("matrix.json");
+    save(&mpath, &mut r);
+    if !a.quiet {
+        eprintln!(
+            "matrix: {} nodes, {total_pairs} pairs in {} rounds{}; results in {}",
+            chosen.len(),
+            rounds.len(),
+            if a.contention { " (overlapping)" } else { " (one transfer per node at a time)" },
+            out.display()
+        );
+    }
+    let log = std::fs::File::create(out.join("driver.log"))
+        .with_context(|| format!("cannot create {}", out.join("driver.log").display()))
+        .map_err(CliError::failed)?;
+    let t0 = Instant::now();
+    let mut child = Command::new(&py.python)
+        .args(["-c", DRIVER_PY])
+        .arg(&plan_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start the Ray driver with {}", py.python.display()))
+        .map_err(CliError::failed)?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take();
+    std::thread::spawn(move || {
+        if let Some(s) = stdout {
+            for line in std::io::BufReader::new(s).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut events = std::fs::File::create(out.join("events.jsonl")).ok();
+    let addr = |r: &MatrixResult, i: usize| r.nodes.get(i).map(|n| n.address.clone()).unwrap_or_default();
+    let mut done = false;
+    let mut interrupted = false;
+    loop {
+        if crate::child::interrupted() && !interrupted {
+            interrupted = true;
+            // SAFETY: kill has no memory-safety preconditions; the group is the driver's own.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
+        }
+        let line = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => l,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if interrupted {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                }
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let Ok(ev) = serde_json::from_str::<Value>(&line) else { continue };
+        if let Some(f) = events.as_mut() {
+            use std::io::Write;
+            let _ = writeln!(f, "{line}");
+        }
+        let node = ev["node"].as_u64().map(|n| n as usize);
+        match ev["event"].as_str().unwrap_or("") {
+            "agent" => {
+                if let Some(n) = node.and_then(|i| r.nodes.get_mut(i)) {
+                    n.hostname = ev["hostname"].as_str().map(str::to_string).or(n.hostname.take());
+                }
+            }
+            "doctor" => {
+                if let Some(n) = node.and_then(|i| r.nodes.get_mut(i)) {
+                    n.doctor = Some(doctor_summary(&ev));
+                }
+            }
+            "node_lost" => {
+                let why = ev["error"].as_str().unwrap_or("lost").to_string();
+                if let Some(i) = node {
+                    if !a.quiet {
+                        eprintln!("matrix: node {} lost: {why}", addr(&r, i));
+                    }
+                    if let Some(n) = r.nodes.get_mut(i) {
+                        n.lost = Some(why);
+                    }
+                }
+            }
+            "pair" => {
+                let (i, j) =
+                    (ev["initiator"].as_u64().unwrap_or(0) as usize, ev["target"].as_u64().unwrap_or(0) as usize);
+                let round = ev["round"].as_u64().unwrap_or(0) as usize;
+                let status = ev["status"].as_str().unwrap_or("failed").to_string();
+                let PairSummary { by_size: by, lanes, grade, rated } = summarize(&ev["results"], &headline);
+                if !ev["results"].is_null() {
+                    let f = out.join("pairs").join(format!("{i}-{j}.json"));
+                    let _ =
+                        crate::report::write_atomic(&f, &serde_json::to_vec_pretty(&ev["results"]).unwrap_or_default());
+                }
+                let gbps = if status == "ok" { by.last().map(|x| x.1) } else { None };
+                let p = PairResult {
+                    initiator: i,
+                    target: j,
+                    round,
+                    status: status.clone(),
+                    gbps_by_size: by,
+                    gbps,
+                    carried_by: lanes.clone(),
+                    sweep_grade: grade,
+                    expected_gbps: rated,
+                    seconds: ev["seconds"].as_f64(),
+                    error: ev["error"].as_str().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()),
+                };
+                if !a.quiet {
+                    let what = match gbps {
+                        Some(g) => format!("{g:.3} GB/s{}", lanes.map(|l| format!(" over {l}")).unwrap_or_default()),
+                        None => format!("{status}: {}", p.error.as_deref().unwrap_or("").lines().last().unwrap_or("")),
+                    };
+                    eprintln!(
+                        "matrix: round {}/{} {} <- {}: {what}",
+                        round + 1,
+                        rounds.len(),
+                        addr(&r, i),
+                        addr(&r, j)
+                    );
+                }
+                r.pairs.push(p);
+            }
+            "round" => r.round_seconds.push(ev["seconds"].as_f64().unwrap_or(0.0)),
+            "done" => done = true,
+            _ => {}
+        }
+        save(&mpath, &mut r);
+    }
+    let status = child.wait().ok();
+    r.seconds = Some((t0.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+    if !done && !interrupted {
+        let tail = std::fs::read_to_string(out.join("driver.log")).unwrap_or_default();
+        let tail: Vec<&str> = tail.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+        r.errors.push(format!(
+            "the Ray driver ended early ({}): {}",
+            status.map(crate::child::describe).unwrap_or_default(),
+            tail.join(" | ")
+        ));
+    }
+    r.status = if interrupted {
+        "interrupted"
+    } else if done {
+        "complete"
+    } else {
+        "failed"
+    }
+    .into();
+    r.verdict = Some(matrix::verdict(&r, a.outlier_at, a.line_rate_at));
+    save(&mpath, &mut r);
+    let (files, warning) = matrix::heatmap::write(&out, &r);
+    if let Some(w) = warning {
+        eprintln!("matrix: {w}");
+    }
+    print!("{}", table(&r));
+    if let Some(v) = &r.verdict {
+        println!("verdict: {}", v.grade);
+        for reason in &v.reasons {
+            println!("  {reason}");
+        }
+    }
+    println!(
+        "{} -> {}{}",
+        r.status,
+        mpath.display(),
+        files.iter().map(|f| format!(", {}", f.display())).collect::<String>()
+    );
+    if interrupted {
+        return Ok(ExitCode::from(130));
+    }
+    if !r.errors.is_empty() {
+        return Err(CliError::failed(anyhow!("{}", r.errors.join("; "))));
+    }
+    let fail = r.verdict.as_ref().is_some_and(|v| v.grade == "FAIL");
+    Ok(if fail && !a.no_fail { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// The matrix as a table: rows initiators, columns targets, GB/s at the largest size.
+fn table(r: &MatrixResult) -> String {
+    let mut t = crate::report::style::table();
+    let mut header = vec!["initiator \\ target".to_string()];
+    header.extend(r.nodes.iter().map(|n| n.address.clone()));
+    t.set_header(header);
+    for (i, n) in r.nodes.iter().enumerate() {
+        let mut row = vec![format!("{}{}", n.address, if n.lost.is_some() { " (lost)" } else { "" })];
+        for j in 0..r.nodes.len() {
+            let cell = if i == j {
+                "-".to_string()
+            } else {
+                match r.pairs.iter().find(|p| p.initiator == i && p.target == j) {
+                    Some(p) => match p.gbps {
+                        Some(g) => format!("{g:.3}"),
+                        None => p.status.clone(),
+                    },
+                    None => "?".into(),
+                }
+            };
+            row.push(cell);
+        }
+        t.add_row(row);
+    }
+    format!("GB/s (1e9 B/s) at the largest size\n{t}\n")
+}

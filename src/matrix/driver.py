@@ -1,0 +1,218 @@
+# kvprobe matrix: the Ray driver (embedded in kvprobe, run with the
+# cluster's Python as `python -c <this> PLAN.json`).
+#
+# It places one agent actor on each node of the plan with Ray's node
+# affinity (no CPU or GPU asked for), and through them: `kvprobe doctor` on
+# every node, one `kvprobe serve` per node, then the plan's rounds of
+# `kvprobe sweep --peer` (each pair on its initiator's node against its
+# target's serve). Each finished step is one JSON line on stdout, which
+# kvprobe turns into matrix.json as it goes. A node whose agent dies (or
+# stops answering) is reported once as lost; its later pairs are skipped and
+# the rest of the matrix goes on. Every process an agent starts dies with it
+# (PR_SET_PDEATHSIG), so nothing outlives the driver.
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def emit(**ev):
+    sys.stdout.write(json.dumps(ev) + "\n")
+    sys.stdout.flush()
+
+
+def _die_with_parent():
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def tail(s, n=1500):
+    s = s or ""
+    return s[-n:]
+
+
+class Agent:
+    def __init__(self, kvprobe, env):
+        self.kv = kvprobe if os.path.isabs(kvprobe) else os.path.join(os.getcwd(), kvprobe)
+        self.env = dict(os.environ, **env)
+        self.tmp = tempfile.mkdtemp(prefix="kvprobe-matrix-")
+        self.serve = None
+
+    def hello(self):
+        import socket
+        r = subprocess.run([self.kv, "--version"], capture_output=True, text=True, timeout=60, env=self.env)
+        return {"hostname": socket.gethostname(), "pid": os.getpid(), "kvprobe": self.kv,
+                "version": r.stdout.strip(), "exit_code": r.returncode, "stderr": tail(r.stderr, 300)}
+
+    def doctor(self, timeout):
+        try:
+            r = subprocess.run([self.kv, "doctor", "--json"], capture_output=True, text=True, timeout=timeout,
+                               env=self.env, preexec_fn=_die_with_parent)
+        except subprocess.TimeoutExpired:
+            return {"exit_code": None, "report": None, "error": "doctor took over %.0f s" % timeout}
+        try:
+            report = json.loads(r.stdout)
+        except ValueError:
+            report = None
+        return {"exit_code": r.returncode, "report": report, "error": None if report else tail(r.stderr, 500)}
+
+    def serve_start(self, ip, timeout):
+        log = open(os.path.join(self.tmp, "serve.err"), "w")
+        self.serve = subprocess.Popen(
+            [self.kv, "serve", "--listen", "%s:0" % ip, "--json", "--log-dir", os.path.join(self.tmp, "serve-logs")],
+            stdout=subprocess.PIPE, stderr=log, text=True, env=self.env, preexec_fn=_die_with_parent)
+        import select
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r, _, _ = select.select([self.serve.stdout], [], [], 0.5)
+            if r:
+                line = self.serve.stdout.readline()
+                if not line:
+                    break
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if ev.get("event") == "listening":
+                    return {"addr": ev["addr"], "token": ev["token"], "pid": self.serve.pid}
+            if self.serve.poll() is not None:
+                break
+        self.serve.kill()
+        return {"error": "kvprobe serve did not start: " + tail(open(os.path.join(self.tmp, "serve.err")).read(), 500)}
+
+    def sweep(self, peer, token, args, timeout, tag):
+        out = os.path.join(self.tmp, tag)
+        t0 = time.time()
+        argv = [self.kv, "sweep", "--peer", peer, "--token", token] + list(args) + ["--out", out, "--no-fail", "-q"]
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=self.env,
+                               preexec_fn=_die_with_parent)
+            code, err = r.returncode, tail(r.stderr)
+        except subprocess.TimeoutExpired as e:
+            code, err = None, "no result within %.0f s; %s" % (timeout, tail(str(e.stderr or ""), 500))
+        results = None
+        try:
+            with open(os.path.join(out, "results.json")) as f:
+                results = json.load(f)
+        except (OSError, ValueError):
+            pass
+        return {"exit_code": code, "results": results, "stderr": err, "seconds": round(time.time() - t0, 3)}
+
+    def stop(self):
+        if self.serve is not None and self.serve.poll() is None:
+            self.serve.terminate()
+            try:
+                self.serve.wait(10)
+            except subprocess.TimeoutExpired:
+                self.serve.kill()
+        return True
+
+
+def main():
+    plan = json.load(open(sys.argv[1]))
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ray.init(address=plan["address"], logging_level="ERROR", log_to_driver=False, namespace="kvprobe")
+    nodes = plan["nodes"]
+    opts = {"num_cpus": 0, "max_restarts": 0, "max_concurrency": 4}
+    if plan.get("ship_dir"):
+        opts["runtime_env"] = {"working_dir": plan["ship_dir"]}
+    remote = ray.remote(**opts)(Agent)
+    agents, lost = {}, {}
+
+    def lose(i, why):
+        if i not in lost:
+            lost[i] = why
+            emit(event="node_lost", node=i, error=why)
+
+    for i, n in enumerate(nodes):
+        agents[i] = remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["node_id"], soft=False)
+                                   ).remote(plan["kvprobe"], plan.get("env", {}))
+
+    def gather(refs, timeout, what):
+        # {i: result}; a node whose call raised or did not answer is lost
+        out = {}
+        pending = dict(refs)
+        deadline = time.time() + timeout
+        while pending:
+            ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=max(0.0, deadline - time.time()))
+            for ref in ready:
+                i = next(k for k, v in pending.items() if v == ref)
+                del pending[i]
+                try:
+                    out[i] = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - a dead actor, reported per node
+                    lose(i, "%s during %s: %s" % (type(e).__name__, what, str(e).strip().splitlines()[0][:300] if str(e).strip() else ""))
+            if time.time() >= deadline:
+                break
+        for i in pending:
+            lose(i, "no answer to %s within %.0f s" % (what, timeout))
+        return out
+
+    hello = gather({i: a.hello.remote() for i, a in agents.items()}, plan["start_timeout"], "start")
+    for i, h in hello.items():
+        if h["exit_code"] != 0:
+            lose(i, "kvprobe does not run there (%s): %s" % (h["kvprobe"], h["stderr"]))
+        else:
+            emit(event="agent", node=i, **h)
+    if plan.get("doctor", True):
+        live = {i: agents[i].doctor.remote(plan["doctor_timeout"]) for i in agents if i not in lost}
+        for i, d in gather(live, plan["doctor_timeout"] + 30, "doctor").items():
+            emit(event="doctor", node=i, **d)
+    serves = {}
+    live = {i: agents[i].serve_start.remote(nodes[i]["address"], 60) for i in agents if i not in lost}
+    for i, s in gather(live, 90, "serve start").items():
+        if "error" in s:
+            lose(i, s["error"])
+        else:
+            serves[i] = s
+            emit(event="serve", node=i, **s)
+
+    for r, rnd in enumerate(plan["rounds"]):
+        t0 = time.time()
+        refs = {}
+        for k, (a, b) in enumerate(rnd):
+            if a in lost or b in lost or a not in serves or b not in serves:
+                emit(event="pair", round=r, initiator=a, target=b, status="skipped",
+                     error="node %s was lost" % (a if a in lost or a not in serves else b))
+                continue
+            refs[(a, b)] = agents[a].sweep.remote(serves[b]["addr"], serves[b]["token"], plan["sweep_args"],
+                                                   plan["pair_timeout"], "r%d-%d-%d" % (r, a, b))
+        pending = dict(refs)
+        deadline = time.time() + plan["pair_timeout"] + 60
+        while pending:
+            ready, _ = ray.wait(list(pending.values()), num_returns=1, timeout=max(0.0, deadline - time.time()))
+            if not ready:
+                break
+            key = next(k for k, v in pending.items() if v == ready[0])
+            del pending[key]
+            a, b = key
+            try:
+                res = ray.get(ready[0])
+            except Exception as e:  # noqa: BLE001 - the initiator's agent died
+                lose(a, "%s in round %d: %s" % (type(e).__name__, r, str(e).strip().splitlines()[0][:300] if str(e).strip() else ""))
+                emit(event="pair", round=r, initiator=a, target=b, status="skipped", error="node %d was lost" % a)
+                continue
+            ok = res["results"] is not None and res["exit_code"] == 0
+            if not ok:
+                # the target's node may be gone: ask its agent
+                try:
+                    ray.get(agents[b].hello.remote(), timeout=20)
+                except Exception as e:  # noqa: BLE001
+                    lose(b, "%s in round %d (its serve stopped answering)" % (type(e).__name__, r))
+            emit(event="pair", round=r, initiator=a, target=b, status="ok" if ok else ("skipped" if b in lost else "failed"),
+                 seconds=res["seconds"], exit_code=res["exit_code"], results=res["results"],
+                 error=None if ok else res["stderr"][-600:])
+        for (a, b) in pending:
+            lose(a, "no result for round %d within %.0f s" % (r, plan["pair_timeout"] + 60))
+            emit(event="pair", round=r, initiator=a, target=b, status="skipped", error="no answer")
+        emit(event="round", round=r, seconds=round(time.time() - t0, 3))
+    gather({i: agents[i].stop.remote() for i in agents if i not in lost}, 30, "stop")
+    emit(event="done")
+
+
+main()

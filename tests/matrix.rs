@@ -1,0 +1,111 @@
+//! `kvprobe matrix` end to end on a real Ray cluster of emulated hosts
+//! (debug/ray-cluster.sh: a head and three workers, each in its own network
+//! namespace behind one bridge): one host's link is shaped with tc and must
+//! come out as the outlier node; another node is killed mid-run and must be
+//! reported as lost while the rest of the matrix completes.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn a_shaped_link_is_the_outlier_and_a_dead_node_is_reported() {
+    let test = "a_shaped_link_is_the_outlier_and_a_dead_node_is_reported";
+    if !common::can_make_hosts(test) {
+        return;
+    }
+    common::require_nixl();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let py = std::path::PathBuf::from(root).join(".venv/bin/python");
+    if !Command::new(&py).args(["-c", "import ray"]).output().is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED {test}: no Ray in the project venv (debug/setup.sh installs it unless KVPROBE_NO_RAY=1)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // host c's link to the switch is shaped to 100 Mbit/s; node d is killed
+    // (SIGKILL to its node process: every Ray process of it dies) once the
+    // first round is done. --line-rate-at 0: a veth's rated 10 Gbit/s is not
+    // a line rate this 2-core machine's TCP can reach.
+    let script = r#"
+      set -u
+      "$ROOT/debug/hosts.sh" shape "$KVP_HOSTS" --host c --rate 100mbit
+      "$ROOT/debug/hosts.sh" exec "$KVP_HOSTS" a "$KV" matrix --ray-address "$KVP_RAY_ADDRESS" \
+        --sizes 1M,8M --duration 0.3s --line-rate-at 0 --out "$D/m" >"$D/out.txt" 2>"$D/err.txt" &
+      m=$!
+      for _ in $(seq 600); do grep -q '"event": "round"' "$D/m/events.jsonl" 2>/dev/null && break; sleep 0.2; done
+      kill -9 "$(awk '$1 == "d" {print $2}' "$KVP_RAY_PIDS")"
+      wait "$m"; echo $? >"$D/rc"
+      echo "$KVP_A_IP $KVP_B_IP $KVP_C_IP $KVP_D_IP" >"$D/ips"
+    "#;
+    let run = Command::new(format!("{root}/debug/ray-cluster.sh"))
+        .args(["run", &format!("mx{}", std::process::id() % 100_000), "bash", "-c", script])
+        .env("RAY_NODES", "4")
+        .env("ROOT", root)
+        .env("KV", env!("CARGO_BIN_EXE_kvprobe"))
+        .env("D", d)
+        .env("RAY_LOGS", d)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run debug/ray-cluster.sh");
+    let text = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
+    let logs = format!(
+        "{}\n{}\nmatrix stderr:\n{}\ndriver:\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+        text("err.txt"),
+        text("m/driver.log")
+    );
+    assert!(run.status.success(), "{logs}");
+    let ips: Vec<String> = text("ips").split_whitespace().map(str::to_string).collect();
+    assert_eq!(ips.len(), 4, "{logs}");
+    let (c, dd) = (&ips[2], &ips[3]);
+    // FAIL: an outlier node and a lost node
+    assert_eq!(text("rc").trim(), "1", "{logs}\n{}", text("out.txt"));
+    let m: serde_json::Value = serde_json::from_str(&text("m/matrix.json")).expect("matrix.json");
+    assert_eq!(m["schema"], "kvprobe.matrix/1");
+    assert_eq!(m["status"], "complete", "{logs}");
+    let nodes: Vec<&str> = m["nodes"].as_array().unwrap().iter().map(|n| n["address"].as_str().unwrap()).collect();
+    assert_eq!(nodes, ips.iter().map(String::as_str).collect::<Vec<_>>());
+    let v = &m["verdict"];
+    assert_eq!(v["grade"], "FAIL");
+    // the dead node is reported, and only it
+    let lost: Vec<String> = v["lost_nodes"].as_array().unwrap().iter().map(|x| x.to_string()).collect();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert!(lost[0].contains(dd.as_str()), "{lost:?}");
+    // every pair among the three live nodes was measured
+    let idx = |a: &str| nodes.iter().position(|n| *n == a).unwrap();
+    let pairs = m["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 12, "every planned pair is accounted for");
+    for p in pairs {
+        let (i, j) = (p["initiator"].as_u64().unwrap() as usize, p["target"].as_u64().unwrap() as usize);
+        if i != 3 && j != 3 {
+            assert_eq!(p["status"], "ok", "{p:#}");
+            assert!(p["carried_by"].as_str().is_some_and(|l| l.contains("tcp")), "{p:#}");
+        }
+    }
+    // the shaped host is the outlier node, all its measured links framed and explained by it
+    let out_nodes: Vec<&str> =
+        v["outlier_nodes"].as_array().unwrap().iter().map(|n| n["address"].as_str().unwrap()).collect();
+    assert_eq!(out_nodes, vec![c.as_str()], "{:#}", v);
+    let c_links: Vec<&serde_json::Value> = pairs
+        .iter()
+        .filter(|p| p["status"] == "ok")
+        .filter(|p| p["initiator"] == idx(c) as u64 || p["target"] == idx(c) as u64)
+        .collect();
+    assert!(c_links.len() >= 4, "{c_links:?}");
+    for p in &c_links {
+        // 100 Mbit/s is 0.0125 GB/s
+        assert!(p["gbps"].as_f64().unwrap() < 0.02, "{p:#}");
+    }
+    let framed = v["outlier_links"].as_array().unwrap().iter().filter(|l| l["explained_by"] == c.as_str()).count();
+    assert_eq!(framed, c_links.len(), "{:#}", v);
+    // the record and the pictures
+    assert!(text("m/events.jsonl").contains("\"node_lost\""));
+    for f in ["heatmap.svg", "heatmap.png", "plan.json"] {
+        assert!(d.join("m").join(f).is_file(), "{f}");
+    }
+    let svg = text("m/heatmap.svg");
+    assert!(svg.contains("row: initiator (reads)") && svg.contains(&format!("{dd} (lost)")), "heatmap labels");
+    assert!(text("out.txt").contains(&format!("node {c}: ")), "{}", text("out.txt"));
+}
