@@ -25,13 +25,13 @@ fn a_shaped_link_is_the_outlier_and_a_dead_node_is_reported() {
     let d = dir.path();
     // host c's link to the switch is shaped to 100 Mbit/s; node d is killed
     // (SIGKILL to its node process: every Ray process of it dies) once the
-    // first round is done. --line-rate-at 0: a veth's rated 10 Gbit/s is not
+    // first round is done; kvprobe is shipped through Ray (--ship). --line-rate-at 0: a veth's rated 10 Gbit/s is not
     // a line rate this 2-core machine's TCP can reach.
     let script = r#"
       set -u
       "$ROOT/debug/hosts.sh" shape "$KVP_HOSTS" --host c --rate 100mbit
       "$ROOT/debug/hosts.sh" exec "$KVP_HOSTS" a "$KV" matrix --ray-address "$KVP_RAY_ADDRESS" \
-        --sizes 1M,8M --duration 0.3s --line-rate-at 0 --out "$D/m" >"$D/out.txt" 2>"$D/err.txt" &
+        --sizes 1M,8M --duration 0.3s --line-rate-at 0 --ship --out "$D/m" >"$D/out.txt" 2>"$D/err.txt" &
       m=$!
       for _ in $(seq 600); do grep -q '"event": "round"' "$D/m/events.jsonl" 2>/dev/null && break; sleep 0.2; done
       kill -9 "$(awk '$1 == "d" {print $2}' "$KVP_RAY_PIDS")"
@@ -100,6 +100,16 @@ fn a_shaped_link_is_the_outlier_and_a_dead_node_is_reported() {
     }
     let framed = v["outlier_links"].as_array().unwrap().iter().filter(|l| l["explained_by"] == c.as_str()).count();
     assert_eq!(framed, c_links.len(), "{:#}", v);
+    // --ship: every agent ran the copy Ray unpacked from the job's working_dir
+    let agents: Vec<serde_json::Value> = text("m/events.jsonl")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "agent")
+        .collect();
+    assert_eq!(agents.len(), 4, "{logs}");
+    for e in &agents {
+        assert!(e["kvprobe"].as_str().is_some_and(|p| p.contains("working_dir_files")), "{e}");
+    }
     // the record and the pictures
     assert!(text("m/events.jsonl").contains("\"node_lost\""));
     for f in ["heatmap.svg", "heatmap.png", "plan.json"] {

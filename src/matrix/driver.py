@@ -39,6 +39,13 @@ class Agent:
         self.kv = kvprobe if os.path.isabs(kvprobe) else os.path.join(os.getcwd(), kvprobe)
         self.env = dict(os.environ, **env)
         self.tmp = tempfile.mkdtemp(prefix="kvprobe-matrix-")
+        if os.path.isfile(self.kv) and not os.access(self.kv, os.X_OK):
+            # a shipped binary may arrive without its mode bits: run a private copy
+            import shutil
+            own = os.path.join(self.tmp, "kvprobe")
+            shutil.copy(self.kv, own)
+            os.chmod(own, 0o755)
+            self.kv = own
         self.serve = None
 
     def hello(self):
@@ -116,11 +123,13 @@ def main():
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    ray.init(address=plan["address"], logging_level="ERROR", log_to_driver=False, namespace="kvprobe")
+    # --ship: the binary's folder as the job's working_dir (Ray uploads it
+    # once and unpacks it on every node; only a job may give a local path)
+    job_env = {"working_dir": plan["ship_dir"]} if plan.get("ship_dir") else None
+    ray.init(address=plan["address"], logging_level="ERROR", log_to_driver=False, namespace="kvprobe",
+             runtime_env=job_env)
     nodes = plan["nodes"]
     opts = {"num_cpus": 0, "max_restarts": 0, "max_concurrency": 4}
-    if plan.get("ship_dir"):
-        opts["runtime_env"] = {"working_dir": plan["ship_dir"]}
     remote = ray.remote(**opts)(Agent)
     agents, lost = {}, {}
 
