@@ -85,6 +85,8 @@ for name, (tp, reps) in layouts.items():
 def pt(n, c, k): return summary["layouts"][n]["points"][c][k]
 concs = sorted(set.intersection(*(set(summary["layouts"][n]["points"]) for n in layouts)), key=float)
 ok = bool(concs)
+failed = sum(p["failed"] for n in layouts for p in summary["layouts"][n]["points"].values())
+summary["checks"].append({"check": f"every request served ({failed} failed)", "ok": failed == 0})
 if concs:
     c0, r = concs[0], f(2) / f(4)
     lo, hi = r / 1.25, r * 1.25
