@@ -74,7 +74,11 @@ for name in "${layouts[@]}"; do
   echo "${cmd[*]}" >>"$out/commands.txt"
   "${cmd[@]}" >"$out/$name.launch.txt" 2>"$out/$name.emulate.err" &
   lp=$!
-  for _ in $(seq 100); do grep -q "^ready:" "$out/$name.launch.txt" 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 100); do
+    grep -q "^ready:" "$out/$name.launch.txt" 2>/dev/null && break
+    kill -0 "$lp" 2>/dev/null || break # launch refused the layout or the emulator did not start
+    sleep 0.1
+  done
   grep -q "^ready:" "$out/$name.launch.txt" || { cat "$out/$name.emulate.err" >&2; exit 1; }
   url=$(sed -n 's/^ready: \([^ ]*\).*/\1/p' "$out/$name.launch.txt")
   cmd=("$kv" bench --url "$url" --model "$MODEL" --concurrency "$CONC" --itl "$ITL" --otl "$OTL"
