@@ -307,6 +307,59 @@ fn pd_emulation_adds_the_kv_transfer_to_ttft() {
 }
 
 #[test]
+fn tp_alpha_scales_each_side_by_its_tp_and_says_so() {
+    // costs given at TP 2, all parallel (alpha 1): the TP 4 prefill engine takes half
+    // (20 -> 10 ms), the TP 1 decode engine twice (20 -> 40 ms); KV 134.2 ms as above
+    let emu = Emu::start(&[
+        "--model",
+        "llama-3.1-8b",
+        "--mode",
+        "pd",
+        "--kv-gbps",
+        "1",
+        "--prefill-base-ms",
+        "20",
+        "--prefill-per-token-us",
+        "0",
+        "--decode-base-ms",
+        "20",
+        "--decode-per-seq-us",
+        "0",
+        "--p-tp",
+        "4",
+        "--d-tp",
+        "1",
+        "--tp-alpha",
+        "1",
+        "--tp-ref",
+        "2",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = kvprobe()
+        .args(["bench", "--url", &emu.url, "--model", "llama-3.1-8b", "-q", "--out"])
+        .arg(dir.path())
+        .args(["--concurrency", "1", "--itl", "1024", "--otl", "4", "--num-prompts", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p = point(dir.path(), "conc1.json");
+    let want = 10.0 + (1024.0 * 131_072.0) / 1e9 * 1e3 + 40.0;
+    let ttft = p["median_ttft_ms"].as_f64().unwrap();
+    assert!(within(ttft, want, 0.05), "TTFT {ttft} ms, model {want:.1} ms");
+    let tpot = p["median_tpot_ms"].as_f64().unwrap();
+    assert!(within(tpot, 40.0, 0.05), "TPOT {tpot} ms, model 40 ms");
+    // /v1/models reports each side's factor
+    let models = point(dir.path(), "manifest.json")["server"]["models"].to_string();
+    assert!(
+        models.contains(
+            r#""tp_factors":[{"engines":"prefill","factor":0.5,"tp":4},{"engines":"decode","factor":2.0,"tp":1}]"#
+        ),
+        "{models}"
+    );
+    assert!(models.contains(r#""tp_scaling":{"alpha":1.0,"tp_ref":2}"#), "{models}");
+}
+
+#[test]
 fn smoke_prints_one_request() {
     let emu = Emu::start(&["--model", "emu-model", "--mode", "fixed", "--ttft-ms", "50", "--tpot-ms", "10"]);
     let out = kvprobe()
@@ -389,6 +442,19 @@ fn bad_input_is_a_clear_error() {
     }
     let (c, e) = run(&["emulate", "--model", "m", "--mode", "fixed", "--ttft-ms", "1e300", "--tpot-ms", "1"]);
     assert_eq!(c, Some(2), "{e}");
+    // TP scaling: a fraction, a sane reference TP, and only where there are step costs
+    for (bad, says) in [
+        (&["--tp-alpha", "1.5"][..], "between 0 and 1"),
+        (&["--tp-alpha", "NaN"], "between 0 and 1"),
+        (&["--tp-alpha=-0.1"], "between 0 and 1"),
+        (&["--tp-ref", "0"], "--tp-ref must be between 1 and 1024"),
+        (&["--tp-ref", "5000"], "--tp-ref must be between 1 and 1024"),
+        (&["--mode", "fixed", "--ttft-ms", "1", "--tpot-ms", "1", "--tp-alpha", "0.5"], "--mode fixed has none"),
+    ] {
+        let (c, e) = run(&[&["emulate", "--model", "m", "--port", "0"][..], bad].concat());
+        assert_eq!(c, Some(2), "{bad:?}: {e}");
+        assert!(e.contains(says) && !e.contains("panicked"), "{bad:?}: {e}");
+    }
 }
 
 #[test]

@@ -12,7 +12,7 @@ use super::CliError;
 use super::launch::LayoutArgs;
 use crate::kv::{KvDtype, KvSpec, Layout, Model, SlidingBlocks};
 use crate::pipeline::emulate::{Emulator, EmulatorConfig, Faults};
-use crate::pipeline::model::{KvBytes, KvLink, StepTiming, Topology};
+use crate::pipeline::model::{KvBytes, KvLink, StepTiming, Topology, TpScaling};
 use crate::report::schema::SweepResults;
 
 /// How the emulated deployment is laid out.
@@ -77,6 +77,12 @@ pub struct EmulateArgs {
     /// Decode cost per sequence in the batch, microseconds
     #[arg(long, default_value_t = 40.0, value_name = "US")]
     pub decode_per_seq_us: f64,
+    /// TP scaling (Amdahl's parallel fraction, 0..1): every step cost of an engine of TP tp is multiplied by (1 - A) + A x tp-ref / tp; 0: TP changes no timing
+    #[arg(long, default_value_t = 0.0, value_name = "A")]
+    pub tp_alpha: f64,
+    /// With --tp-alpha: the TP the step-cost flags were measured at
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub tp_ref: u32,
     /// Most sequences per batch (vLLM --max-num-seqs)
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub max_num_seqs: u64,
@@ -243,27 +249,37 @@ pub fn run(a: EmulateArgs) -> Result<ExitCode, CliError> {
         max_num_seqs: a.max_num_seqs,
         max_batched_tokens: a.max_batched_tokens,
     };
+    if !(0.0..=1.0).contains(&a.tp_alpha) {
+        return Err(usage(format!("--tp-alpha is a fraction: between 0 and 1 (got {})", a.tp_alpha)));
+    }
+    if !(1..=1024).contains(&a.tp_ref) {
+        return Err(usage(format!("--tp-ref must be between 1 and 1024 (got {})", a.tp_ref)));
+    }
+    let tp_scaling = TpScaling { alpha: a.tp_alpha, tp_ref: a.tp_ref };
     let count = |v: u32, name: &str| if v == 0 { Err(usage(format!("{name} must be at least 1"))) } else { Ok(v) };
     let (topology, gpus) = match a.mode {
         EmuMode::Fixed => {
             let (Some(ttft), Some(tpot)) = (a.ttft_ms, a.tpot_ms) else {
                 return Err(usage("--mode fixed needs --ttft-ms and --tpot-ms".into()));
             };
+            if a.tp_alpha > 0.0 {
+                return Err(usage(
+                    "--tp-alpha scales the step costs of --mode collocated and pd; --mode fixed has none".into(),
+                ));
+            }
             pos(ttft, "--ttft-ms")?;
             pos(tpot, "--tpot-ms")?;
             (Topology::Fixed { ttft_ms: ttft, tpot_ms: tpot }, count(a.layout.tp, "--tp")?)
         }
-        EmuMode::Collocated => (
-            Topology::Collocated { replicas: count(a.layout.num_replicas, "--num-replicas")?, timing },
-            a.layout.num_replicas * count(a.layout.tp, "--tp")?,
-        ),
+        EmuMode::Collocated => {
+            let (replicas, tp) = (count(a.layout.num_replicas, "--num-replicas")?, count(a.layout.tp, "--tp")?);
+            (Topology::Collocated { replicas, tp, timing, tp_scaling }, replicas * tp)
+        }
         EmuMode::Pd => {
             let kv = kv_link(&a)?;
             let (p, d) = (count(a.layout.p_num, "--p-num")?, count(a.layout.d_num, "--d-num")?);
-            (
-                Topology::Pd { p_num: p, d_num: d, timing, kv },
-                p * count(a.layout.p_tp, "--p-tp")? + d * count(a.layout.d_tp, "--d-tp")?,
-            )
+            let (p_tp, d_tp) = (count(a.layout.p_tp, "--p-tp")?, count(a.layout.d_tp, "--d-tp")?);
+            (Topology::Pd { p_num: p, p_tp, d_num: d, d_tp, timing, tp_scaling, kv }, p * p_tp + d * d_tp)
         }
     };
     if a.max_model_len < 2 {
@@ -288,6 +304,9 @@ pub fn run(a: EmulateArgs) -> Result<ExitCode, CliError> {
             Arc::new(Emulator::new(cfg.clone()).context("cannot start the engine threads").map_err(CliError::failed)?);
         eprintln!("kvprobe emulate: an EMULATOR of a serving engine (no model runs; docs/EMULATOR.md)");
         eprintln!("  model {}  {}", cfg.model, describe(&cfg));
+        if let Some(tp) = describe_tp(&cfg.topology) {
+            eprintln!("  {tp}");
+        }
         // the line tests and scripts wait for, on stdout
         println!("listening on http://{addr}");
         use std::io::Write;
@@ -319,11 +338,37 @@ async fn listen(host: &str, port: u16) -> std::io::Result<tokio::net::TcpListene
 fn describe(c: &EmulatorConfig) -> String {
     match &c.topology {
         Topology::Fixed { ttft_ms, tpot_ms } => format!("fixed: TTFT {ttft_ms} ms, TPOT {tpot_ms} ms"),
-        Topology::Collocated { replicas, timing } => format!("collocated: {replicas} engine(s), {}", steps(timing)),
-        Topology::Pd { p_num, d_num, timing, kv } => {
-            format!("pd: {p_num}P:{d_num}D, {}; KV {} at {}", steps(timing), kv.geometry, kv.source)
+        Topology::Collocated { replicas, tp, timing, .. } => {
+            format!("collocated: {replicas} engine(s) of TP {tp}, {}", steps(timing))
+        }
+        Topology::Pd { p_num, p_tp, d_num, d_tp, timing, kv, .. } => {
+            format!(
+                "pd: {p_num}P (TP {p_tp}):{d_num}D (TP {d_tp}), {}; KV {} at {}",
+                steps(timing),
+                kv.geometry,
+                kv.source
+            )
         }
     }
+}
+
+/// The TP scaling line: each kind of engine's step-time factor.
+fn describe_tp(t: &Topology) -> Option<String> {
+    let s = match t {
+        Topology::Fixed { .. } => return None,
+        Topology::Collocated { tp_scaling, .. } | Topology::Pd { tp_scaling, .. } => tp_scaling,
+    };
+    if s.alpha == 0.0 {
+        return Some("TP changes no timing (--tp-alpha 0)".into());
+    }
+    let each: Vec<String> =
+        t.tp_factors().iter().map(|f| format!("{} TP {} x{:.3}", f.engines, f.tp, f.factor)).collect();
+    Some(format!(
+        "TP scaling (a model: Amdahl, --tp-alpha {} --tp-ref {}): step costs {}",
+        s.alpha,
+        s.tp_ref,
+        each.join(", ")
+    ))
 }
 
 fn steps(t: &StepTiming) -> String {

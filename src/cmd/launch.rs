@@ -28,7 +28,8 @@ pub enum Engine {
 }
 
 /// Replicas and TP of a layout, shared by `launch` and `emulate` (for the
-/// emulator TP changes only the GPU count it reports, not its timing).
+/// emulator TP changes the GPU count it reports, and its timing only with
+/// `emulate --tp-alpha`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct LayoutArgs {
     /// collocated: TP per replica

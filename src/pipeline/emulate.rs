@@ -96,6 +96,7 @@ impl Emulator {
                     "note": "kvprobe emulate: an EMULATOR, no model runs; latencies follow the timing model below (docs/EMULATOR.md)",
                     "version": crate::version(),
                     "gpus": self.cfg.gpus,
+                    "tp_factors": self.cfg.topology.tp_factors(),
                     "config": self.cfg,
                 }
             }]

@@ -25,6 +25,11 @@
 //!   engine's token is not streamed, as with vLLM's NixlConnector behind a
 //!   PD proxy).
 //!
+//! Tensor parallelism scales step time only when asked ([`TpScaling`]):
+//! every step cost of an engine of TP `tp` is multiplied by Amdahl's
+//! `(1 - alpha) + alpha x tp_ref / tp`, with `alpha` 0 (the default) leaving
+//! every step as given.
+//!
 //! Engines are OS threads with precise sleeps (`recv_timeout`), so step
 //! times are honoured to well under a millisecond; tokens go to the HTTP
 //! side through channels.
@@ -85,6 +90,56 @@ impl StepTiming {
         // at most a day per step: the CLI bounds the costs; this keeps any input finite
         Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 86_400.0))
     }
+}
+
+impl StepTiming {
+    /// The same engine with every step cost (prefill and decode, base and
+    /// per-token/per-sequence) multiplied by `f`; capacity is unchanged.
+    pub fn scaled(&self, f: f64) -> StepTiming {
+        StepTiming {
+            prefill_base_ms: self.prefill_base_ms * f,
+            prefill_per_token_us: self.prefill_per_token_us * f,
+            decode_base_ms: self.decode_base_ms * f,
+            decode_per_seq_us: self.decode_per_seq_us * f,
+            ..*self
+        }
+    }
+}
+
+/// How tensor parallelism scales an engine's step time: Amdahl's law with
+/// the parallel fraction `alpha` of a step, relative to the TP `tp_ref` at
+/// which the step costs were given. A model, not a measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TpScaling {
+    /// Parallel fraction of a step, 0..=1 (0: TP changes no timing).
+    pub alpha: f64,
+    /// The TP the step costs stand for.
+    pub tp_ref: u32,
+}
+
+impl TpScaling {
+    /// TP changes no timing.
+    pub const OFF: TpScaling = TpScaling { alpha: 0.0, tp_ref: 1 };
+
+    /// The step-time factor of an engine of TP `tp`: `(1 - alpha) + alpha x
+    /// tp_ref / tp`; exactly 1 when `alpha` is 0 or `tp` is `tp_ref`.
+    pub fn factor(&self, tp: u32) -> f64 {
+        if self.alpha == 0.0 || tp == self.tp_ref {
+            return 1.0;
+        }
+        (1.0 - self.alpha) + self.alpha * f64::from(self.tp_ref) / f64::from(tp.max(1))
+    }
+}
+
+/// One kind of engine's TP and step-time factor, for reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TpFactor {
+    /// `collocated`, `prefill` or `decode`.
+    pub engines: &'static str,
+    /// Their TP.
+    pub tp: u32,
+    /// What their step costs are multiplied by.
+    pub factor: f64,
 }
 
 /// How many bytes one request's KV cache is.
@@ -178,20 +233,45 @@ pub enum Topology {
     Collocated {
         /// Engines.
         replicas: u32,
-        /// Their step timing.
+        /// TP of each engine.
+        tp: u32,
+        /// Their step timing at `tp_scaling.tp_ref` (as given).
         timing: StepTiming,
+        /// How their TP scales it.
+        tp_scaling: TpScaling,
     },
     /// Separate prefill and decode engines with a KV transfer between.
     Pd {
         /// Prefill engines.
         p_num: u32,
+        /// TP of each prefill engine.
+        p_tp: u32,
         /// Decode engines.
         d_num: u32,
-        /// Their step timing (prefill engines use the prefill part, decode engines the decode part).
+        /// TP of each decode engine.
+        d_tp: u32,
+        /// Their step timing at `tp_scaling.tp_ref` (prefill engines use the
+        /// prefill part, decode engines the decode part).
         timing: StepTiming,
+        /// How each engine's TP scales it.
+        tp_scaling: TpScaling,
         /// The KV transfer.
         kv: KvLink,
     },
+}
+
+impl Topology {
+    /// Each kind of engine's TP and step-time factor (none for fixed).
+    pub fn tp_factors(&self) -> Vec<TpFactor> {
+        let f = |engines, tp, s: &TpScaling| TpFactor { engines, tp, factor: s.factor(tp) };
+        match self {
+            Topology::Fixed { .. } => Vec::new(),
+            Topology::Collocated { tp, tp_scaling, .. } => vec![f("collocated", *tp, tp_scaling)],
+            Topology::Pd { p_tp, d_tp, tp_scaling, .. } => {
+                vec![f("prefill", *p_tp, tp_scaling), f("decode", *d_tp, tp_scaling)]
+            }
+        }
+    }
 }
 
 /// Counters the server reports.
@@ -230,30 +310,35 @@ impl Engines {
                 spawn("emu-fixed", move || fixed_engine(rx, ttft, tpot, l, c))?;
                 entry.push((tx, load));
             }
-            Topology::Collocated { replicas, timing } => {
+            Topology::Collocated { replicas, tp, timing, tp_scaling } => {
+                let timing = timing.scaled(tp_scaling.factor(*tp));
                 for i in 0..*replicas {
                     let (tx, rx) = mpsc::channel();
                     let load = Arc::new(AtomicU64::new(0));
-                    let (timing, c, l) = (*timing, counters.clone(), load.clone());
+                    let (c, l) = (counters.clone(), load.clone());
                     spawn(&format!("emu-engine-{i}"), move || batch_engine(rx, timing, true, true, None, l, c))?;
                     entry.push((tx, load));
                 }
             }
-            Topology::Pd { p_num, d_num, timing, kv } => {
+            Topology::Pd { p_num, p_tp, d_num, d_tp, timing, tp_scaling, kv } => {
+                let (prefill_timing, decode_timing) =
+                    (timing.scaled(tp_scaling.factor(*p_tp)), timing.scaled(tp_scaling.factor(*d_tp)));
                 let mut decode = Vec::new();
                 for i in 0..*d_num {
                     let (tx, rx) = mpsc::channel::<Arrival>();
                     let load = Arc::new(AtomicU64::new(0));
-                    let (timing, c, l) = (*timing, counters.clone(), load.clone());
-                    spawn(&format!("emu-decode-{i}"), move || decode_engine(rx, timing, l, c))?;
+                    let (c, l) = (counters.clone(), load.clone());
+                    spawn(&format!("emu-decode-{i}"), move || decode_engine(rx, decode_timing, l, c))?;
                     decode.push(DecodeSink { tx: Mutex::new(tx), load, link_free: Mutex::new(Instant::now()) });
                 }
                 let decode = Arc::new(DecodeSinks { sinks: decode, kv: kv.clone() });
                 for i in 0..*p_num {
                     let (tx, rx) = mpsc::channel();
                     let load = Arc::new(AtomicU64::new(0));
-                    let (timing, c, l, d) = (*timing, counters.clone(), load.clone(), decode.clone());
-                    spawn(&format!("emu-prefill-{i}"), move || batch_engine(rx, timing, true, false, Some(d), l, c))?;
+                    let (c, l, d) = (counters.clone(), load.clone(), decode.clone());
+                    spawn(&format!("emu-prefill-{i}"), move || {
+                        batch_engine(rx, prefill_timing, true, false, Some(d), l, c)
+                    })?;
                     entry.push((tx, load));
                 }
             }
@@ -638,7 +723,8 @@ mod tests {
         // one engine: A prefills alone (10 + 500 x 0.1 = 60 ms); B arrives during that
         // step and prefills in the next one beside A's decode (5.5 + 60 = 65.5 ms):
         // prefill slows decode, as in a collocated engine
-        let out = run(&Topology::Collocated { replicas: 1, timing: t }, &[(500, 3), (500, 3)]);
+        let one = Topology::Collocated { replicas: 1, tp: 1, timing: t, tp_scaling: TpScaling::OFF };
+        let out = run(&one, &[(500, 3), (500, 3)]);
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         assert_eq!(out[0].len(), 3);
         let near = |got: Duration, want: f64| (ms(got) - want).abs() < 5.0;
@@ -655,8 +741,89 @@ mod tests {
             latency_us: 0.0,
         };
         // 500 tokens = 500 MB at 10 GB/s = 50 ms after a 60 ms prefill, then a 5.5 ms decode step
-        let out = run(&Topology::Pd { p_num: 1, d_num: 1, timing: t, kv }, &[(500, 2)]);
+        let pd = Topology::Pd { p_num: 1, p_tp: 1, d_num: 1, d_tp: 1, timing: t, tp_scaling: TpScaling::OFF, kv };
+        let out = run(&pd, &[(500, 2)]);
         assert!((ms(out[0][0]) - 115.5).abs() < 5.0, "{:?}", out);
         assert!((ms(out[0][1]) - 121.0).abs() < 5.0, "{:?}", out);
+    }
+
+    #[test]
+    fn tp_factor_is_amdahl_and_one_when_off() {
+        for tp in [1, 2, 3, 4, 8, 64] {
+            assert_eq!(TpScaling::OFF.factor(tp), 1.0);
+            assert_eq!(TpScaling { alpha: 0.0, tp_ref: 4 }.factor(tp), 1.0);
+            assert_eq!(TpScaling { alpha: 0.8, tp_ref: tp }.factor(tp), 1.0);
+        }
+        let s = TpScaling { alpha: 0.8, tp_ref: 4 };
+        assert!((s.factor(2) - 1.8).abs() < 1e-12); // 0.2 + 0.8 x 4/2
+        assert!((s.factor(8) - 0.6).abs() < 1e-12); // 0.2 + 0.8 x 4/8
+        assert!((s.factor(1) - 3.4).abs() < 1e-12);
+        let full = TpScaling { alpha: 1.0, tp_ref: 1 };
+        assert!((full.factor(4) - 0.25).abs() < 1e-12); // all parallel: time / TP
+        // every cost scales, capacity does not; a factor of 1 changes nothing
+        let t = timing();
+        let s = t.scaled(1.8);
+        assert!((s.step(4, 100).as_secs_f64() - 1.8 * t.step(4, 100).as_secs_f64()).abs() < 1e-9);
+        assert!((s.step(0, 1000).as_secs_f64() - 1.8 * t.step(0, 1000).as_secs_f64()).abs() < 1e-9);
+        assert_eq!((s.max_num_seqs, s.max_batched_tokens), (t.max_num_seqs, t.max_batched_tokens));
+        assert_eq!(t.scaled(1.0), t);
+        let pd = |a| Topology::Pd {
+            p_num: 1,
+            p_tp: 2,
+            d_num: 1,
+            d_tp: 8,
+            timing: t,
+            tp_scaling: TpScaling { alpha: a, tp_ref: 4 },
+            kv: KvLink {
+                geometry: "g".into(),
+                bytes: KvBytes::PerToken(1),
+                curve: vec![(1, 1.0)],
+                source: "s".into(),
+                latency_us: 0.0,
+            },
+        };
+        let f = pd(0.8).tp_factors();
+        assert_eq!((f[0].engines, f[0].tp, f[1].engines, f[1].tp), ("prefill", 2, "decode", 8));
+        assert!((f[0].factor - 1.8).abs() < 1e-12 && (f[1].factor - 0.6).abs() < 1e-12);
+        assert!(pd(0.0).tp_factors().iter().all(|f| f.factor == 1.0));
+    }
+
+    #[test]
+    fn an_engine_s_steps_follow_its_tp() {
+        let t = timing();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let near = |got: Duration, want: f64| (ms(got) - want).abs() < 5.0;
+        // collocated, all parallel, costs given at TP 1: TP 2 halves every step
+        // (prefill 60 -> 30 ms, decode 5.5 -> 2.75 ms); alpha 0 keeps TP 2 at TP 1's timing
+        let col =
+            |tp, alpha| Topology::Collocated { replicas: 1, tp, timing: t, tp_scaling: TpScaling { alpha, tp_ref: 1 } };
+        let out = run(&col(2, 1.0), &[(500, 3)]);
+        assert!(near(out[0][0], 30.0) && near(out[0][2], 35.5), "{out:?}");
+        let out = run(&col(2, 0.0), &[(500, 3)]);
+        assert!(near(out[0][0], 60.0) && near(out[0][2], 71.0), "{out:?}");
+        // PD: each side by its own TP. Costs given at TP 2, all parallel: the TP 1 prefill
+        // engine takes twice as long (120 ms), the TP 4 decode engine half (decode 20 ms ->
+        // 10 ms + 0.25 ms per sequence); KV 50 ms between them
+        let t = StepTiming { decode_base_ms: 20.0, ..t };
+        let kv = KvLink {
+            geometry: "g".into(),
+            bytes: KvBytes::PerToken(1_000_000),
+            curve: vec![(1, 10.0)],
+            source: "s".into(),
+            latency_us: 0.0,
+        };
+        let pd = |alpha| Topology::Pd {
+            p_num: 1,
+            p_tp: 1,
+            d_num: 1,
+            d_tp: 4,
+            timing: t,
+            tp_scaling: TpScaling { alpha, tp_ref: 2 },
+            kv: kv.clone(),
+        };
+        let out = run(&pd(1.0), &[(500, 3)]);
+        assert!(near(out[0][0], 120.0 + 50.0 + 10.25) && near(out[0][2], 120.0 + 50.0 + 30.75), "{out:?}");
+        let out = run(&pd(0.0), &[(500, 3)]);
+        assert!(near(out[0][0], 60.0 + 50.0 + 20.5) && near(out[0][2], 60.0 + 50.0 + 61.5), "{out:?}");
     }
 }
