@@ -33,6 +33,13 @@
 #   SIZES=1M,16M,64M PORT=0 LAYOUTS="1xtp4-1xtp4 1xtp2-1xtp4 ..."
 #   (PORT 0: any free port on loopback). Defaults take about 8 minutes;
 #   tests/experiments.rs runs it with a small workload.
+#
+# On a real Ray cluster: ENGINE=ray MODEL=<HF id or path> RAY_ARGS="--ray-address HEAD:6379"
+#   (SERVED: the served name, default the last part of MODEL; READY_TIMEOUT=1800 s per layout).
+#   Each layout is then deployed with `kvprobe launch --engine ray` (inventory, serve deploy,
+#   wait for /v1/models, launch.json with the nodes' versions), loaded with the same bench and
+#   shut down; summary.json (experiments/real-summary.py) records the numbers and versions: the
+#   emulator's model checks do not apply to real engines.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${1:-$root/results/pd-ratio-sweep-$(date -u +%Y%m%d-%H%M%S)}
@@ -42,6 +49,9 @@ kv=${KVPROBE:-$root/target/release/kvprobe}
 [ -x "$kv" ] || { echo "pd-ratio-sweep: $kv not found: cargo build --release first" >&2; exit 2; }
 MODEL=${MODEL:-gpt-oss-120b} ITL=${ITL:-5000} OTL=${OTL:-250} CONC=${CONC:-1,4,16}
 PER=${PROMPTS_PER_CONC:-3} ALPHA=${ALPHA:-0.8} TP_REF=${TP_REF:-4} SIZES=${SIZES:-1M,16M,64M} PORT=${PORT:-0}
+ENGINE=${ENGINE:-emulate} READY_TIMEOUT=${READY_TIMEOUT:-1800} SERVED=${SERVED:-${MODEL##*/}}
+read -r -a ray_args <<<"${RAY_ARGS:-}"
+[ "$ENGINE" = emulate ] || [ "$ENGINE" = ray ] || { echo "pd-ratio-sweep: ENGINE must be emulate or ray" >&2; exit 2; }
 LAYOUTS=${LAYOUTS:-1xtp4-1xtp4 1xtp2-1xtp4 2xtp2-1xtp4 3xtp2-1xtp2 2xtp2-1xtp2 1xtp2-1xtp2 1xtp2-2xtp2 1xtp2-3xtp2}
 read -r -a layouts <<<"${LAYOUTS//,/ }"
 for l in "${layouts[@]}"; do
@@ -52,6 +62,7 @@ done
   echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $0 $*"
   echo "$("$kv" --version)"
   echo "MODEL=$MODEL ITL=$ITL OTL=$OTL CONC=$CONC PROMPTS_PER_CONC=$PER ALPHA=$ALPHA TP_REF=$TP_REF SIZES=$SIZES PORT=$PORT"
+  echo "ENGINE=$ENGINE SERVED=$SERVED RAY_ARGS=${RAY_ARGS:-}"
   echo "LAYOUTS=${layouts[*]}"
 } >"$out/commands.txt"
 say() { printf "pd-ratio-sweep: %s\n" "$*" >&2; }
@@ -60,28 +71,39 @@ cleanup() { [ -z "$lp" ] || { kill "$lp" 2>/dev/null || true; wait "$lp" 2>/dev/
 trap cleanup EXIT
 started=$(date +%s)
 
-say "1/3 transport of the node (NIXL READ on this host, shared memory; the verdict is in transport.txt)"
-cmd=("$kv" sweep --sizes "$SIZES" --ops READ --backend nixl --no-fail -q --out "$out/transport")
-echo "${cmd[*]}" >>"$out/commands.txt"
-"${cmd[@]}" >"$out/transport.txt" 2>&1 || { cat "$out/transport.txt" >&2; exit 1; }
+if [ "$ENGINE" = emulate ]; then
+  say "1/3 transport of the node (NIXL READ on this host, shared memory; the verdict is in transport.txt)"
+  cmd=("$kv" sweep --sizes "$SIZES" --ops READ --backend nixl --no-fail -q --out "$out/transport")
+  echo "${cmd[*]}" >>"$out/commands.txt"
+  "${cmd[@]}" >"$out/transport.txt" 2>&1 || { cat "$out/transport.txt" >&2; exit 1; }
+else
+  say "1/3 transport: real engines move KV themselves; measure the node first (docs/EXPERIMENTS.md, 'A real run')"
+fi
 
-say "2/3 serving: ${#layouts[@]} PD layouts packed on one 8-GPU node, emulated (--tp-alpha $ALPHA --tp-ref $TP_REF)"
+say "2/3 serving: ${#layouts[@]} PD layouts packed on one 8-GPU node ($([ "$ENGINE" = ray ] && echo "Ray Serve LLM" || echo "emulated, --tp-alpha $ALPHA --tp-ref $TP_REF"))"
 for name in "${layouts[@]}"; do
   IFS=x- read -r pn ptp dn dtp <<<"${name//tp/}"
-  cmd=("$kv" launch --engine emulate --mode pd-pack --p-num "$pn" --p-tp "$ptp" --d-num "$dn" --d-tp "$dtp"
-    --model "$MODEL" --kv-from "$out/transport/results.json" --port "$PORT" --out "$out/$name"
-    -- --tp-alpha "$ALPHA" --tp-ref "$TP_REF")
+  if [ "$ENGINE" = ray ]; then
+    cmd=("$kv" launch --engine ray --mode pd-pack --p-num "$pn" --p-tp "$ptp" --d-num "$dn" --d-tp "$dtp"
+      --model "$MODEL" --served-model-name "$SERVED" --ready-timeout "$READY_TIMEOUT" --out "$out/$name" "${ray_args[@]}")
+  else
+    cmd=("$kv" launch --engine emulate --mode pd-pack --p-num "$pn" --p-tp "$ptp" --d-num "$dn" --d-tp "$dtp"
+      --model "$MODEL" --served-model-name "$SERVED" --kv-from "$out/transport/results.json" --port "$PORT"
+      --out "$out/$name" -- --tp-alpha "$ALPHA" --tp-ref "$TP_REF")
+  fi
   echo "${cmd[*]}" >>"$out/commands.txt"
   "${cmd[@]}" >"$out/$name.launch.txt" 2>"$out/$name.emulate.err" &
   lp=$!
-  for _ in $(seq 100); do
+  wait_s=10
+  [ "$ENGINE" = ray ] && wait_s=$((READY_TIMEOUT + 300)) # launch itself gives up after READY_TIMEOUT
+  for _ in $(seq $((wait_s * 10))); do
     grep -q "^ready:" "$out/$name.launch.txt" 2>/dev/null && break
     kill -0 "$lp" 2>/dev/null || break # launch refused the layout or the emulator did not start
     sleep 0.1
   done
   grep -q "^ready:" "$out/$name.launch.txt" || { cat "$out/$name.emulate.err" >&2; exit 1; }
   url=$(sed -n 's/^ready: \([^ ]*\).*/\1/p' "$out/$name.launch.txt")
-  cmd=("$kv" bench --url "$url" --model "$MODEL" --concurrency "$CONC" --itl "$ITL" --otl "$OTL"
+  cmd=("$kv" bench --url "$url" --model "$SERVED" --concurrency "$CONC" --itl "$ITL" --otl "$OTL"
     --prompts-per-conc "$PER" --label "$name" --out "$out/$name/bench" -q)
   echo "${cmd[*]}" >>"$out/commands.txt"
   "${cmd[@]}" >"$out/$name.bench.txt" || say "$name: bench exit $? (failed requests are counted in summary.json)"
@@ -97,6 +119,9 @@ for dtp in $(printf '%s\n' "${layouts[@]}" | sed 's/.*xtp//' | sort -un); do
   for name in "${layouts[@]}"; do [ "${name##*xtp}" = "$dtp" ] && dirs+=("$out/$name/bench"); done
   "$kv" viz "${dirs[@]}" --out "$out/plots-dtp$dtp" >"$out/viz-dtp$dtp.txt"
 done
+if [ "$ENGINE" = ray ]; then
+  exec python3 "$root/experiments/real-summary.py" "$out" "${layouts[@]}"
+fi
 "$kv" viz "$out/transport" --out "$out/plots-transport" -q
 python3 - "$out" "$ALPHA" "$TP_REF" "${layouts[@]}" <<'PY'
 import json, os, re, sys

@@ -21,6 +21,13 @@
 #   MODEL=gpt-oss-120b ITL=5000 OTL=250 CONC=1,4,8,16 PROMPTS_PER_CONC=3 ALPHA=0.8 TP_REF=4 PORT=0
 #   (PORT 0: any free port on loopback). Defaults take about 3 minutes;
 #   tests/experiments.rs runs it with a small workload.
+#
+# On a real Ray cluster: ENGINE=ray MODEL=<HF id or path> RAY_ARGS="--ray-address HEAD:6379"
+#   (SERVED: the served name, default the last part of MODEL; READY_TIMEOUT=1800 s per layout).
+#   Each layout is then deployed with `kvprobe launch --engine ray` (inventory, serve deploy,
+#   wait for /v1/models, launch.json with the nodes' versions), loaded with the same bench and
+#   shut down; summary.json (experiments/real-summary.py) records the numbers and versions: the
+#   emulator's model checks do not apply to real engines.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${1:-$root/results/tp-baselines-$(date -u +%Y%m%d-%H%M%S)}
@@ -30,33 +37,43 @@ kv=${KVPROBE:-$root/target/release/kvprobe}
 [ -x "$kv" ] || { echo "tp-baselines: $kv not found: cargo build --release first" >&2; exit 2; }
 MODEL=${MODEL:-gpt-oss-120b} ITL=${ITL:-5000} OTL=${OTL:-250} CONC=${CONC:-1,4,8,16}
 PER=${PROMPTS_PER_CONC:-3} ALPHA=${ALPHA:-0.8} TP_REF=${TP_REF:-4} PORT=${PORT:-0}
+ENGINE=${ENGINE:-emulate} READY_TIMEOUT=${READY_TIMEOUT:-1800} SERVED=${SERVED:-${MODEL##*/}}
+read -r -a ray_args <<<"${RAY_ARGS:-}"
+[ "$ENGINE" = emulate ] || [ "$ENGINE" = ray ] || { echo "tp-baselines: ENGINE must be emulate or ray" >&2; exit 2; }
 {
   echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $0 $*"
   echo "$("$kv" --version)"
-  echo "MODEL=$MODEL ITL=$ITL OTL=$OTL CONC=$CONC PROMPTS_PER_CONC=$PER ALPHA=$ALPHA TP_REF=$TP_REF PORT=$PORT"
+  echo "MODEL=$MODEL ITL=$ITL OTL=$OTL CONC=$CONC PROMPTS_PER_CONC=$PER ALPHA=$ALPHA TP_REF=$TP_REF PORT=$PORT ENGINE=$ENGINE SERVED=$SERVED RAY_ARGS=${RAY_ARGS:-}"
 } >"$out/commands.txt"
 say() { printf "tp-baselines: %s\n" "$*" >&2; }
 lp=
 cleanup() { [ -z "$lp" ] || { kill "$lp" 2>/dev/null || true; wait "$lp" 2>/dev/null || true; }; }
 trap cleanup EXIT
 
-say "1/2 serving: collocated TP2 x 4 and TP4 x 2 on one 8-GPU node, emulated (--tp-alpha $ALPHA --tp-ref $TP_REF)"
+say "1/2 serving: collocated TP2 x 4 and TP4 x 2 on one 8-GPU node ($([ "$ENGINE" = ray ] && echo "Ray Serve LLM" || echo "emulated, --tp-alpha $ALPHA --tp-ref $TP_REF"))"
 for layout in 2:4 4:2; do
   tp=${layout%:*} reps=${layout#*:}
   name=tp$tp
-  cmd=("$kv" launch --engine emulate --mode collocated --tp "$tp" --num-replicas "$reps" --model "$MODEL"
-    --port "$PORT" --out "$out/$name" -- --tp-alpha "$ALPHA" --tp-ref "$TP_REF")
+  if [ "$ENGINE" = ray ]; then
+    cmd=("$kv" launch --engine ray --mode collocated --tp "$tp" --num-replicas "$reps" --model "$MODEL"
+      --served-model-name "$SERVED" --ready-timeout "$READY_TIMEOUT" --out "$out/$name" "${ray_args[@]}")
+  else
+    cmd=("$kv" launch --engine emulate --mode collocated --tp "$tp" --num-replicas "$reps" --model "$MODEL"
+      --served-model-name "$SERVED" --port "$PORT" --out "$out/$name" -- --tp-alpha "$ALPHA" --tp-ref "$TP_REF")
+  fi
   echo "${cmd[*]}" >>"$out/commands.txt"
   "${cmd[@]}" >"$out/$name.launch.txt" 2>"$out/$name.emulate.err" &
   lp=$!
-  for _ in $(seq 100); do
+  wait_s=10
+  [ "$ENGINE" = ray ] && wait_s=$((READY_TIMEOUT + 300)) # launch itself gives up after READY_TIMEOUT
+  for _ in $(seq $((wait_s * 10))); do
     grep -q "^ready:" "$out/$name.launch.txt" 2>/dev/null && break
     kill -0 "$lp" 2>/dev/null || break # launch refused the layout or the emulator did not start
     sleep 0.1
   done
   grep -q "^ready:" "$out/$name.launch.txt" || { cat "$out/$name.emulate.err" >&2; exit 1; }
   url=$(sed -n 's/^ready: \([^ ]*\).*/\1/p' "$out/$name.launch.txt")
-  cmd=("$kv" bench --url "$url" --model "$MODEL" --concurrency "$CONC" --itl "$ITL" --otl "$OTL"
+  cmd=("$kv" bench --url "$url" --model "$SERVED" --concurrency "$CONC" --itl "$ITL" --otl "$OTL"
     --prompts-per-conc "$PER" --label "$name" --out "$out/$name/bench" -q)
   echo "${cmd[*]}" >>"$out/commands.txt"
   "${cmd[@]}" >"$out/$name.bench.txt" || say "$name: bench exit $? (failed requests are counted in summary.json)"
@@ -68,6 +85,9 @@ done
 
 say "2/2 plots and summary"
 "$kv" viz "$out/tp2/bench" "$out/tp4/bench" --out "$out/plots" >"$out/viz.txt"
+if [ "$ENGINE" = ray ]; then
+  exec python3 "$root/experiments/real-summary.py" "$out" tp2 tp4
+fi
 python3 - "$out" "$ALPHA" "$TP_REF" <<'PY'
 import json, os, sys
 out, alpha, tp_ref = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
