@@ -37,7 +37,7 @@ kv=${KVPROBE:-$root/target/release/kvprobe}
 [ -x "$kv" ] || { echo "tp-baselines: $kv not found: cargo build --release first" >&2; exit 2; }
 MODEL=${MODEL:-gpt-oss-120b} ITL=${ITL:-5000} OTL=${OTL:-250} CONC=${CONC:-1,4,8,16}
 PER=${PROMPTS_PER_CONC:-3} ALPHA=${ALPHA:-0.8} TP_REF=${TP_REF:-4} PORT=${PORT:-0}
-ENGINE=${ENGINE:-emulate} READY_TIMEOUT=${READY_TIMEOUT:-1800} SERVED=${SERVED:-${MODEL##*/}}
+ENGINE=${ENGINE:-emulate} READY_TIMEOUT=${READY_TIMEOUT:-1800} SERVED=${SERVED:-$(basename "$MODEL")}
 read -r -a ray_args <<<"${RAY_ARGS:-}"
 [ "$ENGINE" = emulate ] || [ "$ENGINE" = ray ] || { echo "tp-baselines: ENGINE must be emulate or ray" >&2; exit 2; }
 {

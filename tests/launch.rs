@@ -448,7 +448,10 @@ fn on_a_real_ray_cluster_launch_inventories_deploys_and_reports_the_failure() {
     assert!(nodes.iter().any(|n| n["is_head"] == true && n["address"] == a_ip));
     let cmds: Vec<String> =
         rec["commands"].as_array().unwrap().iter().map(|c| c["argv"][1].as_str().unwrap_or("").to_string()).collect();
-    assert_eq!(cmds, ["-c", "deploy", "status", "shutdown"], "{:#}", rec["commands"]);
+    assert_eq!(cmds, ["-c", "deploy", "status", "-c"], "{:#}", rec["commands"]);
+    // the teardown deletes this application only
+    assert!(rec["commands"][3]["argv"][2].as_str().unwrap().contains("serve.delete"), "{:#}", rec["commands"][3]);
+    assert_eq!(rec["commands"][3]["argv"][4], "kvprobe-pd-spread-1xtp2-1xtp4");
     assert!(rec["commands"].as_array().unwrap().iter().all(|c| c["exit_code"] == 0), "{:#}", rec["commands"]);
     assert!(rec["failure"].as_str().unwrap().contains("ImportError"));
     assert!(text("run/serve-status.txt").contains("DEPLOY_FAILED"), "{}", text("run/serve-status.txt"));

@@ -216,6 +216,12 @@ pub fn run(a: LaunchArgs) -> Result<ExitCode, CliError> {
         .served_model_name
         .clone()
         .unwrap_or_else(|| a.model.trim_end_matches('/').rsplit('/').next().unwrap_or(&a.model).to_string());
+    if served.trim().is_empty() {
+        return Err(usage(
+            "the served model name is empty: give --served-model-name NAME (or a --model without a trailing slash)"
+                .into(),
+        ));
+    }
     let spec = LaunchSpec {
         mode: a.mode,
         model_id: served,
@@ -309,6 +315,8 @@ struct RayLaunch {
     record: LaunchRecord,
     path: PathBuf,
     serve: PathBuf,
+    python: PathBuf,
+    gcs: String,
     dashboard: String,
     t0: Instant,
 }
@@ -363,29 +371,57 @@ impl RayLaunch {
         let _ = crate::report::write_atomic(&dir.join("serve-status.txt"), r.stdout.as_bytes());
     }
 
-    /// Shuts down what this launch deployed: `serve shutdown`, only when no
-    /// other application runs (it removes them all).
-    fn teardown(&mut self, app: &str) {
-        let dash = BaseUrl::parse(&self.dashboard);
-        let others: Vec<String> =
-            match dash.map_err(|e| e.to_string()).and_then(|d| ray::serve_details(&d).map_err(|e| e.to_string())) {
-                Ok(d) => ray::app_names(&d).into_iter().filter(|n| n != app).collect(),
-                Err(e) => {
-                    eprintln!("launch: cannot read Serve's state before shutting down ({e}); shutting down anyway");
-                    vec![]
-                }
-            };
-        if !others.is_empty() {
-            eprintln!(
-                "launch: Serve also runs {} now: not shutting Serve down; remove {app} yourself",
-                others.join(", ")
-            );
-            return;
+    /// Removes what this launch deployed, and only that: `serve.delete(app)`
+    /// through the cluster's Python (Serve's CLI can only shut everything
+    /// down), which returns once the application is gone. True when it is.
+    fn teardown(&mut self, app: &str) -> bool {
+        eprintln!("launch: deleting {app} (serve.delete; other applications are left alone)");
+        let code = "import sys, ray\nfrom ray import serve\nray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False)\nserve.delete(sys.argv[2])\nprint('deleted', sys.argv[2])";
+        let argv = vec![
+            self.python.display().to_string(),
+            "-c".to_string(),
+            code.to_string(),
+            self.gcs.clone(),
+            app.to_string(),
+        ];
+        let rec =
+            ray::run_captured(&argv, &argv, Duration::from_secs(300), false).unwrap_or_else(|e| ray::CommandRecord {
+                argv: argv.clone(),
+                exit_code: None,
+                seconds: 0.0,
+                timed_out: false,
+                interrupted: false,
+                stdout_tail: String::new(),
+                stderr_tail: e.to_string(),
+                stdout: String::new(),
+            });
+        let ok = rec.ok();
+        if !ok {
+            eprintln!("launch: could not delete {app}: {}", rec.failure());
         }
-        eprintln!("launch: shutting down {app} (serve shutdown)");
-        let r = self.serve(&["shutdown", "--yes"], Duration::from_secs(180), false);
-        if !r.ok() {
-            eprintln!("launch: {}", r.failure());
+        self.record.commands.push(rec);
+        self.save();
+        ok
+    }
+
+    /// Whether Serve has `app` now (None: its state cannot be read).
+    fn exists(&self, app: &str) -> Option<bool> {
+        let d = BaseUrl::parse(&self.dashboard).ok()?;
+        ray::serve_details(&d).ok().map(|d| ray::phase(&d, app) != AppPhase::Missing)
+    }
+
+    /// The end of a launch: delete the application unless `keep`, and record
+    /// `status` when it is gone, `left-running` otherwise.
+    fn finish(&mut self, app: &str, keep: bool, status: &str) {
+        let gone = if keep { false } else { self.teardown(app) };
+        if gone || self.exists(app) == Some(false) {
+            self.status(status);
+        } else {
+            eprintln!(
+                "launch: {app} may still be deployed; remove it with serve.delete(\"{app}\") or `serve shutdown`"
+            );
+            self.record.failure.get_or_insert_with(|| format!("{app} was left running"));
+            self.status(if status == "stopped" { "left-running" } else { status });
         }
     }
 }
@@ -449,9 +485,12 @@ fn run_ray(
         },
         path: out.join("launch.json"),
         serve: py.serve.clone(),
+        python: py.python.clone(),
+        gcs: String::new(),
         dashboard: dashboard.clone(),
         t0: Instant::now(),
     };
+    l.gcs = l.record.cluster.gcs_address.clone().unwrap_or_else(|| ray_address(a));
     l.save();
     let fail = |l: &mut RayLaunch, status: &str, why: String| -> Result<ExitCode, CliError> {
         l.record.failure = Some(why.clone());
@@ -464,7 +503,7 @@ fn run_ray(
         Ok(d) => d,
         Err(e) => return fail(&mut l, "failed", format!("before deploying: {e}")),
     };
-    let others: Vec<String> = ray::app_names(&details).into_iter().filter(|n| n != &app).collect();
+    let others: Vec<String> = ray::app_names(&details);
     if !others.is_empty() && !a.replace_apps {
         l.record.failure = Some(format!("Serve runs other applications: {}", others.join(", ")));
         l.status("refused");
@@ -497,11 +536,15 @@ fn run_ray(
     l.t0 = Instant::now();
     let path = config_path.display().to_string();
     let dep = l.serve(&["deploy", &path], Duration::from_secs(180), true);
-    if dep.interrupted {
-        l.status("interrupted");
-        return Ok(ExitCode::from(130));
-    }
-    if !dep.ok() {
+    if dep.interrupted || !dep.ok() {
+        // the dashboard may have taken the request before the CLI ended: never leave it behind
+        if l.exists(&app) != Some(false) {
+            l.finish(&app, false, if dep.interrupted { "interrupted" } else { "failed" });
+        }
+        if dep.interrupted {
+            l.status("interrupted");
+            return Ok(ExitCode::from(130));
+        }
         return fail(&mut l, "failed", format!("serve deploy failed: {}", dep.failure()));
     }
     let url = a.url.clone().unwrap_or_else(|| format!("http://{}:{}", head.as_deref().unwrap_or("127.0.0.1"), a.port));
@@ -514,9 +557,8 @@ fn run_ray(
     let mut last_err = String::new();
     loop {
         if crate::child::interrupted() {
-            l.note("interrupted while waiting: shutting down what was deployed".into());
-            l.teardown(&app);
-            l.status("interrupted");
+            l.note("interrupted while waiting: deleting what was deployed".into());
+            l.finish(&app, false, "interrupted");
             return Ok(ExitCode::from(130));
         }
         match ray::serve_details(&dash) {
@@ -531,9 +573,7 @@ fn run_ray(
                     AppPhase::Failed => {
                         let report = ray::failure_report(&d, &app);
                         l.capture_status(&out);
-                        if !a.keep_on_failure {
-                            l.teardown(&app);
-                        }
+                        l.finish(&app, a.keep_on_failure, "failed");
                         return fail(&mut l, "failed", format!("the deployment failed:\n{report}{hint}"));
                     }
                     AppPhase::Running => {
@@ -562,9 +602,7 @@ fn run_ray(
                 Err(e) => e.to_string(),
             };
             l.capture_status(&out);
-            if !a.keep_on_failure {
-                l.teardown(&app);
-            }
+            l.finish(&app, a.keep_on_failure, "timeout");
             let why = format!(
                 "not ready within {:.0} s (--ready-timeout); last: {last}{}\n{report}{hint}",
                 a.ready_timeout,
@@ -585,26 +623,34 @@ fn run_ray(
     use std::io::Write;
     let _ = std::io::stdout().flush();
     if a.detach {
-        eprintln!("launch: left running; remove it with `{} shutdown --yes --address {dashboard}`", py.serve.display());
+        eprintln!(
+            "launch: left running; remove it with serve.delete(\"{app}\") (Python, ray.init(address=...)) or `{} shutdown --yes --address {dashboard}` (removes every application)",
+            py.serve.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     // stay: a stop signal shuts it down; an application that goes away or fails ends the launch
     let mut next_check = Instant::now() + Duration::from_secs(5);
+    // one UNHEALTHY reading can be a replica restarting: three in a row (15 s) end the launch
+    let mut failed_reads = 0;
     loop {
         if crate::child::interrupted() {
-            l.teardown(&app);
-            l.status("stopped");
+            l.finish(&app, false, "stopped");
             return Ok(ExitCode::SUCCESS);
         }
         if Instant::now() >= next_check {
             next_check = Instant::now() + Duration::from_secs(5);
             if let Ok(d) = ray::serve_details(&dash) {
-                match ray::phase(&d, &app) {
+                let ph = ray::phase(&d, &app);
+                failed_reads = if ph == AppPhase::Failed { failed_reads + 1 } else { 0 };
+                match ph {
                     AppPhase::Running | AppPhase::Deploying => {}
+                    AppPhase::Failed if failed_reads < 3 => {}
                     AppPhase::Failed => {
                         let report = ray::failure_report(&d, &app);
                         l.record.serve_app = Some(d["applications"][&app].clone());
                         l.capture_status(&out);
+                        l.finish(&app, a.keep_on_failure, "failed");
                         return fail(&mut l, "failed", format!("the application failed after it was ready:\n{report}"));
                     }
                     other => {
