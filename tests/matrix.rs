@@ -119,3 +119,27 @@ fn a_shaped_link_is_the_outlier_and_a_dead_node_is_reported() {
     assert!(svg.contains("row: initiator (reads)") && svg.contains(&format!("{dd} (lost)")), "heatmap labels");
     assert!(text("out.txt").contains(&format!("node {c}: ")), "{}", text("out.txt"));
 }
+
+/// Bad arguments stop before any cluster is asked; no cluster is an ordinary error.
+#[test]
+fn bad_arguments_and_no_cluster_are_clear_errors() {
+    let run = |args: &[&str]| {
+        let o = common::kvprobe().arg("matrix").args(args).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    // what every pair's sweep would refuse is refused here, at once (exit 2)
+    for (args, want) in [
+        (&["--duration", "bogus"][..], "invalid duration 'bogus'"),
+        (&["--sizes", "1Q"][..], "invalid size '1Q'"),
+        (&["--outlier-at", "1.5"][..], "--outlier-at must be in (0, 1)"),
+        (&["--ops", ""][..], "--ops lists nothing"),
+    ] {
+        let (code, err) = run(&[args, &["--ray-address", "127.0.0.1:9"]].concat());
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // --model replaces --sizes (the sweep refuses both): accepted, then no cluster there (exit 1)
+    let (code, err) = run(&["--model", "gpt-oss-120b", "--ray-address", "127.0.0.1:9", "-q"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("nothing answers at 127.0.0.1:9") || err.contains("no Python with Ray"), "{err}");
+}

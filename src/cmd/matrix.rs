@@ -153,13 +153,23 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
     }
     let ops: Vec<String> = a.ops.split(',').map(|s| s.trim().to_ascii_uppercase()).filter(|s| !s.is_empty()).collect();
     let headline = ops.first().cloned().ok_or_else(|| usage("--ops lists nothing".into()))?;
-    let mut sweep_args =
-        vec!["--sizes".to_string(), a.sizes.clone(), "--ops".into(), ops.join(","), "--backend".into(), "nixl".into()];
+    let mut sweep_args = vec!["--ops".to_string(), ops.join(","), "--backend".into(), "nixl".into()];
+    match &a.model {
+        // KV-shaped: the model's requests are the sizes
+        Some(m) => sweep_args.extend(["--model".into(), m.clone()]),
+        None => sweep_args.extend(["--sizes".into(), a.sizes.clone()]),
+    }
     if let Some(d) = &a.duration {
         sweep_args.extend(["--duration".into(), d.clone()]);
     }
-    if let Some(m) = &a.model {
-        sweep_args.extend(["--model".into(), m.clone()]);
+    // the nodes run exactly these: bad values must stop here, not on every node minutes later
+    let probe: Vec<String> = ["kvprobe", "sweep", "--peer", "127.0.0.1:1", "--token", "t"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(sweep_args.iter().cloned())
+        .collect();
+    if let Err(e) = <super::Cli as clap::Parser>::try_parse_from(&probe) {
+        return Err(usage(format!("the pairs' sweep would refuse its arguments: {}", e.to_string().trim())));
     }
     crate::child::install_interrupt_handler();
     let py = ray::find_python(a.python.as_deref()).map_err(CliError::failed)?;
@@ -284,13 +294,24 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
         .with_context(|| format!("cannot create {}", out.join("driver.log").display()))
         .map_err(CliError::failed)?;
     let t0 = Instant::now();
-    let mut child = Command::new(&py.python)
-        .args(["-c", DRIVER_PY])
+    let mut cmd = Command::new(&py.python);
+    cmd.args(["-c", DRIVER_PY])
         .arg(&plan_path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
-        .process_group(0)
+        .process_group(0);
+    // SAFETY: the closure runs between fork and exec and calls only prctl
+    // (async-signal-safe): the driver dies with kvprobe, and its actors with it.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start the Ray driver with {}", py.python.display()))
         .map_err(CliError::failed)?;
@@ -308,17 +329,32 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
     let mut events = std::fs::File::create(out.join("events.jsonl")).ok();
     let addr = |r: &MatrixResult, i: usize| r.nodes.get(i).map(|n| n.address.clone()).unwrap_or_default();
     let mut done = false;
-    let mut interrupted = false;
+    let mut interrupted: Option<Instant> = None;
+    // every wait of the driver is bounded by the plan; this bounds the driver as a whole
+    let deadline =
+        t0 + Duration::from_secs_f64(180.0 + 150.0 + 120.0 + rounds.len() as f64 * (a.pair_timeout + 90.0) + 120.0);
+    let group = -(child.id() as i32);
     loop {
-        if crate::child::interrupted() && !interrupted {
-            interrupted = true;
+        if crate::child::interrupted() && interrupted.is_none() {
+            interrupted = Some(Instant::now());
             // SAFETY: kill has no memory-safety preconditions; the group is the driver's own.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
+            unsafe { libc::kill(group, libc::SIGINT) };
+        }
+        // a driver that does not stop within 15 s of the interrupt, or runs past
+        // the plan's bound, is killed (its actors die with it)
+        let overdue = Instant::now() > deadline;
+        if interrupted.is_some_and(|t| t.elapsed() > Duration::from_secs(15)) || overdue {
+            if overdue && interrupted.is_none() {
+                r.errors.push("the Ray driver ran past the plan's time bound and was stopped".into());
+            }
+            // SAFETY: as above.
+            unsafe { libc::kill(group, libc::SIGKILL) };
+            break;
         }
         let line = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(l) => l,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if interrupted {
+                if interrupted.is_some() {
                     if let Ok(Some(_)) = child.try_wait() {
                         break;
                     }
@@ -403,7 +439,8 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
     }
     let status = child.wait().ok();
     r.seconds = Some((t0.elapsed().as_secs_f64() * 10.0).round() / 10.0);
-    if !done && !interrupted {
+    let interrupted = interrupted.is_some();
+    if !done && !interrupted && r.errors.is_empty() {
         let tail = std::fs::read_to_string(out.join("driver.log")).unwrap_or_default();
         let tail: Vec<&str> = tail.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
         r.errors.push(format!(

@@ -84,6 +84,9 @@ class Agent:
                 except ValueError:
                     continue
                 if ev.get("event") == "listening":
+                    # keep reading its later events, or a full pipe would block it
+                    import threading
+                    threading.Thread(target=lambda f=self.serve.stdout: [None for _ in f], daemon=True).start()
                     return {"addr": ev["addr"], "token": ev["token"], "pid": self.serve.pid}
             if self.serve.poll() is not None:
                 break
@@ -107,6 +110,9 @@ class Agent:
         except (OSError, ValueError):
             pass
         return {"exit_code": code, "results": results, "stderr": err, "seconds": round(time.time() - t0, 3)}
+
+    def serve_alive(self):
+        return self.serve is not None and self.serve.poll() is None
 
     def stop(self):
         if self.serve is not None and self.serve.poll() is None:
@@ -137,6 +143,11 @@ def main():
         if i not in lost:
             lost[i] = why
             emit(event="node_lost", node=i, error=why)
+            # a half-alive agent must not keep a sweep running against someone's serve
+            try:
+                ray.kill(agents[i], no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
 
     for i, n in enumerate(nodes):
         agents[i] = remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["node_id"], soft=False)
@@ -207,12 +218,13 @@ def main():
                 emit(event="pair", round=r, initiator=a, target=b, status="skipped", error="node %d was lost" % a)
                 continue
             ok = res["results"] is not None and res["exit_code"] == 0
-            if not ok:
-                # the target's node may be gone: ask its agent
+            if not ok and b not in lost:
+                # the target's node, or its serve, may be gone: ask its agent
                 try:
-                    ray.get(agents[b].hello.remote(), timeout=20)
+                    if not ray.get(agents[b].serve_alive.remote(), timeout=20):
+                        lose(b, "its kvprobe serve ended (round %d)" % r)
                 except Exception as e:  # noqa: BLE001
-                    lose(b, "%s in round %d (its serve stopped answering)" % (type(e).__name__, r))
+                    lose(b, "%s in round %d (its agent stopped answering)" % (type(e).__name__, r))
             emit(event="pair", round=r, initiator=a, target=b, status="ok" if ok else ("skipped" if b in lost else "failed"),
                  seconds=res["seconds"], exit_code=res["exit_code"], results=res["results"],
                  error=None if ok else res["stderr"][-600:])

@@ -192,11 +192,30 @@ pub fn verdict(r: &MatrixResult, outlier_at: f64, line_rate_at: f64) -> MatrixVe
     let is_out =
         |g: f64| med.is_some_and(|m| g < outlier_at * m) || expected.is_some_and(|e| e > 0.0 && g < line_rate_at * e);
     let mut nodes_out = Vec::new();
+    // two nodes cannot tell which end is bad: a node outlier needs three
+    // nodes with measurements, and two distinct peers of its own
+    let measured = (0..r.nodes.len()).filter(|i| !links_of(*i).is_empty()).count();
+    let peers = |i: usize| -> usize {
+        let mut v: Vec<usize> = ok
+            .iter()
+            .filter_map(|p| {
+                if p.initiator == i {
+                    Some(p.target)
+                } else if p.target == i {
+                    Some(p.initiator)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v.len()
+    };
     for (i, n) in r.nodes.iter().enumerate() {
         let mine = links_of(i);
         let outs = mine.iter().filter(|g| is_out(**g)).count();
-        // two nodes cannot tell which end is bad: a node outlier needs three
-        if r.nodes.len() >= 3 && mine.len() >= 2 && outs * 4 >= mine.len() * 3 {
+        if measured >= 3 && peers(i) >= 2 && outs * 4 >= mine.len() * 3 {
             nodes_out.push(OutlierNode {
                 address: n.address.clone(),
                 outlier_links: outs,
@@ -375,6 +394,15 @@ mod tests {
         // two nodes: a slow pair is reported as links, no node is blamed
         let v = verdict(&result(2, |_, _| 0.02), 0.5, 0.0);
         assert!(v.outlier_nodes.is_empty());
+        // three planned, one lost before measuring: the two left are still only two
+        let mut r = result(3, |_, _| 1.0);
+        r.pairs.retain(|p| p.initiator != 2 && p.target != 2);
+        for p in &mut r.pairs {
+            p.expected_gbps = Some(10.0);
+        }
+        let v = verdict(&r, 0.5, 0.25);
+        assert!(v.outlier_nodes.is_empty(), "{:?}", v.outlier_nodes);
+        assert_eq!(v.outlier_links.len(), 2);
     }
 
     #[test]
