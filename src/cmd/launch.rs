@@ -344,16 +344,8 @@ impl RayLaunch {
         let mut argv = vec![self.serve.display().to_string()];
         argv.extend(args.iter().map(|s| s.to_string()));
         argv.extend(["--address".into(), self.dashboard.clone()]);
-        let rec = ray::run_captured(&argv, &argv, limit, stoppable).unwrap_or_else(|e| ray::CommandRecord {
-            argv: argv.clone(),
-            exit_code: None,
-            seconds: 0.0,
-            timed_out: false,
-            interrupted: false,
-            stdout_tail: String::new(),
-            stderr_tail: e.to_string(),
-            stdout: String::new(),
-        });
+        let rec = ray::run_captured(&argv, &argv, limit, stoppable)
+            .unwrap_or_else(|e| ray::CommandRecord::not_started(argv.clone(), e.to_string()));
         self.record.commands.push(rec.clone());
         self.save();
         rec
@@ -384,17 +376,8 @@ impl RayLaunch {
             self.gcs.clone(),
             app.to_string(),
         ];
-        let rec =
-            ray::run_captured(&argv, &argv, Duration::from_secs(300), false).unwrap_or_else(|e| ray::CommandRecord {
-                argv: argv.clone(),
-                exit_code: None,
-                seconds: 0.0,
-                timed_out: false,
-                interrupted: false,
-                stdout_tail: String::new(),
-                stderr_tail: e.to_string(),
-                stdout: String::new(),
-            });
+        let rec = ray::run_captured(&argv, &argv, Duration::from_secs(300), false)
+            .unwrap_or_else(|e| ray::CommandRecord::not_started(argv.clone(), e.to_string()));
         let ok = rec.ok();
         if !ok {
             eprintln!("launch: could not delete {app}: {}", rec.failure());

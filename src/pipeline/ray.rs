@@ -82,6 +82,20 @@ pub struct CommandRecord {
 }
 
 impl CommandRecord {
+    /// The record of a command that could not be started at all.
+    pub fn not_started(argv: Vec<String>, why: String) -> CommandRecord {
+        CommandRecord {
+            argv,
+            exit_code: None,
+            seconds: 0.0,
+            timed_out: false,
+            interrupted: false,
+            stdout_tail: String::new(),
+            stderr_tail: why,
+            stdout: String::new(),
+        }
+    }
+
     /// Did it exit 0?
     pub fn ok(&self) -> bool {
         self.exit_code == Some(0)
