@@ -143,3 +143,63 @@ fn bad_arguments_and_no_cluster_are_clear_errors() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("nothing answers at 127.0.0.1:9") || err.contains("no Python with Ray"), "{err}");
 }
+
+/// `--contention`: three nodes, two shifted rounds in which every node sends
+/// and receives at once; every pair measured in the round the plan gave it.
+#[test]
+fn contention_rounds_run_every_node_both_ways_at_once() {
+    let test = "contention_rounds_run_every_node_both_ways_at_once";
+    if !common::can_make_hosts(test) {
+        return;
+    }
+    common::require_nixl();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let py = std::path::PathBuf::from(root).join(".venv/bin/python");
+    if !Command::new(&py).args(["-c", "import ray"]).output().is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED {test}: no Ray in the project venv");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = r#"
+      "$ROOT/debug/hosts.sh" exec "$KVP_HOSTS" a "$KV" matrix --ray-address "$KVP_RAY_ADDRESS" --contention \
+        --sizes 1M --duration 0.2s --no-doctor --line-rate-at 0 --out "$D/m" >"$D/out.txt" 2>"$D/err.txt"
+      echo $? >"$D/rc"
+    "#;
+    let run = Command::new(format!("{root}/debug/ray-cluster.sh"))
+        .args(["run", &format!("mc{}", std::process::id() % 100_000), "bash", "-c", script])
+        .env("RAY_NODES", "3")
+        .env("ROOT", root)
+        .env("KV", env!("CARGO_BIN_EXE_kvprobe"))
+        .env("D", d)
+        .env("RAY_LOGS", d)
+        .output()
+        .expect("run debug/ray-cluster.sh");
+    let text = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
+    let logs = format!("{}\n{}", String::from_utf8_lossy(&run.stderr), text("err.txt"));
+    assert!(run.status.success(), "{logs}");
+    assert_eq!(text("rc").trim(), "0", "{logs}\n{}", text("out.txt"));
+    let m: serde_json::Value = serde_json::from_str(&text("m/matrix.json")).expect("matrix.json");
+    assert_eq!(m["contention"], true);
+    let rounds = m["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    for (k, round) in rounds.iter().enumerate() {
+        let ini: std::collections::BTreeSet<u64> =
+            round.as_array().unwrap().iter().map(|p| p["initiator"].as_u64().unwrap()).collect();
+        let tgt: std::collections::BTreeSet<u64> =
+            round.as_array().unwrap().iter().map(|p| p["target"].as_u64().unwrap()).collect();
+        assert_eq!((ini.len(), tgt.len()), (3, 3), "round {k}: every node sends and receives");
+    }
+    let pairs = m["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 6);
+    for p in pairs {
+        assert_eq!(p["status"], "ok", "{p:#}");
+        let planned = rounds[p["round"].as_u64().unwrap() as usize]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["initiator"] == p["initiator"] && q["target"] == p["target"]);
+        assert!(planned, "{p:#} ran outside its round");
+    }
+    assert_eq!(m["verdict"]["lost_nodes"].as_array().unwrap().len(), 0);
+}
