@@ -354,11 +354,7 @@ fn yaml_reads_back_as_the_json_it_was_made_from() {
 #[test]
 fn on_a_real_ray_cluster_launch_inventories_deploys_and_reports_the_failure() {
     let test = "on_a_real_ray_cluster_launch_inventories_deploys_and_reports_the_failure";
-    if !common::can_make_hosts(test) {
-        return;
-    }
-    if ray_python().is_none() {
-        eprintln!("SKIPPED {test}: no Ray in the project venv (debug/setup.sh installs it unless KVPROBE_NO_RAY=1)");
+    if !common::can_run_ray_cluster(test) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -378,20 +374,9 @@ fn on_a_real_ray_cluster_launch_inventories_deploys_and_reports_the_failure() {
       L --mode collocated --tp 4 --out "$D/other" >"$D/refuse.out" 2>"$D/refuse.err"; echo $? >"$D/refuse.rc"
       echo "$KVP_A_IP $KVP_B_IP" >"$D/ips"
     "#;
-    let root = env!("CARGO_MANIFEST_DIR");
-    let py = ray_python().unwrap();
+    let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
     let serve = py.parent().unwrap().join("serve");
-    let run = std::process::Command::new(format!("{root}/debug/ray-cluster.sh"))
-        .args(["run", &format!("rct{}", std::process::id() % 100_000), "bash", "-c", script])
-        .env("ROOT", root)
-        .env("KV", env!("CARGO_BIN_EXE_kvprobe"))
-        .env("PY", &py)
-        .env("SERVE", &serve)
-        .env("D", d)
-        .env("RAY_LOGS", d)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run debug/ray-cluster.sh");
+    let run = common::on_ray_cluster("rct", 2, d, script, &[("PY", py.as_os_str()), ("SERVE", serve.as_os_str())]);
     let text = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
     let logs = format!(
         "{}\n{}\nhead log:\n{}",

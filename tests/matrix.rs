@@ -6,21 +6,13 @@
 
 mod common;
 
-use std::process::Command;
-
 #[test]
 fn a_shaped_link_is_the_outlier_and_a_dead_node_is_reported() {
     let test = "a_shaped_link_is_the_outlier_and_a_dead_node_is_reported";
-    if !common::can_make_hosts(test) {
+    if !common::can_run_ray_cluster(test) {
         return;
     }
     common::require_nixl();
-    let root = env!("CARGO_MANIFEST_DIR");
-    let py = std::path::PathBuf::from(root).join(".venv/bin/python");
-    if !Command::new(&py).args(["-c", "import ray"]).output().is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED {test}: no Ray in the project venv (debug/setup.sh installs it unless KVPROBE_NO_RAY=1)");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // host c's link to the switch is shaped to 100 Mbit/s; node d is killed
@@ -38,16 +30,7 @@ fn a_shaped_link_is_the_outlier_and_a_dead_node_is_reported() {
       wait "$m"; echo $? >"$D/rc"
       echo "$KVP_A_IP $KVP_B_IP $KVP_C_IP $KVP_D_IP" >"$D/ips"
     "#;
-    let run = Command::new(format!("{root}/debug/ray-cluster.sh"))
-        .args(["run", &format!("mx{}", std::process::id() % 100_000), "bash", "-c", script])
-        .env("RAY_NODES", "4")
-        .env("ROOT", root)
-        .env("KV", env!("CARGO_BIN_EXE_kvprobe"))
-        .env("D", d)
-        .env("RAY_LOGS", d)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run debug/ray-cluster.sh");
+    let run = common::on_ray_cluster("mx", 4, d, script, &[]);
     let text = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
     let logs = format!(
         "{}\n{}\nmatrix stderr:\n{}\ndriver:\n{}",
@@ -149,16 +132,10 @@ fn bad_arguments_and_no_cluster_are_clear_errors() {
 #[test]
 fn contention_rounds_run_every_node_both_ways_at_once() {
     let test = "contention_rounds_run_every_node_both_ways_at_once";
-    if !common::can_make_hosts(test) {
+    if !common::can_run_ray_cluster(test) {
         return;
     }
     common::require_nixl();
-    let root = env!("CARGO_MANIFEST_DIR");
-    let py = std::path::PathBuf::from(root).join(".venv/bin/python");
-    if !Command::new(&py).args(["-c", "import ray"]).output().is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED {test}: no Ray in the project venv");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let script = r#"
@@ -166,15 +143,7 @@ fn contention_rounds_run_every_node_both_ways_at_once() {
         --sizes 1M --duration 0.2s --no-doctor --line-rate-at 0 --out "$D/m" >"$D/out.txt" 2>"$D/err.txt"
       echo $? >"$D/rc"
     "#;
-    let run = Command::new(format!("{root}/debug/ray-cluster.sh"))
-        .args(["run", &format!("mc{}", std::process::id() % 100_000), "bash", "-c", script])
-        .env("RAY_NODES", "3")
-        .env("ROOT", root)
-        .env("KV", env!("CARGO_BIN_EXE_kvprobe"))
-        .env("D", d)
-        .env("RAY_LOGS", d)
-        .output()
-        .expect("run debug/ray-cluster.sh");
+    let run = common::on_ray_cluster("mc", 3, d, script, &[]);
     let text = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
     let logs = format!("{}\n{}", String::from_utf8_lossy(&run.stderr), text("err.txt"));
     assert!(run.status.success(), "{logs}");

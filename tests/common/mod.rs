@@ -94,3 +94,37 @@ pub fn can_make_hosts(test: &str) -> bool {
     }
     true
 }
+
+/// Whether emulated hosts can be made and the project venv has Ray (a real
+/// Ray cluster of emulated hosts can run); prints why not.
+pub fn can_run_ray_cluster(test: &str) -> bool {
+    if !can_make_hosts(test) {
+        return false;
+    }
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if !Command::new(&py).args(["-c", "import ray"]).output().is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED {test}: no Ray in the project venv (debug/setup.sh installs it unless KVPROBE_NO_RAY=1)");
+        return false;
+    }
+    true
+}
+
+/// Runs the bash `script` on a real Ray cluster of `nodes` emulated hosts
+/// (debug/ray-cluster.sh), with ROOT (the checkout), KV (the kvprobe under
+/// test), D (`dir`, where the script writes its results and the nodes their
+/// logs) and `envs` set.
+pub fn on_ray_cluster(name: &str, nodes: usize, dir: &Path, script: &str, envs: &[(&str, &std::ffi::OsStr)]) -> Output {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut c = Command::new(format!("{root}/debug/ray-cluster.sh"));
+    c.args(["run", &format!("{name}{}", std::process::id() % 100_000), "bash", "-c", script])
+        .env("RAY_NODES", nodes.to_string())
+        .env("ROOT", root)
+        .env("KV", std::env::var_os("KVPROBE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_kvprobe").into()))
+        .env("D", dir)
+        .env("RAY_LOGS", dir)
+        .env("NO_COLOR", "1");
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().expect("run debug/ray-cluster.sh")
+}
