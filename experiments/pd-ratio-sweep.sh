@@ -65,6 +65,7 @@ done
   echo "ENGINE=$ENGINE SERVED=$SERVED RAY_ARGS=${RAY_ARGS:-}"
   echo "LAYOUTS=${layouts[*]}"
 } >"$out/commands.txt"
+. "$root/experiments/lib.sh"
 say() { printf "pd-ratio-sweep: %s\n" "$*" >&2; }
 lp=
 cleanup() { [ -z "$lp" ] || { kill "$lp" 2>/dev/null || true; wait "$lp" 2>/dev/null || true; }; }
@@ -91,25 +92,7 @@ for name in "${layouts[@]}"; do
       --model "$MODEL" --served-model-name "$SERVED" --kv-from "$out/transport/results.json" --port "$PORT"
       --out "$out/$name" -- --tp-alpha "$ALPHA" --tp-ref "$TP_REF")
   fi
-  echo "${cmd[*]}" >>"$out/commands.txt"
-  "${cmd[@]}" >"$out/$name.launch.txt" 2>"$out/$name.emulate.err" &
-  lp=$!
-  wait_s=10
-  [ "$ENGINE" = ray ] && wait_s=$((READY_TIMEOUT + 300)) # launch itself gives up after READY_TIMEOUT
-  for _ in $(seq $((wait_s * 10))); do
-    grep -q "^ready:" "$out/$name.launch.txt" 2>/dev/null && break
-    kill -0 "$lp" 2>/dev/null || break # launch refused the layout or the emulator did not start
-    sleep 0.1
-  done
-  grep -q "^ready:" "$out/$name.launch.txt" || { cat "$out/$name.emulate.err" >&2; exit 1; }
-  url=$(sed -n 's/^ready: \([^ ]*\).*/\1/p' "$out/$name.launch.txt")
-  cmd=("$kv" bench --url "$url" --model "$SERVED" --concurrency "$CONC" --itl "$ITL" --otl "$OTL"
-    --prompts-per-conc "$PER" --label "$name" --out "$out/$name/bench" -q)
-  echo "${cmd[*]}" >>"$out/commands.txt"
-  "${cmd[@]}" >"$out/$name.bench.txt" || say "$name: bench exit $? (failed requests are counted in summary.json)"
-  kill -INT "$lp"
-  wait "$lp" || true
-  lp=
+  serve_and_bench "$name" "${cmd[@]}"
   say "$name done ($(($(date +%s) - started)) s)"
 done
 

@@ -45,6 +45,7 @@ read -r -a ray_args <<<"${RAY_ARGS:-}"
   echo "$("$kv" --version)"
   echo "MODEL=$MODEL ITL=$ITL OTL=$OTL CONC=$CONC PROMPTS_PER_CONC=$PER ALPHA=$ALPHA TP_REF=$TP_REF PORT=$PORT ENGINE=$ENGINE SERVED=$SERVED RAY_ARGS=${RAY_ARGS:-}"
 } >"$out/commands.txt"
+. "$root/experiments/lib.sh"
 say() { printf "tp-baselines: %s\n" "$*" >&2; }
 lp=
 cleanup() { [ -z "$lp" ] || { kill "$lp" 2>/dev/null || true; wait "$lp" 2>/dev/null || true; }; }
@@ -61,25 +62,7 @@ for layout in 2:4 4:2; do
     cmd=("$kv" launch --engine emulate --mode collocated --tp "$tp" --num-replicas "$reps" --model "$MODEL"
       --served-model-name "$SERVED" --port "$PORT" --out "$out/$name" -- --tp-alpha "$ALPHA" --tp-ref "$TP_REF")
   fi
-  echo "${cmd[*]}" >>"$out/commands.txt"
-  "${cmd[@]}" >"$out/$name.launch.txt" 2>"$out/$name.emulate.err" &
-  lp=$!
-  wait_s=10
-  [ "$ENGINE" = ray ] && wait_s=$((READY_TIMEOUT + 300)) # launch itself gives up after READY_TIMEOUT
-  for _ in $(seq $((wait_s * 10))); do
-    grep -q "^ready:" "$out/$name.launch.txt" 2>/dev/null && break
-    kill -0 "$lp" 2>/dev/null || break # launch refused the layout or the emulator did not start
-    sleep 0.1
-  done
-  grep -q "^ready:" "$out/$name.launch.txt" || { cat "$out/$name.emulate.err" >&2; exit 1; }
-  url=$(sed -n 's/^ready: \([^ ]*\).*/\1/p' "$out/$name.launch.txt")
-  cmd=("$kv" bench --url "$url" --model "$SERVED" --concurrency "$CONC" --itl "$ITL" --otl "$OTL"
-    --prompts-per-conc "$PER" --label "$name" --out "$out/$name/bench" -q)
-  echo "${cmd[*]}" >>"$out/commands.txt"
-  "${cmd[@]}" >"$out/$name.bench.txt" || say "$name: bench exit $? (failed requests are counted in summary.json)"
-  kill -INT "$lp"
-  wait "$lp" || true
-  lp=
+  serve_and_bench "$name" "${cmd[@]}"
   say "$name done"
 done
 
