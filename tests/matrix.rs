@@ -46,7 +46,7 @@ fn a_shaped_link_is_the_outlier_and_a_dead_node_is_reported() {
     // FAIL: an outlier node and a lost node
     assert_eq!(text("rc").trim(), "1", "{logs}\n{}", text("out.txt"));
     let m: serde_json::Value = serde_json::from_str(&text("m/matrix.json")).expect("matrix.json");
-    assert_eq!(m["schema"], "kvprobe.matrix/1");
+    assert_eq!(m["schema"], "kvprobe.matrix/2");
     assert_eq!(m["status"], "complete", "{logs}");
     let nodes: Vec<&str> = m["nodes"].as_array().unwrap().iter().map(|n| n["address"].as_str().unwrap()).collect();
     assert_eq!(nodes, ips.iter().map(String::as_str).collect::<Vec<_>>());
@@ -116,6 +116,8 @@ fn bad_arguments_and_no_cluster_are_clear_errors() {
         (&["--sizes", "1Q"][..], "invalid size '1Q'"),
         (&["--outlier-at", "1.5"][..], "--outlier-at must be in (0, 1)"),
         (&["--ops", ""][..], "--ops lists nothing"),
+        (&["--gpus-per-node", "2", "--ops", "read,write"][..], "--gpus-per-node takes one operation"),
+        (&["--gpus-per-node", "0"][..], "invalid value '0' for '--gpus-per-node <N>'"),
     ] {
         let (code, err) = run(&[args, &["--ray-address", "127.0.0.1:9"]].concat());
         assert_eq!(code, Some(2), "{args:?}: {err}");
@@ -171,4 +173,66 @@ fn contention_rounds_run_every_node_both_ways_at_once() {
         assert!(planned, "{p:#} ran outside its round");
     }
     assert_eq!(m["verdict"]["lost_nodes"].as_array().unwrap().len(), 0);
+}
+
+/// `--gpus-per-node` on nodes without GPUs (this machine): one endpoint per
+/// GPU is planned and labelled, every node's doctor is asked how many GPUs
+/// it has, each missing GPU is reported once with the CUDA driver's reason,
+/// its pairs are skipped (no sweep is run against nothing), and the verdict
+/// fails. The measuring path needs GPUs: docs/MATRIX.md says where it ran.
+#[test]
+fn per_gpu_endpoints_on_nodes_without_gpus_are_reported_missing() {
+    let test = "per_gpu_endpoints_on_nodes_without_gpus_are_reported_missing";
+    if !common::can_run_ray_cluster(test) {
+        return;
+    }
+    common::require_nixl();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = r#"
+      "$ROOT/debug/hosts.sh" exec "$KVP_HOSTS" a "$KV" matrix --ray-address "$KVP_RAY_ADDRESS" --gpus-per-node 2 \
+        --sizes 1M --duration 0.2s --no-doctor --out "$D/m" >"$D/out.txt" 2>"$D/err.txt"
+      echo $? >"$D/rc"
+      echo "$KVP_A_IP $KVP_B_IP" >"$D/ips"
+    "#;
+    let run = common::on_ray_cluster("mg", 2, d, script, &[]);
+    let text = |name: &str| std::fs::read_to_string(d.join(name)).unwrap_or_default();
+    let logs =
+        format!("{}\n{}\ndriver:\n{}", String::from_utf8_lossy(&run.stderr), text("err.txt"), text("m/driver.log"));
+    assert!(run.status.success(), "{logs}");
+    assert_eq!(text("rc").trim(), "1", "{logs}\n{}", text("out.txt"));
+    let ips: Vec<String> = text("ips").split_whitespace().map(str::to_string).collect();
+    let m: serde_json::Value = serde_json::from_str(&text("m/matrix.json")).expect("matrix.json");
+    assert_eq!(m["status"], "complete", "{logs}");
+    assert_eq!(m["gpus_per_node"], 2);
+    // four endpoints, labelled by node and GPU; pairs only across nodes, each GPU once per round
+    let labels: Vec<&str> = m["endpoints"].as_array().unwrap().iter().map(|e| e["label"].as_str().unwrap()).collect();
+    let want: Vec<String> = ips.iter().flat_map(|ip| [format!("{ip}/gpu0"), format!("{ip}/gpu1")]).collect();
+    assert_eq!(labels, want.iter().map(String::as_str).collect::<Vec<_>>());
+    // the pairs' sweeps would run on GPU memory with the pair's GPUs (READ: --gpu TARGET,INITIATOR)
+    assert!(m["sweep_args"].as_array().unwrap().iter().any(|a| a == "vram"), "{:#}", m["sweep_args"]);
+    let plan: serde_json::Value = serde_json::from_str(&text("m/plan.json")).unwrap();
+    let r0 = plan["rounds"][1].as_array().unwrap();
+    assert_eq!(r0.len(), 2, "two GPU pairs at once: {r0:?}");
+    for q in r0 {
+        let (i, t) = (q[0].as_u64().unwrap(), q[1].as_u64().unwrap());
+        let want = format!("{},{}", t % 2, i % 2);
+        assert_eq!(q[2], serde_json::json!(["--gpu", want]), "{q}");
+    }
+    // doctor ran although --no-doctor was given (it counts the GPUs); each GPU missing, once, with the reason
+    assert_eq!(m["nodes"].as_array().unwrap().iter().filter(|n| !n["doctor"].is_null()).count(), 2, "{logs}");
+    let lost: Vec<&str> = m["verdict"]["lost_nodes"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    assert_eq!(lost.len(), 4, "{lost:?}");
+    for (l, label) in lost.iter().zip(&want) {
+        assert!(l.starts_with(&format!("{label}: kvprobe doctor there found 0 GPU(s)")), "{l}");
+        assert!(l.contains("libcuda.so.1"), "the CUDA driver's own reason: {l}");
+    }
+    let pairs = m["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 8, "every cross-node ordered GPU pair accounted for");
+    assert!(
+        pairs.iter().all(|p| p["status"] == "skipped" && p["error"].as_str().unwrap().contains("missing")),
+        "{pairs:#?}"
+    );
+    assert_eq!(m["verdict"]["grade"], "FAIL");
+    assert!(text("out.txt").contains(&format!("{}/gpu1", ips[1])), "the table names GPUs: {}", text("out.txt"));
 }

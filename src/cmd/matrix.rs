@@ -1,9 +1,10 @@
-//! `kvprobe matrix`: every ordered pair of a Ray cluster's nodes measured
-//! with `kvprobe sweep --peer`, in rounds that keep each node in one
-//! transfer at a time (or deliberately overlapping ones with
-//! `--contention`), through the cluster's own Ray: a Python driver shipped
-//! inside kvprobe places one agent per node. Writes matrix.json as it goes,
-//! then the heatmap, the table and the verdict (outlier links and nodes).
+//! `kvprobe matrix`: every ordered pair of a Ray cluster's nodes (or, with
+//! `--gpus-per-node`, of their GPUs across nodes) measured with `kvprobe
+//! sweep --peer`, in rounds that keep each endpoint in one transfer at a time
+//! (or deliberately overlapping ones with `--contention`), through the
+//! cluster's own Ray: a Python driver shipped inside kvprobe places one agent
+//! per node. Writes matrix.json as it goes, then the heatmap, the table and
+//! the verdict (outlier links, nodes and GPUs).
 
 use std::io::BufRead;
 use std::os::unix::process::CommandExt;
@@ -15,7 +16,7 @@ use anyhow::{Context, anyhow};
 use serde_json::Value;
 
 use super::CliError;
-use crate::matrix::{self, DoctorSummary, MatrixNode, MatrixResult, PairResult};
+use crate::matrix::{self, DoctorSummary, MatrixEndpoint, MatrixNode, MatrixResult, PairResult};
 use crate::pipeline::ray;
 
 const DRIVER_PY: &str = include_str!("../matrix/driver.py");
@@ -29,6 +30,9 @@ pub struct MatrixArgs {
     /// Only these nodes (Ray node addresses, comma-separated) [default: every alive node]
     #[arg(long, value_name = "ADDR,...")]
     pub nodes: Option<String>,
+    /// One endpoint per GPU (GPUs 0..N-1 of every node, GPU memory on both ends) instead of one per node (host memory): every GPU of a node reads from a GPU of another node at once, each GPU in one transfer at a time; doctor always runs, to count each node's GPUs
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub gpus_per_node: Option<u32>,
     /// Transfer sizes of each pair's sweep
     #[arg(long, default_value = "1M,16M,64M", value_name = "LIST")]
     pub sizes: String,
@@ -153,7 +157,18 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
     }
     let ops: Vec<String> = a.ops.split(',').map(|s| s.trim().to_ascii_uppercase()).filter(|s| !s.is_empty()).collect();
     let headline = ops.first().cloned().ok_or_else(|| usage("--ops lists nothing".into()))?;
+    if a.gpus_per_node.is_some() && ops.len() > 1 {
+        // READ reads the target's GPU into the initiator's, WRITE the other
+        // way: the sweep's --gpu SRC,DST names one placement per run
+        return Err(usage(format!(
+            "--gpus-per-node takes one operation (--ops read or --ops write), got {}: every ordered GPU pair is measured, so both directions of each link are covered",
+            ops.join(",")
+        )));
+    }
     let mut sweep_args = vec!["--ops".to_string(), ops.join(","), "--backend".into(), "nixl".into()];
+    if a.gpus_per_node.is_some() {
+        sweep_args.extend(["--src-mem".into(), "vram".into(), "--dst-mem".into(), "vram".into()]);
+    }
     match &a.model {
         // KV-shaped: the model's requests are the sizes
         Some(m) => sweep_args.extend(["--model".into(), m.clone()]),
@@ -167,6 +182,7 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
         .iter()
         .map(|s| s.to_string())
         .chain(sweep_args.iter().cloned())
+        .chain(a.gpus_per_node.map(|_| ["--gpu".to_string(), "0,0".to_string()]).into_iter().flatten())
         .collect();
     if let Err(e) = <super::Cli as clap::Parser>::try_parse_from(&probe) {
         return Err(usage(format!("the pairs' sweep would refuse its arguments: {}", e.to_string().trim())));
@@ -208,6 +224,15 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
     if chosen.len() < 2 {
         return Err(usage(format!("a matrix needs at least 2 nodes; {} chosen", chosen.len())));
     }
+    if let Some(g) = a.gpus_per_node {
+        // Ray's GPU resource is what the operator declared; doctor on the node decides
+        for n in chosen.iter().filter(|n| n.gpus < f64::from(g)) {
+            eprintln!(
+                "matrix: warning: Ray schedules {} GPU(s) on {}; --gpus-per-node {g} asks for {g} (kvprobe doctor there counts the real ones)",
+                n.gpus, n.address
+            );
+        }
+    }
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from("results").join(format!("matrix-{}", crate::hostinfo::stamp_utc(SystemTime::now())))
     });
@@ -225,8 +250,19 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
     } else {
         (a.kvprobe.clone().unwrap_or(exe).display().to_string(), None)
     };
-    let rounds = matrix::plan::rounds(chosen.len(), a.contention);
+    let (eps, rounds) = matrix::plan::endpoint_rounds(chosen.len(), a.gpus_per_node, a.contention);
     let total_pairs: usize = rounds.iter().map(Vec::len).sum();
+    // a pair's own arguments: per GPU, which GPU on each end (READ moves
+    // the target's GPU into the initiator's, WRITE the other way)
+    let pair_args = |p: &matrix::Pair| -> Vec<String> {
+        match (eps[p.initiator].gpu, eps[p.target].gpu) {
+            (Some(gi), Some(gt)) => {
+                let (src, dst) = if headline == "WRITE" { (gi, gt) } else { (gt, gi) };
+                vec!["--gpu".into(), format!("{src},{dst}")]
+            }
+            _ => vec![],
+        }
+    };
     let nodes_json: Vec<Value> =
         chosen.iter().map(|n| serde_json::json!({"node_id": n.node_id, "address": n.address})).collect();
     // the nodes' kvprobe finds NIXL as here: pass on what points at it
@@ -240,9 +276,15 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
         "ship_dir": ship_dir,
         "env": env,
         "nodes": nodes_json,
-        "rounds": rounds.iter().map(|r| r.iter().map(|p| [p.initiator, p.target]).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "endpoints": eps.iter().map(|e| serde_json::json!([e.node, e.gpu])).collect::<Vec<_>>(),
+        "gpus_per_node": a.gpus_per_node,
+        "rounds": rounds
+            .iter()
+            .map(|r| r.iter().map(|p| serde_json::json!([p.initiator, p.target, pair_args(p)])).collect::<Vec<_>>())
+            .collect::<Vec<_>>(),
         "sweep_args": sweep_args,
-        "doctor": !a.no_doctor,
+        // per GPU, doctor counts each node's GPUs
+        "doctor": !a.no_doctor || a.gpus_per_node.is_some(),
         "doctor_timeout": 120.0,
         "start_timeout": 180.0,
         "pair_timeout": a.pair_timeout,
@@ -252,6 +294,20 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
         .with_context(|| format!("cannot write {}", plan_path.display()))
         .map_err(CliError::failed)?;
     let now = crate::hostinfo::rfc3339_utc(SystemTime::now());
+    let nodes: Vec<MatrixNode> = chosen
+        .iter()
+        .map(|n| MatrixNode {
+            address: n.address.clone(),
+            hostname: n.hostname.clone(),
+            node_id: n.node_id.clone(),
+            doctor: None,
+            lost: None,
+        })
+        .collect();
+    let endpoints: Vec<MatrixEndpoint> = eps
+        .iter()
+        .map(|e| MatrixEndpoint { node: e.node, gpu: e.gpu, label: matrix::endpoint_label(&nodes, e), lost: None })
+        .collect();
     let mut r = MatrixResult {
         schema: matrix::SCHEMA.into(),
         kvprobe_version: crate::version().to_string(),
@@ -262,16 +318,9 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
         ray_address: address.clone(),
         contention: a.contention,
         sweep_args: sweep_args.clone(),
-        nodes: chosen
-            .iter()
-            .map(|n| MatrixNode {
-                address: n.address.clone(),
-                hostname: n.hostname.clone(),
-                node_id: n.node_id.clone(),
-                doctor: None,
-                lost: None,
-            })
-            .collect(),
+        nodes,
+        gpus_per_node: a.gpus_per_node,
+        endpoints,
         rounds: rounds.clone(),
         round_seconds: vec![],
         pairs: vec![],
@@ -283,8 +332,9 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
     save(&mpath, &mut r);
     if !a.quiet {
         eprintln!(
-            "matrix: {} nodes, {total_pairs} pairs in {} rounds{}; results in {}",
+            "matrix: {} nodes{}, {total_pairs} pairs in {} rounds{}; results in {}",
             chosen.len(),
+            a.gpus_per_node.map(|g| format!(" x {g} GPUs")).unwrap_or_default(),
             rounds.len(),
             if a.contention { " (overlapping)" } else { " (one transfer per node at a time)" },
             out.display()
@@ -328,6 +378,7 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
     });
     let mut events = std::fs::File::create(out.join("events.jsonl")).ok();
     let addr = |r: &MatrixResult, i: usize| r.nodes.get(i).map(|n| n.address.clone()).unwrap_or_default();
+    let label = |r: &MatrixResult, e: usize| r.endpoints.get(e).map(|x| x.label.clone()).unwrap_or_default();
     let mut done = false;
     let mut interrupted: Option<Instant> = None;
     // every wait of the driver is bounded by the plan; this bounds the driver as a whole
@@ -391,6 +442,17 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
                     }
                 }
             }
+            "endpoint_lost" => {
+                let why = ev["error"].as_str().unwrap_or("missing").to_string();
+                if let Some(e) = ev["endpoint"].as_u64().map(|e| e as usize) {
+                    if !a.quiet {
+                        eprintln!("matrix: {} lost: {why}", label(&r, e));
+                    }
+                    if let Some(x) = r.endpoints.get_mut(e) {
+                        x.lost = Some(why);
+                    }
+                }
+            }
             "pair" => {
                 let (i, j) =
                     (ev["initiator"].as_u64().unwrap_or(0) as usize, ev["target"].as_u64().unwrap_or(0) as usize);
@@ -425,8 +487,8 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
                         "matrix: round {}/{} {} <- {}: {what}",
                         round + 1,
                         rounds.len(),
-                        addr(&r, i),
-                        addr(&r, j)
+                        label(&r, i),
+                        label(&r, j)
                     );
                 }
                 r.pairs.push(p);
@@ -486,19 +548,23 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
     Ok(if fail && !a.no_fail { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// The matrix as a table: rows initiators, columns targets, GB/s at the largest size.
+/// The matrix as a table: rows initiators, columns targets, GB/s at the
+/// largest size (one row and column per endpoint: node, or GPU).
 fn table(r: &MatrixResult) -> String {
     let mut t = crate::report::style::table();
     let mut header = vec!["initiator \\ target".to_string()];
-    header.extend(r.nodes.iter().map(|n| n.address.clone()));
+    header.extend(r.endpoints.iter().map(|e| e.label.clone()));
     t.set_header(header);
-    for (i, n) in r.nodes.iter().enumerate() {
-        let mut row = vec![format!("{}{}", n.address, if n.lost.is_some() { " (lost)" } else { "" })];
-        for j in 0..r.nodes.len() {
-            let cell = if i == j {
+    let by_pair: std::collections::HashMap<(usize, usize), &PairResult> =
+        r.pairs.iter().map(|p| ((p.initiator, p.target), p)).collect();
+    for (i, e) in r.endpoints.iter().enumerate() {
+        let lost = e.lost.is_some() || r.nodes.get(e.node).is_some_and(|n| n.lost.is_some());
+        let mut row = vec![format!("{}{}", e.label, if lost { " (lost)" } else { "" })];
+        for (j, f) in r.endpoints.iter().enumerate() {
+            let cell = if e.node == f.node {
                 "-".to_string()
             } else {
-                match r.pairs.iter().find(|p| p.initiator == i && p.target == j) {
+                match by_pair.get(&(i, j)) {
                     Some(p) => match p.gbps {
                         Some(g) => format!("{g:.3}"),
                         None => p.status.clone(),

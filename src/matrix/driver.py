@@ -3,9 +3,12 @@
 #
 # It places one agent actor on each node of the plan with Ray's node
 # affinity (no CPU or GPU asked for), and through them: `kvprobe doctor` on
-# every node, one `kvprobe serve` per node, then the plan's rounds of
-# `kvprobe sweep --peer` (each pair on its initiator's node against its
-# target's serve). Each finished step is one JSON line on stdout, which
+# every node, one `kvprobe serve` per endpoint (per node, or per GPU: a serve
+# takes one sweep at a time), then the plan's rounds of `kvprobe sweep
+# --peer` (each pair on its initiator's node against its target's serve, with
+# the pair's own arguments, e.g. --gpu). Per GPU, the doctor's CUDA device
+# count says which GPUs a node really has; a missing one is reported once
+# and its pairs skipped. Each finished step is one JSON line on stdout, which
 # kvprobe turns into matrix.json as it goes. A node whose agent dies (or
 # stops answering) is reported once as lost; its later pairs are skipped and
 # the rest of the matrix goes on. Every process an agent starts dies with it
@@ -46,7 +49,7 @@ class Agent:
             shutil.copy(self.kv, own)
             os.chmod(own, 0o755)
             self.kv = own
-        self.serve = None
+        self.serves = {}
 
     def hello(self):
         import socket
@@ -66,17 +69,21 @@ class Agent:
             report = None
         return {"exit_code": r.returncode, "report": report, "error": None if report else tail(r.stderr, 500)}
 
-    def serve_start(self, ip, timeout):
-        log = open(os.path.join(self.tmp, "serve.err"), "w")
-        self.serve = subprocess.Popen(
-            [self.kv, "serve", "--listen", "%s:0" % ip, "--json", "--log-dir", os.path.join(self.tmp, "serve-logs")],
+    def serve_start(self, ip, timeout, key="node"):
+        # one serve per endpoint: `key` is "node" or the GPU's ordinal
+        err = os.path.join(self.tmp, "serve-%s.err" % key)
+        log = open(err, "w")
+        serve = subprocess.Popen(
+            [self.kv, "serve", "--listen", "%s:0" % ip, "--json", "--log-dir",
+             os.path.join(self.tmp, "serve-logs-%s" % key)],
             stdout=subprocess.PIPE, stderr=log, text=True, env=self.env, preexec_fn=_die_with_parent)
+        self.serves[key] = serve
         import select
         deadline = time.time() + timeout
         while time.time() < deadline:
-            r, _, _ = select.select([self.serve.stdout], [], [], 0.5)
+            r, _, _ = select.select([serve.stdout], [], [], 0.5)
             if r:
-                line = self.serve.stdout.readline()
+                line = serve.stdout.readline()
                 if not line:
                     break
                 try:
@@ -86,12 +93,12 @@ class Agent:
                 if ev.get("event") == "listening":
                     # keep reading its later events, or a full pipe would block it
                     import threading
-                    threading.Thread(target=lambda f=self.serve.stdout: [None for _ in f], daemon=True).start()
-                    return {"addr": ev["addr"], "token": ev["token"], "pid": self.serve.pid}
-            if self.serve.poll() is not None:
+                    threading.Thread(target=lambda f=serve.stdout: [None for _ in f], daemon=True).start()
+                    return {"addr": ev["addr"], "token": ev["token"], "pid": serve.pid}
+            if serve.poll() is not None:
                 break
-        self.serve.kill()
-        return {"error": "kvprobe serve did not start: " + tail(open(os.path.join(self.tmp, "serve.err")).read(), 500)}
+        serve.kill()
+        return {"error": "kvprobe serve did not start: " + tail(open(err).read(), 500)}
 
     def sweep(self, peer, token, args, timeout, tag):
         out = os.path.join(self.tmp, tag)
@@ -111,17 +118,27 @@ class Agent:
             pass
         return {"exit_code": code, "results": results, "stderr": err, "seconds": round(time.time() - t0, 3)}
 
-    def serve_alive(self):
-        return self.serve is not None and self.serve.poll() is None
+    def serve_alive(self, key="node"):
+        s = self.serves.get(key)
+        return s is not None and s.poll() is None
 
     def stop(self):
-        if self.serve is not None and self.serve.poll() is None:
-            self.serve.terminate()
+        for s in self.serves.values():
+            if s.poll() is None:
+                s.terminate()
+        for s in self.serves.values():
             try:
-                self.serve.wait(10)
+                s.wait(10)
             except subprocess.TimeoutExpired:
-                self.serve.kill()
+                s.kill()
         return True
+
+
+def gpu_count(report):
+    # CUDA devices the node's doctor saw, and why none when it saw none
+    facts = (report or {}).get("facts") or {}
+    cuda = facts.get("cuda") or {}
+    return len(cuda.get("devices") or []), facts.get("cuda_error")
 
 
 def main():
@@ -135,7 +152,12 @@ def main():
     ray.init(address=plan["address"], logging_level="ERROR", log_to_driver=False, namespace="kvprobe",
              runtime_env=job_env)
     nodes = plan["nodes"]
-    opts = {"num_cpus": 0, "max_restarts": 0, "max_concurrency": 4}
+    # endpoints: [node, gpu or None]; one per node unless per GPU
+    endpoints = [tuple(e) for e in plan["endpoints"]]
+    per_gpu = plan.get("gpus_per_node") is not None
+    key = lambda e: "node" if endpoints[e][1] is None else str(endpoints[e][1])
+    # a node runs one sweep per GPU at once, and answers serve_alive beside them
+    opts = {"num_cpus": 0, "max_restarts": 0, "max_concurrency": 4 + (plan.get("gpus_per_node") or 0)}
     remote = ray.remote(**opts)(Agent)
     agents, lost = {}, {}
 
@@ -153,8 +175,8 @@ def main():
         agents[i] = remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["node_id"], soft=False)
                                    ).remote(plan["kvprobe"], plan.get("env", {}))
 
-    def gather(refs, timeout, what):
-        # {i: result}; a node whose call raised or did not answer is lost
+    def gather(refs, timeout, what, node_of=lambda k: k):
+        # {key: result}; the node (node_of(key)) whose call raised or did not answer is lost
         out = {}
         pending = dict(refs)
         deadline = time.time() + timeout
@@ -166,11 +188,11 @@ def main():
                 try:
                     out[i] = ray.get(ref)
                 except Exception as e:  # noqa: BLE001 - a dead actor, reported per node
-                    lose(i, "%s during %s: %s" % (type(e).__name__, what, str(e).strip().splitlines()[0][:300] if str(e).strip() else ""))
+                    lose(node_of(i), "%s during %s: %s" % (type(e).__name__, what, str(e).strip().splitlines()[0][:300] if str(e).strip() else ""))
             if time.time() >= deadline:
                 break
         for i in pending:
-            lose(i, "no answer to %s within %.0f s" % (what, timeout))
+            lose(node_of(i), "no answer to %s within %.0f s" % (what, timeout))
         return out
 
     hello = gather({i: a.hello.remote() for i, a in agents.items()}, plan["start_timeout"], "start")
@@ -179,29 +201,60 @@ def main():
             lose(i, "kvprobe does not run there (%s): %s" % (h["kvprobe"], h["stderr"]))
         else:
             emit(event="agent", node=i, **h)
+    missing = {}  # endpoint -> why: a GPU its node does not have
+
+    def miss(e, why):
+        if e not in missing:
+            missing[e] = why
+            emit(event="endpoint_lost", endpoint=e, error=why)
+
     if plan.get("doctor", True):
         live = {i: agents[i].doctor.remote(plan["doctor_timeout"]) for i in agents if i not in lost}
         for i, d in gather(live, plan["doctor_timeout"] + 30, "doctor").items():
             emit(event="doctor", node=i, **d)
-    serves = {}
-    live = {i: agents[i].serve_start.remote(nodes[i]["address"], 60) for i in agents if i not in lost}
-    for i, s in gather(live, 90, "serve start").items():
+            if per_gpu:
+                have, why = gpu_count(d.get("report"))
+                for e, (n, g) in enumerate(endpoints):
+                    if n == i and g >= have:
+                        miss(e, "kvprobe doctor there found %d GPU(s), so no GPU %d%s" % (
+                            have, g, (": " + why[:300]) if (have == 0 and why) else
+                            ("" if d.get("report") else " (no doctor report: %s)" % (d.get("error") or "")[:300])))
+    serves = {}  # endpoint -> its serve
+    live = {e: agents[n].serve_start.remote(nodes[n]["address"], 60, key(e))
+            for e, (n, g) in enumerate(endpoints) if n not in lost and e not in missing}
+    for e, s in gather(live, 90, "serve start", node_of=lambda e: endpoints[e][0]).items():
+        n = endpoints[e][0]
         if "error" in s:
-            lose(i, s["error"])
+            if per_gpu:
+                miss(e, s["error"])
+            else:
+                lose(n, s["error"])
         else:
-            serves[i] = s
-            emit(event="serve", node=i, **s)
+            serves[e] = s
+            emit(event="serve", node=n, endpoint=e, **s)
+
+    def gone(e):
+        # why endpoint e cannot take part, or None
+        n = endpoints[e][0]
+        if n in lost:
+            return "node %d was lost" % n
+        if e in missing:
+            return "endpoint %d is missing: %s" % (e, missing[e])
+        if e not in serves:
+            return "endpoint %d has no serve" % e
+        return None
 
     for r, rnd in enumerate(plan["rounds"]):
         t0 = time.time()
         refs = {}
-        for k, (a, b) in enumerate(rnd):
-            if a in lost or b in lost or a not in serves or b not in serves:
-                emit(event="pair", round=r, initiator=a, target=b, status="skipped",
-                     error="node %s was lost" % (a if a in lost or a not in serves else b))
+        for (a, b, extra) in rnd:
+            why = gone(a) or gone(b)
+            if why:
+                emit(event="pair", round=r, initiator=a, target=b, status="skipped", error=why)
                 continue
-            refs[(a, b)] = agents[a].sweep.remote(serves[b]["addr"], serves[b]["token"], plan["sweep_args"],
-                                                   plan["pair_timeout"], "r%d-%d-%d" % (r, a, b))
+            refs[(a, b)] = agents[endpoints[a][0]].sweep.remote(
+                serves[b]["addr"], serves[b]["token"], plan["sweep_args"] + list(extra),
+                plan["pair_timeout"], "r%d-%d-%d" % (r, a, b))
         pending = dict(refs)
         deadline = time.time() + plan["pair_timeout"] + 60
         while pending:
@@ -211,25 +264,30 @@ def main():
             key = next(k for k, v in pending.items() if v == ready[0])
             del pending[key]
             a, b = key
+            na, nb = endpoints[a][0], endpoints[b][0]
             try:
                 res = ray.get(ready[0])
             except Exception as e:  # noqa: BLE001 - the initiator's agent died
-                lose(a, "%s in round %d: %s" % (type(e).__name__, r, str(e).strip().splitlines()[0][:300] if str(e).strip() else ""))
-                emit(event="pair", round=r, initiator=a, target=b, status="skipped", error="node %d was lost" % a)
+                lose(na, "%s in round %d: %s" % (type(e).__name__, r, str(e).strip().splitlines()[0][:300] if str(e).strip() else ""))
+                emit(event="pair", round=r, initiator=a, target=b, status="skipped", error="node %d was lost" % na)
                 continue
             ok = res["results"] is not None and res["exit_code"] == 0
-            if not ok and b not in lost:
+            if not ok and nb not in lost:
                 # the target's node, or its serve, may be gone: ask its agent
                 try:
-                    if not ray.get(agents[b].serve_alive.remote(), timeout=20):
-                        lose(b, "its kvprobe serve ended (round %d)" % r)
+                    if not ray.get(agents[nb].serve_alive.remote(key(b)), timeout=20):
+                        if per_gpu:
+                            miss(b, "its kvprobe serve ended (round %d)" % r)
+                        else:
+                            lose(nb, "its kvprobe serve ended (round %d)" % r)
                 except Exception as e:  # noqa: BLE001
-                    lose(b, "%s in round %d (its agent stopped answering)" % (type(e).__name__, r))
-            emit(event="pair", round=r, initiator=a, target=b, status="ok" if ok else ("skipped" if b in lost else "failed"),
+                    lose(nb, "%s in round %d (its agent stopped answering)" % (type(e).__name__, r))
+            emit(event="pair", round=r, initiator=a, target=b,
+                 status="ok" if ok else ("skipped" if gone(b) else "failed"),
                  seconds=res["seconds"], exit_code=res["exit_code"], results=res["results"],
                  error=None if ok else res["stderr"][-600:])
         for (a, b) in pending:
-            lose(a, "no result for round %d within %.0f s" % (r, plan["pair_timeout"] + 60))
+            lose(endpoints[a][0], "no result for round %d within %.0f s" % (r, plan["pair_timeout"] + 60))
             emit(event="pair", round=r, initiator=a, target=b, status="skipped", error="no answer")
         emit(event="round", round=r, seconds=round(time.time() - t0, 3))
     gather({i: agents[i].stop.remote() for i in agents if i not in lost}, 30, "stop")

@@ -1,18 +1,26 @@
-//! The matrix as a heatmap: one cell per ordered pair, row = initiator
-//! (the node that reads), column = target (the node that serves), colour =
-//! GB/s at the largest size on a scale from 0 to the fastest pair, the value
-//! written in the cell; failed pairs crossed, lost nodes' labels marked,
-//! outlier cells framed. SVG and PNG; a pure function of `matrix.json`.
+//! The matrix as a heatmap: one cell per ordered pair of endpoints (nodes,
+//! or GPUs with `--gpus-per-node`), row = initiator (the one that reads),
+//! column = target (the one that serves), colour = GB/s at the largest size
+//! on a scale from 0 to the fastest pair, the value written in the cell
+//! while cells are large enough; failed pairs marked, lost endpoints' labels
+//! marked, outlier cells framed. Cells shrink as endpoints grow (hundreds of
+//! GPUs still fit one picture). SVG and PNG; a pure function of `matrix.json`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
 use super::MatrixResult;
 
-const CELL: i32 = 72;
-const LEFT: i32 = 190;
+const LEFT: i32 = 200;
 const TOP: i32 = 110;
+
+/// Cell side in pixels for `n` endpoints: 72 for a few, shrinking so the
+/// matrix stays about 3000 px wide, never under 6.
+pub(crate) fn cell(n: usize) -> i32 {
+    (3000 / n.max(1) as i32).clamp(6, 72)
+}
 
 /// Cold (slow) to warm (fast): red -> yellow -> green.
 fn colour(frac: f64) -> RGBColor {
@@ -21,49 +29,71 @@ fn colour(frac: f64) -> RGBColor {
     RGBColor(r as u8, g as u8, 70)
 }
 
-fn size(n: usize) -> (u32, u32) {
-    let side = CELL * n as i32;
+pub(crate) fn size(n: usize) -> (u32, u32) {
+    let side = cell(n) * n as i32;
     ((LEFT + side + 220).max(700) as u32, (TOP + side + 60).max(360) as u32)
 }
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, r: &MatrixResult) -> Result<(), String> {
     let e = |x: &dyn std::fmt::Debug| format!("{x:?}");
     root.fill(&WHITE).map_err(|x| e(&x))?;
-    let n = r.nodes.len();
+    let eps = &r.endpoints;
+    let n = eps.len();
+    let side = cell(n);
+    let gap = if side >= 20 { 2 } else { 0 };
     let max = r.pairs.iter().filter_map(|p| p.gbps).fold(0.0_f64, f64::max);
-    let outlier = |i: usize, j: usize| {
-        r.verdict.as_ref().is_some_and(|v| {
-            v.outlier_links.iter().any(|l| l.initiator == r.nodes[i].address && l.target == r.nodes[j].address)
-        })
-    };
+    let by_pair: HashMap<(usize, usize), &super::PairResult> =
+        r.pairs.iter().map(|p| ((p.initiator, p.target), p)).collect();
+    let outliers: std::collections::HashSet<(&str, &str)> = r
+        .verdict
+        .iter()
+        .flat_map(|v| v.outlier_links.iter().map(|l| (l.initiator.as_str(), l.target.as_str())))
+        .collect();
+    let outlier = |i: usize, j: usize| outliers.contains(&(eps[i].label.as_str(), eps[j].label.as_str()));
     let font = |s: i32| ("sans-serif", s).into_font();
+    let what = match r.gpus_per_node {
+        Some(g) => format!("{} nodes x {g} GPUs", r.nodes.len()),
+        None => format!("{} nodes", r.nodes.len()),
+    };
     let title = format!(
-        "kvprobe matrix: GB/s (1e9 B/s) at the largest size, {} nodes{}",
-        n,
+        "kvprobe matrix: GB/s (1e9 B/s) at the largest size, {what}{}",
         if r.contention { ", overlapping (contention)" } else { "" }
     );
     root.draw(&Text::new(title, (20, 16), font(18))).map_err(|x| e(&x))?;
     root.draw(&Text::new("row: initiator (reads)   column: target (serves)", (20, 44), font(13))).map_err(|x| e(&x))?;
-    for (i, node) in r.nodes.iter().enumerate() {
-        let label = format!("{}{}", node.address, if node.lost.is_some() { " (lost)" } else { "" });
-        let y = TOP + i as i32 * CELL + CELL / 2 - 7;
-        root.draw(&Text::new(label.clone(), (10, y), font(13))).map_err(|x| e(&x))?;
-        let x = LEFT + i as i32 * CELL + 4;
-        root.draw(&Text::new(label, (x, TOP - 22 - (i as i32 % 2) * 16), font(11))).map_err(|x| e(&x))?;
+    let lost = |ep: &super::MatrixEndpoint| ep.lost.is_some() || r.nodes.get(ep.node).is_some_and(|n| n.lost.is_some());
+    if side >= 12 {
+        let fs = (side - 1).min(13);
+        for (i, ep) in eps.iter().enumerate() {
+            let label = format!("{}{}", ep.label, if lost(ep) { " (lost)" } else { "" });
+            let y = TOP + i as i32 * side + side / 2 - fs / 2;
+            root.draw(&Text::new(label.clone(), (10, y), font(fs))).map_err(|x| e(&x))?;
+            if side >= 40 {
+                let x = LEFT + i as i32 * side + 4;
+                root.draw(&Text::new(label, (x, TOP - 22 - (i as i32 % 2) * 16), font(11))).map_err(|x| e(&x))?;
+            }
+        }
     }
     for i in 0..n {
         for j in 0..n {
-            let (x0, y0) = (LEFT + j as i32 * CELL, TOP + i as i32 * CELL);
-            let cell = [(x0, y0), (x0 + CELL - 2, y0 + CELL - 2)];
-            if i == j {
+            let (x0, y0) = (LEFT + j as i32 * side, TOP + i as i32 * side);
+            let cell = [(x0, y0), (x0 + side - gap, y0 + side - gap)];
+            if eps[i].node == eps[j].node {
+                // itself, or GPUs of one node (not a network link)
                 root.draw(&Rectangle::new(cell, RGBColor(235, 235, 235).filled())).map_err(|x| e(&x))?;
                 continue;
             }
-            let p = r.pairs.iter().find(|p| p.initiator == i && p.target == j);
+            let p = by_pair.get(&(i, j)).copied();
             match p.and_then(|p| p.gbps.map(|g| (p, g))) {
                 Some((_, g)) => {
                     let frac = if max > 0.0 { g / max } else { 0.0 };
                     root.draw(&Rectangle::new(cell, colour(frac).filled())).map_err(|x| e(&x))?;
+                    if outlier(i, j) && side < 40 {
+                        root.draw(&Rectangle::new(cell, BLACK.stroke_width(1))).map_err(|x| e(&x))?;
+                    }
+                    if side < 40 {
+                        continue;
+                    }
                     let text = if g >= 10.0 {
                         format!("{g:.1}")
                     } else if g >= 1.0 {
@@ -71,26 +101,29 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, r: &M
                     } else {
                         format!("{g:.3}")
                     };
-                    root.draw(&Text::new(text, (x0 + 12, y0 + CELL / 2 - 8), font(14))).map_err(|x| e(&x))?;
+                    root.draw(&Text::new(text, (x0 + 12, y0 + side / 2 - 8), font(14))).map_err(|x| e(&x))?;
                     if outlier(i, j) {
-                        let inner = [(x0 + 2, y0 + 2), (x0 + CELL - 4, y0 + CELL - 4)];
+                        let inner = [(x0 + 2, y0 + 2), (x0 + side - 4, y0 + side - 4)];
                         root.draw(&Rectangle::new(inner, BLACK.stroke_width(3))).map_err(|x| e(&x))?;
                     }
                 }
                 None => {
                     root.draw(&Rectangle::new(cell, RGBColor(200, 200, 200).filled())).map_err(|x| e(&x))?;
+                    if side < 40 {
+                        continue;
+                    }
                     let mark = match p.map(|p| p.status.as_str()) {
                         Some("failed") => "failed",
                         Some("skipped") => "lost",
                         _ => "-",
                     };
-                    root.draw(&Text::new(mark, (x0 + 10, y0 + CELL / 2 - 8), font(13))).map_err(|x| e(&x))?;
+                    root.draw(&Text::new(mark, (x0 + 10, y0 + side / 2 - 8), font(13))).map_err(|x| e(&x))?;
                 }
             }
         }
     }
     // the colour scale
-    let x = LEFT + n as i32 * CELL + 30;
+    let x = LEFT + n as i32 * side + 30;
     for k in 0..=10 {
         let y = TOP + (10 - k) * 16;
         root.draw(&Rectangle::new([(x, y), (x + 20, y + 15)], colour(k as f64 / 10.0).filled())).map_err(|x| e(&x))?;
@@ -114,7 +147,7 @@ pub fn svg(r: &MatrixResult) -> Result<String, String> {
     crate::report::plot::font()?;
     let mut s = String::new();
     {
-        let root = SVGBackend::with_string(&mut s, size(r.nodes.len())).into_drawing_area();
+        let root = SVGBackend::with_string(&mut s, size(r.endpoints.len())).into_drawing_area();
         draw(root, r)?;
     }
     Ok(s)
@@ -134,7 +167,7 @@ pub fn write(dir: &Path, r: &MatrixResult) -> (Vec<PathBuf>, Option<String>) {
     }
     files.push(f);
     let f = dir.join("heatmap.png");
-    let root = BitMapBackend::new(&f, size(r.nodes.len())).into_drawing_area();
+    let root = BitMapBackend::new(&f, size(r.endpoints.len())).into_drawing_area();
     match draw(root, r) {
         Ok(()) => files.push(f),
         Err(e) => return (files, Some(format!("PNG heatmap: {e}"))),

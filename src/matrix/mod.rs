@@ -10,10 +10,23 @@ pub mod plan;
 
 use serde::{Deserialize, Serialize};
 
-pub use plan::Pair;
+pub use plan::{Endpoint, Pair};
 
-/// `matrix.json`'s schema name.
-pub const SCHEMA: &str = "kvprobe.matrix/1";
+/// `matrix.json`'s schema name (2: pairs index `endpoints`, one per node or per GPU).
+pub const SCHEMA: &str = "kvprobe.matrix/2";
+
+/// One end of the matrix's transfers: a node (host memory) or one GPU of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MatrixEndpoint {
+    /// Index into `nodes`.
+    pub node: usize,
+    /// CUDA ordinal on that node, for per-GPU endpoints (`--gpus-per-node`).
+    pub gpu: Option<u32>,
+    /// How tables, the heatmap and the verdict name it: the node's address, or `ADDRESS/gpuN`.
+    pub label: String,
+    /// Set when this GPU is missing on its node (its node being lost is `nodes[].lost`).
+    pub lost: Option<String>,
+}
 
 /// One node of the matrix.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,9 +59,9 @@ pub struct DoctorSummary {
 /// One ordered pair's measurement.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PairResult {
-    /// Node index of the initiator (reads from the target with READ).
+    /// Endpoint index of the initiator (reads from the target with READ).
     pub initiator: usize,
-    /// Node index of the target.
+    /// Endpoint index of the target.
     pub target: usize,
     /// Round it ran in (0-based).
     pub round: usize,
@@ -73,9 +86,9 @@ pub struct PairResult {
 /// An outlier link.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OutlierLink {
-    /// Initiator address.
+    /// Initiator endpoint's label.
     pub initiator: String,
-    /// Target address.
+    /// Target endpoint's label.
     pub target: String,
     /// Its GB/s.
     pub gbps: f64,
@@ -83,15 +96,20 @@ pub struct OutlierLink {
     pub of_median: f64,
     /// Its share of the expected line rate, when known.
     pub of_expected: Option<f64>,
-    /// A node of it that is an outlier on every link: the node, not this cable.
+    /// The label of an outlier node (or GPU) at one of its ends: that end, not this cable.
     pub explained_by: Option<String>,
 }
 
-/// An outlier node: most of its links (either direction) are outliers.
+/// An outlier node (or, per GPU, one GPU of a node): most of its links
+/// (either direction) are outliers. Per GPU, a node all of whose measured
+/// GPUs are outliers is named once, as the node.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OutlierNode {
-    /// Its address.
+    /// Its label: the node's address, or `ADDRESS/gpuN` for one GPU.
     pub address: String,
+    /// The GPU, when one GPU of the node is the outlier.
+    #[serde(default)]
+    pub gpu: Option<u32>,
     /// Outlier links among its measured ones.
     pub outlier_links: usize,
     /// Its measured links.
@@ -118,7 +136,7 @@ pub struct MatrixVerdict {
     pub outlier_links: Vec<OutlierLink>,
     /// Outlier nodes.
     pub outlier_nodes: Vec<OutlierNode>,
-    /// Lost nodes, with why.
+    /// Lost nodes (and missing GPUs), with why.
     pub lost_nodes: Vec<String>,
     /// Pairs that failed (not because a node was lost).
     pub failed_pairs: Vec<String>,
@@ -149,7 +167,12 @@ pub struct MatrixResult {
     pub sweep_args: Vec<String>,
     /// The nodes, in index order.
     pub nodes: Vec<MatrixNode>,
-    /// The rounds planned.
+    /// Per-GPU endpoints: GPUs per node (`--gpus-per-node`), or None (one endpoint per node).
+    #[serde(default)]
+    pub gpus_per_node: Option<u32>,
+    /// The ends of the transfers, in index order: one per node, or one per GPU.
+    pub endpoints: Vec<MatrixEndpoint>,
+    /// The rounds planned (pairs of endpoint indexes).
     pub rounds: Vec<Vec<Pair>>,
     /// Seconds per round as it ran.
     pub round_seconds: Vec<f64>,
@@ -172,37 +195,51 @@ fn median(v: &mut [f64]) -> Option<f64> {
     Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
+/// The endpoints' labels: the node's address, or `ADDRESS/gpuN`.
+pub fn endpoint_label(nodes: &[MatrixNode], e: &Endpoint) -> String {
+    let a = nodes.get(e.node).map(|n| n.address.clone()).unwrap_or_else(|| format!("#{}", e.node));
+    match e.gpu {
+        Some(g) => format!("{a}/gpu{g}"),
+        None => a,
+    }
+}
+
 /// The verdict of a matrix: links under `outlier_at` x the cluster's median
-/// (or under `line_rate_at` x the line rate the NICs are rated for) are outliers; a node with at
-/// least 2 links of which at least 3/4 are outliers is an outlier node (its
-/// NIC, cable, switch port or UCX setup, not one cable); lost nodes, failed
-/// pairs or outlier nodes FAIL, outlier links alone WARN.
+/// (or under `line_rate_at` x the line rate the NICs are rated for) are
+/// outliers; an endpoint (node, or GPU) whose links reach at least two other
+/// nodes, of which at least 3/4 are outliers, is an outlier (its NIC, cable,
+/// switch port or UCX setup, not one cable), and per GPU a node all of whose
+/// measured GPUs are outliers is named as the node; lost nodes or GPUs,
+/// failed pairs or outlier nodes FAIL, outlier links alone WARN.
 pub fn verdict(r: &MatrixResult, outlier_at: f64, line_rate_at: f64) -> MatrixVerdict {
     let ok: Vec<&PairResult> = r.pairs.iter().filter(|p| p.status == "ok" && p.gbps.is_some()).collect();
-    // the reference is the typical node: the median over nodes of each
-    // node's median link. A plain median of links fails with few nodes (one
-    // bad node of three owns 4 of the 6 links, so the median link is bad).
+    let eps = &r.endpoints;
+    let node_of = |i: usize| eps.get(i).map(|e| e.node).unwrap_or(usize::MAX);
+    let label = |i: usize| eps.get(i).map(|e| e.label.clone()).unwrap_or_else(|| format!("#{i}"));
+    // the reference is the typical endpoint: the median over endpoints of
+    // each one's median link. A plain median of links fails with few nodes
+    // (one bad node of three owns 4 of the 6 links, so the median link is bad).
     let links_of = |i: usize| -> Vec<f64> {
         ok.iter().filter(|p| p.initiator == i || p.target == i).filter_map(|p| p.gbps).collect()
     };
-    let mut node_meds: Vec<f64> = (0..r.nodes.len()).filter_map(|i| median(&mut links_of(i))).collect();
-    let med = median(&mut node_meds).or_else(|| median(&mut ok.iter().filter_map(|p| p.gbps).collect::<Vec<_>>()));
+    let mut ep_meds: Vec<f64> = (0..eps.len()).filter_map(|i| median(&mut links_of(i))).collect();
+    let med = median(&mut ep_meds).or_else(|| median(&mut ok.iter().filter_map(|p| p.gbps).collect::<Vec<_>>()));
     let expected = median(&mut ok.iter().filter_map(|p| p.expected_gbps).collect::<Vec<_>>());
-    let addr = |i: usize| r.nodes.get(i).map(|n| n.address.clone()).unwrap_or_else(|| format!("#{i}"));
     let is_out =
         |g: f64| med.is_some_and(|m| g < outlier_at * m) || expected.is_some_and(|e| e > 0.0 && g < line_rate_at * e);
-    let mut nodes_out = Vec::new();
-    // two nodes cannot tell which end is bad: a node outlier needs three
-    // nodes with measurements, and two distinct peers of its own
-    let measured = (0..r.nodes.len()).filter(|i| !links_of(*i).is_empty()).count();
-    let peers = |i: usize| -> usize {
+    // two nodes cannot tell which end is bad: an outlier needs three nodes
+    // with measurements, and peers on two other nodes of its own
+    let mut measured: Vec<usize> = (0..eps.len()).filter(|i| !links_of(*i).is_empty()).map(node_of).collect();
+    measured.sort_unstable();
+    measured.dedup();
+    let peer_nodes = |i: usize| -> usize {
         let mut v: Vec<usize> = ok
             .iter()
             .filter_map(|p| {
                 if p.initiator == i {
-                    Some(p.target)
+                    Some(node_of(p.target))
                 } else if p.target == i {
-                    Some(p.initiator)
+                    Some(node_of(p.initiator))
                 } else {
                     None
                 }
@@ -212,59 +249,104 @@ pub fn verdict(r: &MatrixResult, outlier_at: f64, line_rate_at: f64) -> MatrixVe
         v.dedup();
         v.len()
     };
-    for (i, n) in r.nodes.iter().enumerate() {
+    // outlier endpoints, as (endpoint, outlier links, links, median)
+    let mut out_eps: Vec<(usize, usize, Vec<f64>)> = Vec::new();
+    for i in 0..eps.len() {
         let mine = links_of(i);
         let outs = mine.iter().filter(|g| is_out(**g)).count();
-        if measured >= 3 && peers(i) >= 2 && outs * 4 >= mine.len() * 3 {
-            nodes_out.push(OutlierNode {
-                address: n.address.clone(),
-                outlier_links: outs,
-                links: mine.len(),
-                median_gbps: median(&mut mine.clone()).unwrap_or(0.0),
-            });
+        if measured.len() >= 3 && peer_nodes(i) >= 2 && outs * 4 >= mine.len() * 3 {
+            out_eps.push((i, outs, mine));
         }
     }
+    // per GPU: a node whose every measured GPU is an outlier is the node
+    let mut nodes_out: Vec<OutlierNode> = Vec::new();
+    for (ni, n) in r.nodes.iter().enumerate() {
+        let mine: Vec<&(usize, usize, Vec<f64>)> = out_eps.iter().filter(|o| node_of(o.0) == ni).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let measured_gpus = (0..eps.len()).filter(|i| node_of(*i) == ni && !links_of(*i).is_empty()).count();
+        let whole = eps.get(mine[0].0).is_some_and(|e| e.gpu.is_none()) || mine.len() == measured_gpus;
+        if whole {
+            let mut all: Vec<f64> = mine.iter().flat_map(|o| o.2.iter().copied()).collect();
+            nodes_out.push(OutlierNode {
+                address: n.address.clone(),
+                gpu: None,
+                outlier_links: mine.iter().map(|o| o.1).sum(),
+                links: all.len(),
+                median_gbps: median(&mut all).unwrap_or(0.0),
+            });
+        } else {
+            for (i, outs, links) in mine {
+                nodes_out.push(OutlierNode {
+                    address: label(*i),
+                    gpu: eps[*i].gpu,
+                    outlier_links: *outs,
+                    links: links.len(),
+                    median_gbps: median(&mut links.clone()).unwrap_or(0.0),
+                });
+            }
+        }
+    }
+    // the outlier (node or GPU) that explains an endpoint's links
+    let explains = |i: usize| -> Option<String> {
+        let e = eps.get(i)?;
+        let addr = r.nodes.get(e.node).map(|n| n.address.as_str())?;
+        nodes_out
+            .iter()
+            .find(|o| if o.gpu.is_some() { o.address == label(i) } else { o.address == addr })
+            .map(|o| o.address.clone())
+    };
     let mut links = Vec::new();
     for p in &ok {
         let g = p.gbps.unwrap_or(0.0);
         if !is_out(g) {
             continue;
         }
-        let (a, b) = (addr(p.initiator), addr(p.target));
-        let explained_by = nodes_out.iter().find(|n| n.address == a || n.address == b).map(|n| n.address.clone());
         links.push(OutlierLink {
-            initiator: a,
-            target: b,
+            initiator: label(p.initiator),
+            target: label(p.target),
             gbps: g,
             of_median: med.map(|m| g / m).unwrap_or(0.0),
             of_expected: expected.filter(|e| *e > 0.0).map(|e| g / e),
-            explained_by,
+            explained_by: explains(p.initiator).or_else(|| explains(p.target)),
         });
     }
     links.sort_by(|x, y| x.gbps.total_cmp(&y.gbps));
-    let lost: Vec<String> =
+    let mut lost: Vec<String> =
         r.nodes.iter().filter_map(|n| n.lost.as_ref().map(|w| format!("{}: {w}", n.address))).collect();
+    lost.extend(
+        eps.iter()
+            .filter(|e| r.nodes.get(e.node).is_some_and(|n| n.lost.is_none()))
+            .filter_map(|e| e.lost.as_ref().map(|w| format!("{}: {w}", e.label))),
+    );
     let failed: Vec<String> = r
         .pairs
         .iter()
         .filter(|p| p.status == "failed")
-        .map(|p| format!("{} -> {}: {}", addr(p.initiator), addr(p.target), p.error.as_deref().unwrap_or("failed")))
+        .map(|p| format!("{} -> {}: {}", label(p.initiator), label(p.target), p.error.as_deref().unwrap_or("failed")))
         .collect();
     let mut reasons = Vec::new();
     for n in &lost {
-        reasons.push(format!("node lost: {n}"));
+        reasons.push(format!("lost: {n}"));
     }
     for f in &failed {
         reasons.push(format!("pair failed: {f}"));
     }
     for n in &nodes_out {
         reasons.push(format!(
-            "node {}: {} of its {} links are outliers (median {:.3} GB/s vs the cluster's {:.3}): its NIC, cable, switch port or UCX setup",
+            "{} {}: {} of its {} links are outliers (median {:.3} GB/s vs the cluster's {:.3}): {}",
+            if n.gpu.is_some() { "GPU" } else { "node" },
             n.address,
             n.outlier_links,
             n.links,
             n.median_gbps,
-            med.unwrap_or(0.0)
+            med.unwrap_or(0.0),
+            if n.gpu.is_some() {
+                "the NIC this GPU uses (its NUMA / PCIe placement, UCX_NET_DEVICES), its cable or switch port"
+            } else {
+                "its NIC, cable, switch port or UCX setup"
+            }
         ));
     }
     for l in links.iter().filter(|l| l.explained_by.is_none()) {
@@ -306,7 +388,12 @@ mod tests {
     use super::*;
 
     fn result(n: usize, rate: impl Fn(usize, usize) -> f64) -> MatrixResult {
-        let nodes = (0..n)
+        result_gpus(n, None, rate)
+    }
+
+    /// `n` nodes (per GPU: `g` GPUs each), every planned pair measured at `rate(initiator, target)` (endpoint indexes).
+    fn result_gpus(n: usize, g: Option<u32>, rate: impl Fn(usize, usize) -> f64) -> MatrixResult {
+        let nodes: Vec<MatrixNode> = (0..n)
             .map(|i| MatrixNode {
                 address: format!("10.0.0.{}", i + 1),
                 hostname: None,
@@ -315,14 +402,20 @@ mod tests {
                 lost: None,
             })
             .collect();
+        let (eps, rounds) = plan::endpoint_rounds(n, g, false);
+        let endpoints: Vec<MatrixEndpoint> = eps
+            .iter()
+            .map(|e| MatrixEndpoint { node: e.node, gpu: e.gpu, label: endpoint_label(&nodes, e), lost: None })
+            .collect();
         let mut pairs = Vec::new();
-        for i in 0..n {
-            for j in 0..n {
-                if i != j {
+        for (k, round) in rounds.iter().enumerate() {
+            for p in round {
+                let (i, j) = (p.initiator, p.target);
+                {
                     pairs.push(PairResult {
                         initiator: i,
                         target: j,
-                        round: 0,
+                        round: k,
                         status: "ok".into(),
                         gbps_by_size: vec![],
                         gbps: Some(rate(i, j)),
@@ -346,7 +439,9 @@ mod tests {
             contention: false,
             sweep_args: vec![],
             nodes,
-            rounds: vec![],
+            gpus_per_node: g,
+            endpoints,
+            rounds,
             round_seconds: vec![],
             pairs,
             seconds: None,
@@ -409,9 +504,10 @@ mod tests {
     fn lost_nodes_and_failed_pairs_fail_and_are_named() {
         let mut r = result(3, |_, _| 10.0);
         r.nodes[2].lost = Some("died in round 2".into());
-        r.pairs[0].status = "failed".into();
-        r.pairs[0].gbps = None;
-        r.pairs[0].error = Some("peer closed".into());
+        let k = r.pairs.iter().position(|p| (p.initiator, p.target) == (0, 1)).unwrap();
+        r.pairs[k].status = "failed".into();
+        r.pairs[k].gbps = None;
+        r.pairs[k].error = Some("peer closed".into());
         let v = verdict(&r, 0.5, 0.25);
         assert_eq!(v.grade, "FAIL");
         assert_eq!(v.lost_nodes, vec!["10.0.0.3: died in round 2".to_string()]);
@@ -424,5 +520,52 @@ mod tests {
         let v = verdict(&r, 0.5, 0.25);
         assert_eq!(v.outlier_links.len(), 6);
         assert!(v.outlier_links[0].of_expected.is_some_and(|e| (e - 0.1).abs() < 1e-9));
+    }
+
+    #[test]
+    fn per_gpu_one_slow_gpu_is_that_gpu_a_slow_node_is_the_node() {
+        // 3 nodes x 2 GPUs; GPU 1 of node 2 (endpoint 3) reaches 10% on every link
+        let v = verdict(&result_gpus(3, Some(2), |i, j| if i == 3 || j == 3 { 1.0 } else { 10.0 }), 0.5, 0.0);
+        assert_eq!(v.grade, "FAIL", "{:?}", v.reasons);
+        assert_eq!(v.outlier_nodes.len(), 1, "{:?}", v.outlier_nodes);
+        assert_eq!((v.outlier_nodes[0].address.as_str(), v.outlier_nodes[0].gpu), ("10.0.0.2/gpu1", Some(1)));
+        // its 8 links (4 peers, both ways), all explained by it; the other GPU of its node is fine
+        assert_eq!(v.outlier_links.len(), 8);
+        assert!(v.outlier_links.iter().all(|l| l.explained_by.as_deref() == Some("10.0.0.2/gpu1")));
+        assert!(v.reasons.iter().any(|r| r.starts_with("GPU 10.0.0.2/gpu1: 8 of its 8 links")), "{:?}", v.reasons);
+        // every GPU of node 2 slow: named once, as the node
+        let v = verdict(&result_gpus(3, Some(2), |i, j| if i / 2 == 1 || j / 2 == 1 { 1.0 } else { 10.0 }), 0.5, 0.0);
+        assert_eq!(v.outlier_nodes.len(), 1, "{:?}", v.outlier_nodes);
+        assert_eq!((v.outlier_nodes[0].address.as_str(), v.outlier_nodes[0].gpu), ("10.0.0.2", None));
+        assert!(v.outlier_links.iter().all(|l| l.explained_by.as_deref() == Some("10.0.0.2")));
+        // two nodes of GPUs: the two GPUs of the other node are not two other nodes, nobody is blamed
+        let v = verdict(&result_gpus(2, Some(2), |i, j| if i == 3 || j == 3 { 1.0 } else { 10.0 }), 0.5, 0.0);
+        assert!(v.outlier_nodes.is_empty(), "{:?}", v.outlier_nodes);
+        assert_eq!(v.outlier_links.len(), 4);
+        // a missing GPU is lost by its label, a lost node once by its address
+        let mut r = result_gpus(3, Some(2), |_, _| 10.0);
+        r.endpoints[5].lost = Some("doctor found 1 GPU".into());
+        r.nodes[0].lost = Some("died".into());
+        r.endpoints[0].lost = Some("its node was lost".into());
+        let v = verdict(&r, 0.5, 0.0);
+        assert_eq!(v.lost_nodes, vec!["10.0.0.1: died".to_string(), "10.0.0.3/gpu1: doctor found 1 GPU".to_string()]);
+        assert_eq!(v.grade, "FAIL");
+    }
+
+    #[test]
+    fn per_gpu_heatmap_names_gpus_and_stays_drawable_at_hundreds_of_endpoints() {
+        let mut r = result_gpus(3, Some(2), |i, j| if i == 3 || j == 3 { 1.0 } else { 10.0 });
+        r.verdict = Some(verdict(&r, 0.5, 0.0));
+        let svg = match heatmap::svg(&r) {
+            Ok(s) => s,
+            Err(e) if e.contains("no TrueType font") => return, // debug/setup.sh installs one
+            Err(e) => panic!("{e}"),
+        };
+        assert!(svg.contains("3 nodes x 2 GPUs"), "title");
+        assert!(svg.contains("10.0.0.2/gpu1") && svg.contains("10.0.0.3/gpu0"), "GPU labels");
+        // 64 nodes x 8 GPUs: 512 endpoints, cells shrink so the picture stays about 3000 px
+        assert_eq!(heatmap::cell(512), 6);
+        assert!(heatmap::size(512).0 <= 4000, "{:?}", heatmap::size(512));
+        assert_eq!(heatmap::cell(4), 72);
     }
 }

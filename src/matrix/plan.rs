@@ -1,4 +1,4 @@
-//! Which pairs run together: rounds over the nodes.
+//! Which pairs run together: rounds over the nodes (or their GPUs).
 //!
 //! Exclusive rounds (the default) come from the circle method of a
 //! round-robin tournament: n-1 rounds (n even; n with a bye when odd) of
@@ -50,6 +50,46 @@ pub fn rounds(n: usize, contention: bool) -> Vec<Vec<Pair>> {
     out
 }
 
+/// One end of a transfer: a node, or one GPU of a node (`--gpus-per-node`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Index into the node list.
+    pub node: usize,
+    /// CUDA ordinal on that node (per-GPU endpoints), or None (the node, host memory).
+    pub gpu: Option<u32>,
+}
+
+/// The endpoints and their rounds: one endpoint per node (`gpus` None,
+/// exactly [`rounds`]), or one per GPU. Per GPU, each round of the nodes
+/// becomes `gpus` rounds: in sub-round `s` GPU `g` of the initiating node
+/// reads from GPU `(g + s) mod gpus` of its target, so every GPU is in one
+/// transfer at a time (a node's GPUs transfer at once, as TP ranks do), and
+/// every ordered pair of GPUs on different nodes is measured once. Pairs
+/// index the endpoints. GPUs of one node are not paired (that is NVLink,
+/// `kvprobe sweep --gpu A,B`, not the network).
+pub fn endpoint_rounds(nodes: usize, gpus: Option<u32>, contention: bool) -> (Vec<Endpoint>, Vec<Vec<Pair>>) {
+    let by_node = rounds(nodes, contention);
+    let Some(g) = gpus.filter(|g| *g > 0) else {
+        return ((0..nodes).map(|node| Endpoint { node, gpu: None }).collect(), by_node);
+    };
+    let g = g as usize;
+    let eps = (0..nodes).flat_map(|node| (0..g).map(move |k| Endpoint { node, gpu: Some(k as u32) })).collect();
+    let mut out = Vec::new();
+    for round in &by_node {
+        for s in 0..g {
+            out.push(
+                round
+                    .iter()
+                    .flat_map(|p| {
+                        (0..g).map(move |k| Pair { initiator: p.initiator * g + k, target: p.target * g + (k + s) % g })
+                    })
+                    .collect(),
+            );
+        }
+    }
+    (eps, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +128,38 @@ mod tests {
         }
         assert_eq!(seen.len(), 12);
         assert!(rounds(1, false).is_empty() && rounds(0, true).is_empty());
+    }
+
+    #[test]
+    fn per_gpu_rounds_cover_every_cross_node_gpu_pair_once_with_no_gpu_twice() {
+        for (n, g) in [(2, 1), (2, 2), (3, 2), (4, 3), (5, 8)] {
+            let (eps, r) = endpoint_rounds(n, Some(g), false);
+            assert_eq!(eps.len(), n * g as usize);
+            assert!(eps.iter().enumerate().all(|(i, e)| e.node == i / g as usize && e.gpu == Some(i as u32 % g)));
+            let mut seen = HashSet::new();
+            for round in &r {
+                let mut busy = HashSet::new();
+                for p in round {
+                    assert_ne!(eps[p.initiator].node, eps[p.target].node, "no pair inside one node");
+                    assert!(busy.insert(p.initiator) && busy.insert(p.target), "n={n} g={g}: a GPU twice");
+                    assert!(seen.insert(*p));
+                }
+            }
+            let e = n * g as usize;
+            assert_eq!(seen.len(), e * (e - g as usize), "n={n} g={g}: every cross-node ordered GPU pair");
+            assert_eq!(r.len(), rounds(n, false).len() * g as usize);
+        }
+        // contention per GPU: every GPU sends and receives at once, in every round
+        let (eps, r) = endpoint_rounds(3, Some(2), true);
+        for round in &r {
+            let ini: HashSet<usize> = round.iter().map(|p| p.initiator).collect();
+            let tgt: HashSet<usize> = round.iter().map(|p| p.target).collect();
+            assert_eq!((ini.len(), tgt.len()), (eps.len(), eps.len()));
+        }
+        // per node: exactly the node rounds
+        let (eps, r) = endpoint_rounds(4, None, false);
+        assert_eq!(eps.len(), 4);
+        assert!(eps.iter().all(|e| e.gpu.is_none()));
+        assert_eq!(r, rounds(4, false));
     }
 }
