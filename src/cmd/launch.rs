@@ -467,7 +467,7 @@ fn run_ray(
             serve_app: None,
         },
         path: out.join("launch.json"),
-        serve: py.serve.clone(),
+        serve: py.serve_cli().map_err(CliError::failed)?.to_path_buf(),
         python: py.python.clone(),
         gcs: String::new(),
         dashboard: dashboard.clone(),
@@ -608,7 +608,7 @@ fn run_ray(
     if a.detach {
         eprintln!(
             "launch: left running; remove it with serve.delete(\"{app}\") (Python, ray.init(address=...)) or `{} shutdown --yes --address {dashboard}` (removes every application)",
-            py.serve.display()
+            l.serve.display()
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -102,6 +102,8 @@ struct PairSummary {
     grade: Option<String>,
     /// The initiator NIC's rated line rate, GB/s.
     rated: Option<f64>,
+    /// The checks that failed the sweep's verdict.
+    failed_checks: Vec<String>,
 }
 
 fn summarize(results: &Value, op: &str) -> PairSummary {
@@ -121,7 +123,17 @@ fn summarize(results: &Value, op: &str) -> PairSummary {
     let lanes = by.last().and_then(|x| x.2.clone());
     let grade = results["verdict"]["grade"].as_str().map(str::to_string);
     let rated = results["header"]["link"]["local_dev_mbps"].as_f64().map(|m| m * 1e6 / 8.0 / 1e9);
-    PairSummary { by_size: by.into_iter().map(|(s, g, _)| (s, g)).collect(), lanes, grade, rated }
+    let mut failed_checks: Vec<String> = results["verdict"]["paths"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["reasons"].as_array().into_iter().flatten())
+        .filter(|r| r["grade"] == "FAIL")
+        .filter_map(|r| r["check"].as_str().map(str::to_string))
+        .collect();
+    failed_checks.sort();
+    failed_checks.dedup();
+    PairSummary { by_size: by.into_iter().map(|(s, g, _)| (s, g)).collect(), lanes, grade, rated, failed_checks }
 }
 
 fn doctor_summary(ev: &Value) -> DoctorSummary {
@@ -458,7 +470,8 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
                     (ev["initiator"].as_u64().unwrap_or(0) as usize, ev["target"].as_u64().unwrap_or(0) as usize);
                 let round = ev["round"].as_u64().unwrap_or(0) as usize;
                 let status = ev["status"].as_str().unwrap_or("failed").to_string();
-                let PairSummary { by_size: by, lanes, grade, rated } = summarize(&ev["results"], &headline);
+                let PairSummary { by_size: by, lanes, grade, rated, failed_checks } =
+                    summarize(&ev["results"], &headline);
                 if !ev["results"].is_null() {
                     let f = out.join("pairs").join(format!("{i}-{j}.json"));
                     let _ =
@@ -474,6 +487,7 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
                     gbps,
                     carried_by: lanes.clone(),
                     sweep_grade: grade,
+                    sweep_failed: failed_checks,
                     expected_gbps: rated,
                     seconds: ev["seconds"].as_f64(),
                     error: ev["error"].as_str().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()),
@@ -576,5 +590,18 @@ fn table(r: &MatrixResult) -> String {
         }
         t.add_row(row);
     }
-    format!("GB/s (1e9 B/s) at the largest size\n{t}\n")
+    // what carried the bytes: one line, so a cluster that silently fell back to tcp shows at a glance
+    let mut by_lane: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for p in r.pairs.iter().filter(|p| p.gbps.is_some()) {
+        *by_lane.entry(p.carried_by.as_deref().unwrap_or("unknown")).or_default() += 1;
+    }
+    let lanes = if by_lane.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "carried by (largest size): {}\n",
+            by_lane.iter().map(|(l, n)| format!("{l} ({n} pairs)")).collect::<Vec<_>>().join(", ")
+        )
+    };
+    format!("GB/s (1e9 B/s) at the largest size\n{t}\n{lanes}")
 }

@@ -73,8 +73,11 @@ pub struct PairResult {
     pub gbps: Option<f64>,
     /// Transport lanes UCX used at the largest size (e.g. `tcp`), when known.
     pub carried_by: Option<String>,
-    /// The sweep's own verdict grade.
+    /// The sweep's own verdict grade (its absolute checks: transport, emulation, the link probe).
     pub sweep_grade: Option<String>,
+    /// The checks that failed the sweep's own verdict (e.g. `cuda-ipc-get-disabled`).
+    #[serde(default)]
+    pub sweep_failed: Vec<String>,
     /// The initiator NIC's rated line rate, GB/s, when known (sysfs speed).
     pub expected_gbps: Option<f64>,
     /// Wall time of the pair, seconds.
@@ -140,6 +143,11 @@ pub struct MatrixVerdict {
     pub lost_nodes: Vec<String>,
     /// Pairs that failed (not because a node was lost).
     pub failed_pairs: Vec<String>,
+    /// Measured pairs whose own sweep verdict was FAIL (the path is wrong
+    /// whatever the other pairs do: TCP where cuda_ipc or RDMA should carry
+    /// it, software emulation), as `check: count`.
+    #[serde(default)]
+    pub sweep_failures: Vec<String>,
     /// One line per reason.
     pub reasons: Vec<String>,
 }
@@ -326,9 +334,34 @@ pub fn verdict(r: &MatrixResult, outlier_at: f64, line_rate_at: f64) -> MatrixVe
         .filter(|p| p.status == "failed")
         .map(|p| format!("{} -> {}: {}", label(p.initiator), label(p.target), p.error.as_deref().unwrap_or("failed")))
         .collect();
+    // the pairs' own verdicts: a cluster where every pair is equally wrong has no outlier
+    let mut checks: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    let sweep_failed: Vec<&&PairResult> = ok.iter().filter(|p| p.sweep_grade.as_deref() == Some("FAIL")).collect();
+    for p in &sweep_failed {
+        if p.sweep_failed.is_empty() {
+            *checks.entry("unnamed").or_default() += 1;
+        }
+        for c in &p.sweep_failed {
+            *checks.entry(c.as_str()).or_default() += 1;
+        }
+    }
+    let sweep_failures: Vec<String> = checks.iter().map(|(c, n)| format!("{c}: {n}")).collect();
     let mut reasons = Vec::new();
     for n in &lost {
         reasons.push(format!("lost: {n}"));
+    }
+    if !sweep_failed.is_empty() {
+        let first = sweep_failed[0];
+        reasons.push(format!(
+            "{} of {} measured pairs failed their own sweep verdict ({}); e.g. {} -> {}: pairs/{}-{}.json",
+            sweep_failed.len(),
+            ok.len(),
+            sweep_failures.join(", "),
+            label(first.initiator),
+            label(first.target),
+            first.initiator,
+            first.target
+        ));
     }
     for f in &failed {
         reasons.push(format!("pair failed: {f}"));
@@ -361,7 +394,7 @@ pub fn verdict(r: &MatrixResult, outlier_at: f64, line_rate_at: f64) -> MatrixVe
     }
     let grade = if !lost.is_empty() || !failed.is_empty() || !nodes_out.is_empty() || ok.is_empty() {
         "FAIL"
-    } else if !links.is_empty() {
+    } else if !links.is_empty() || !sweep_failed.is_empty() {
         "WARN"
     } else {
         "PASS"
@@ -379,6 +412,7 @@ pub fn verdict(r: &MatrixResult, outlier_at: f64, line_rate_at: f64) -> MatrixVe
         outlier_nodes: nodes_out,
         lost_nodes: lost,
         failed_pairs: failed,
+        sweep_failures,
         reasons,
     }
 }
@@ -421,6 +455,7 @@ mod tests {
                         gbps: Some(rate(i, j)),
                         carried_by: None,
                         sweep_grade: None,
+                        sweep_failed: vec![],
                         expected_gbps: None,
                         seconds: None,
                         error: None,
@@ -567,5 +602,26 @@ mod tests {
         assert_eq!(heatmap::cell(512), 6);
         assert!(heatmap::size(512).0 <= 4000, "{:?}", heatmap::size(512));
         assert_eq!(heatmap::cell(4), 72);
+    }
+
+    #[test]
+    fn pairs_failing_their_own_sweep_verdict_warn_even_when_all_alike() {
+        // every pair equally slow and equally wrong (READ of GPU memory emulated over tcp): no outlier, but not a PASS
+        let mut r = result(3, |_, _| 0.47);
+        for p in &mut r.pairs {
+            p.sweep_grade = Some("FAIL".into());
+            p.sweep_failed = vec!["cuda-ipc-get-disabled".into()];
+        }
+        r.pairs[0].sweep_failed.push("bandwidth".into());
+        let v = verdict(&r, 0.5, 0.0);
+        assert_eq!(v.grade, "WARN", "{:?}", v.reasons);
+        assert!(v.outlier_links.is_empty());
+        assert_eq!(v.sweep_failures, vec!["bandwidth: 1".to_string(), "cuda-ipc-get-disabled: 6".to_string()]);
+        assert!(
+            v.reasons.iter().any(|x| x.starts_with("6 of 6 measured pairs failed their own sweep verdict")),
+            "{:?}",
+            v.reasons
+        );
+        assert_eq!(verdict(&result(3, |_, _| 0.47), 0.5, 0.0).grade, "PASS");
     }
 }

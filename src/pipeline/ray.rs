@@ -48,13 +48,13 @@ pub enum RayError {
     Protocol(String),
 }
 
-/// A Python with Ray and the `serve` CLI beside it.
+/// A Python with Ray, and the `serve` CLI beside it when there is one.
 #[derive(Debug, Clone, Serialize)]
 pub struct RayPython {
     /// The interpreter.
     pub python: PathBuf,
-    /// The `serve` CLI.
-    pub serve: PathBuf,
+    /// The `serve` CLI (launch needs it; the matrix does not).
+    pub serve: Option<PathBuf>,
     /// `ray.__version__` there.
     pub ray_version: String,
 }
@@ -229,7 +229,7 @@ pub fn find_python(explicit: Option<&Path>) -> Result<RayPython, RayError> {
         match run_captured(&argv, &argv, Duration::from_secs(60), true) {
             Ok(r) if r.ok() => {
                 let version = r.stdout.trim().to_string();
-                let serve = serve_cli(&c).ok_or_else(|| RayError::NoServeCli { python: shown.clone() })?;
+                let serve = serve_cli(&c);
                 return Ok(RayPython { python: c, serve, ray_version: version });
             }
             Ok(r) => {
@@ -240,6 +240,13 @@ pub fn find_python(explicit: Option<&Path>) -> Result<RayPython, RayError> {
         }
     }
     Err(RayError::NoPython { tried: tried.join("; ") })
+}
+
+impl RayPython {
+    /// The `serve` CLI, or why there is none.
+    pub fn serve_cli(&self) -> Result<&Path, RayError> {
+        self.serve.as_deref().ok_or_else(|| RayError::NoServeCli { python: self.python.display().to_string() })
+    }
 }
 
 fn serve_cli(python: &Path) -> Option<PathBuf> {
