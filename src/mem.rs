@@ -429,6 +429,58 @@ impl Buffer {
         }
     }
 
+    /// Checks `[off, off+len)` against the pattern for `seed` block by block
+    /// (`block` bytes each, the last one shorter), counting the blocks with
+    /// a differing byte (`bad_blocks`). GPU memory is copied back once.
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn verify_blocks(&self, off: usize, len: usize, block: usize, seed: u64) -> Result<Verify, MemError> {
+        let block = if block == 0 { len.max(1) } else { block };
+        let mut v = Verify::clean();
+        let tally = |b: Verify, v: &mut Verify| {
+            let mut b = b;
+            b.bad_blocks = u64::from(!b.ok());
+            v.merge(b);
+        };
+        match self {
+            Buffer::Host { buf, .. } => {
+                let mut o = off;
+                while o < off + len {
+                    let l = block.min(off + len - o);
+                    // SAFETY: forwarded contract.
+                    tally(unsafe { buf.verify(o, l, seed) }?, &mut v);
+                    o += l;
+                }
+            }
+            Buffer::Device(_) => {
+                // SAFETY: forwarded contract.
+                let bytes = unsafe { self.read(off, len) }?;
+                for (k, chunk) in bytes.chunks(block).enumerate() {
+                    tally(verify_pattern(chunk, (off + k * block) as u64, seed), &mut v);
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    /// Fills `[off, off+len)` with zeros (fault injection: a transfer that
+    /// "completed" but delivered zeroed blocks, as in vLLM issue 27055).
+    ///
+    /// # Safety
+    /// No transfer may read or write the range while this runs (see the module docs).
+    pub unsafe fn zero(&self, off: usize, len: usize) -> Result<(), MemError> {
+        match self {
+            Buffer::Host { buf, .. } => {
+                buf.check(off, len)?;
+                // SAFETY: in range (checked); no transfer in flight (contract).
+                unsafe { std::ptr::write_bytes(buf.ptr.as_ptr().add(off), 0, len) };
+                Ok(())
+            }
+            Buffer::Device(d) => d.memset(off, len, 0),
+        }
+    }
+
     /// Fills `[off, off+len)` with the poison byte.
     ///
     /// # Safety
@@ -598,6 +650,9 @@ pub struct Verify {
     pub first_bad_offset: Option<u64>,
     /// Expected and found byte there.
     pub first_bad: Option<(u8, u8)>,
+    /// Blocks (descriptors) with at least one differing byte, when checked block by block.
+    #[serde(default)]
+    pub bad_blocks: u64,
 }
 
 impl Verify {
@@ -609,6 +664,7 @@ impl Verify {
     /// Adds another check's outcome (the first bad byte stays the earliest seen).
     pub fn merge(&mut self, o: Verify) {
         self.mismatched_bytes += o.mismatched_bytes;
+        self.bad_blocks += o.bad_blocks;
         if self.first_bad_offset.is_none() {
             self.first_bad_offset = o.first_bad_offset;
             self.first_bad = o.first_bad;
@@ -617,13 +673,13 @@ impl Verify {
 
     /// A clean result.
     pub fn clean() -> Verify {
-        Verify { mismatched_bytes: 0, first_bad_offset: None, first_bad: None }
+        Verify { mismatched_bytes: 0, first_bad_offset: None, first_bad: None, bad_blocks: 0 }
     }
 }
 
 /// Checks `buf` (first byte at absolute offset `base`) against the pattern.
 pub fn verify_pattern(buf: &[u8], base: u64, seed: u64) -> Verify {
-    let mut v = Verify { mismatched_bytes: 0, first_bad_offset: None, first_bad: None };
+    let mut v = Verify::clean();
     let note = |pos: u64, want: u8, got: u8, v: &mut Verify| {
         v.mismatched_bytes += 1;
         if v.first_bad_offset.is_none() {

@@ -70,6 +70,13 @@ pub enum Request {
         /// Offset.
         off: u64,
     },
+    /// Zero a range (fault injection: blocks that arrive as zeros).
+    Zero {
+        /// Offset.
+        off: u64,
+        /// Length.
+        len: u64,
+    },
     /// Check a range against the pattern.
     Verify {
         /// Offset.
@@ -78,6 +85,9 @@ pub enum Request {
         len: u64,
         /// Pattern seed.
         seed: u64,
+        /// Check block by block, counting bad blocks (0: as one block).
+        #[serde(default)]
+        block: u64,
     },
     /// Wait until `count` notifications carrying `tag` have arrived.
     WaitNotifs {
@@ -546,6 +556,7 @@ impl Request {
             Request::Poison { .. } => "poison",
             Request::UcxConnect { .. } => "ucx_connect",
             Request::Corrupt { .. } => "corrupt",
+            Request::Zero { .. } => "zero",
             Request::Verify { .. } => "verify",
             Request::WaitNotifs { .. } => "wait_notifs",
             Request::KvFill { .. } => "kv_fill",

@@ -271,6 +271,22 @@ pub fn judge(r: &SweepResults, facts: &Facts, th: &Thresholds, memcpy_gbps: Opti
                 }
             }
         }
+        // Bytes that arrived wrong fail the path whatever its rate: a fast
+        // transfer of zeros is worse than a slow one (vLLM issue 27055).
+        let corrupt: Vec<&&Row> = rows.iter().filter(|x| !x.verified && x.corrupt_transfers > 0).collect();
+        if !corrupt.is_empty() {
+            let transfers: u64 = corrupt.iter().map(|x| x.corrupt_transfers).sum();
+            let checked: u64 = corrupt.iter().map(|x| x.checked_transfers).sum();
+            let blocks: u64 = corrupt.iter().map(|x| x.corrupt_blocks).sum();
+            reasons.push(Reason {
+                grade: Grade::Fail,
+                check: "corruption".into(),
+                text: format!(
+                    "{transfers} of {checked} checked transfers delivered wrong bytes ({blocks} corrupt block(s)), first in the {} row: its rate means nothing",
+                    crate::units::Bytes(corrupt[0].size_bytes)
+                ),
+            });
+        }
         let class = class_of(&lanes);
         // RDMA hardware that UCX did not use (and may not even offer).
         let rdma_hw: Vec<String> = facts

@@ -399,3 +399,112 @@ fn ctrl_c_stops_cleanly_and_keeps_rows() {
     assert!(!v["rows"].as_array().unwrap().is_empty());
     assert!(wait_for(Duration::from_secs(10), || (!alive(ipid) && !alive(tpid)).then_some(())).is_some());
 }
+
+/// `--verify all` on a clean path: every timed transfer is checked block by
+/// block, and the row counts them (the two around the loop included).
+#[test]
+fn verify_all_checks_every_timed_transfer() {
+    require_nixl();
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        sweep(dir.path(), &["--sizes", "1M", "--block-size", "64K", "--verify", "all", "--backend", "nixl,ucx"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = results(dir.path());
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "nixl and ucx, READ and WRITE");
+    for row in rows {
+        assert_eq!(row["verify"], "all", "{row:#}");
+        assert_eq!(row["verified"], true, "{row:#}");
+        let iters = row["iterations"].as_u64().unwrap();
+        assert!(iters >= 3, "--min-iters 3: {row:#}");
+        assert_eq!(row["checked_transfers"].as_u64().unwrap(), iters + 2, "every timed transfer and the two around it");
+        assert_eq!((row["corrupt_transfers"].as_u64(), row["corrupt_blocks"].as_u64()), (Some(0), Some(0)));
+        if row["backend"] == "nixl" {
+            assert_eq!(
+                row["notifs_received"], row["notifs_expected"],
+                "every checked transfer carried its notification"
+            );
+        }
+    }
+}
+
+/// The seeds' failure (vLLM issue 27055): transfers that complete but leave
+/// destination blocks zeroed. With `--verify all` every other block of the
+/// first timed transfer is zeroed after it completes; the run must count
+/// exactly those blocks, FAIL its verdict whatever the bandwidth, and keep
+/// the row on disk.
+fn zeroed_blocks_are_caught(op: &str, side: &str, backend: &str) {
+    require_nixl();
+    let dir = tempfile::tempdir().unwrap();
+    let out = sweep(
+        dir.path(),
+        &[
+            "--sizes",
+            "1M",
+            "--block-size",
+            "64K",
+            "--ops",
+            op,
+            "--backend",
+            backend,
+            "--verify",
+            "all",
+            "--inject",
+            "zero-blocks",
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{op} {backend}: zeroed blocks must fail the run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = results(dir.path());
+    assert_eq!(v["status"], "failed");
+    let row = &v["rows"][0];
+    assert_eq!(row["verified"], false, "{row:#}");
+    assert_eq!(row["corrupt_transfers"], 1, "{row:#}");
+    assert_eq!(row["corrupt_blocks"], 8, "blocks 1, 3, ..., 15 of 16: {row:#}");
+    assert!(row["checked_transfers"].as_u64().unwrap() >= 7, "the loop went on and counted: {row:#}");
+    assert!(row["gbps"].as_f64().unwrap() > 0.0, "a rate was measured, and does not save it");
+    let bad: Vec<&serde_json::Value> = row["checks"].as_array().unwrap().iter().filter(|c| c["ok"] == false).collect();
+    assert_eq!(bad.len(), 1, "{row:#}");
+    assert_eq!((bad[0]["when"].as_str(), bad[0]["side"].as_str()), (Some("timed"), Some(side)));
+    assert_eq!(bad[0]["bad_blocks"], 8);
+    assert_eq!(bad[0]["first_bad_offset"], 64 * 1024);
+    let verdict = &v["verdict"];
+    assert_eq!(verdict["grade"], "FAIL", "{verdict:#}");
+    let reasons = verdict.to_string();
+    assert!(reasons.contains("\"corruption\"") && reasons.contains("8 corrupt block(s)"), "{reasons}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("corruption"), "{stdout}");
+}
+
+#[test]
+fn zeroed_blocks_are_caught_on_nixl_read() {
+    zeroed_blocks_are_caught("READ", "initiator", "nixl");
+}
+
+#[test]
+fn zeroed_blocks_are_caught_on_nixl_write() {
+    zeroed_blocks_are_caught("WRITE", "target", "nixl");
+}
+
+#[test]
+fn zeroed_blocks_are_caught_on_raw_ucx_read() {
+    zeroed_blocks_are_caught("READ", "initiator", "ucx");
+}
+
+#[test]
+fn verify_all_refuses_what_it_cannot_check() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, want) in [
+        (&["--model", "Llama-3.1-8B", "--verify", "all"][..], "--verify all checks every timed transfer of size rows"),
+        (&["--sizes", "1M", "--inject", "zero-blocks"][..], "--inject zero-blocks needs --verify all"),
+    ] {
+        let out = sweep(dir.path(), args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(want), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}

@@ -132,6 +132,10 @@ pub struct SweepArgs {
     /// GPU (CUDA ordinal) of the VRAM side(s): N for both, or SRC,DST [default: 0]
     #[arg(long, value_name = "N[,M]", value_parser = parse_gpus)]
     pub gpu: Option<(u32, u32)>,
+    /// Data checks: first-last (a checked transfer before and after each timed loop) or all (every timed
+    /// transfer checked, corrupt blocks counted; a correctness run: slower, only the transfers are timed)
+    #[arg(long, value_enum, default_value = "first-last")]
+    pub verify: VerifyArg,
     /// Leave host buffers pageable (default: a host buffer facing a GPU on this host is page-locked, as
     /// PyTorch's pinned KV staging is, so UCX's cuda_copy can DMA it)
     #[arg(long)]
@@ -240,6 +244,16 @@ pub fn mem_sides(
     Ok((s, d, target, initiator))
 }
 
+/// `--verify` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyArg {
+    /// A checked transfer before and one after each point's timed loop.
+    FirstLast,
+    /// Every timed transfer checked as well: source refilled, destination poisoned, every block read
+    /// back (only the transfer itself is timed; NIXL size rows and raw UCX rows).
+    All,
+}
+
 /// `--inject` values (self-tests of kvprobe's own checks).
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum InjectArg {
@@ -251,6 +265,8 @@ pub enum InjectArg {
     MissingNotif,
     /// KV mode: the first checked request moves every block one block off at the prefill side.
     KvMisplaced,
+    /// With --verify all: every other block of the first timed transfer arrives as zeros.
+    ZeroBlocks,
 }
 
 impl From<InjectArg> for crate::engine::Inject {
@@ -260,6 +276,7 @@ impl From<InjectArg> for crate::engine::Inject {
             InjectArg::CorruptLast => crate::engine::Inject::CorruptLast,
             InjectArg::MissingNotif => crate::engine::Inject::MissingNotif,
             InjectArg::KvMisplaced => crate::engine::Inject::KvMisplaced,
+            InjectArg::ZeroBlocks => crate::engine::Inject::ZeroBlocks,
         }
     }
 }
@@ -352,6 +369,14 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
     }
     if a.expect_gbps.is_some_and(|g| !(g > 0.0 && g.is_finite())) {
         return Err(CliError::usage(anyhow!("--expect-gbps must be a positive rate")));
+    }
+    if a.verify == VerifyArg::All && (a.kv.model.is_some() || a.kv.model_config.is_some()) {
+        return Err(CliError::usage(anyhow!(
+            "--verify all checks every timed transfer of size rows; KV-shaped rows (--model) check one request before and one after each timed loop, block by block: drop --model, or --verify first-last"
+        )));
+    }
+    if a.inject.is_some_and(|i| matches!(i, InjectArg::ZeroBlocks)) && a.verify != VerifyArg::All {
+        return Err(CliError::usage(anyhow!("--inject zero-blocks needs --verify all")));
     }
     let (src_mem, dst_mem, target_mem, initiator_mem) =
         mem_sides(&ops, a.src_mem, a.dst_mem, a.gpu, !a.no_pin, a.peer.is_some())
@@ -452,6 +477,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         hugepages: !a.no_hugepages,
         ucx_local_completion: a.ucx_local_completion,
         inject: a.inject.map(Into::into),
+        verify_all: a.verify == VerifyArg::All,
         kv: kv_plan,
         link_probe_s: a
             .link_probe

@@ -701,6 +701,10 @@ struct CheckSpec<'a> {
     notifs_so_far: Option<u64>,
     /// Flip a target byte (self-test).
     inject: bool,
+    /// Check block by block (bytes per block; 0: as one block).
+    block: u64,
+    /// Zero every other destination block after the transfer (self-test, `--inject zero-blocks`).
+    zero: bool,
 }
 
 /// What one point measured, before it becomes a [`Row`].
@@ -723,6 +727,10 @@ struct Measured {
     notifs_received: u64,
     unexpected: Vec<String>,
     transport: Option<Transport>,
+    /// `--verify all`: timed transfers checked, those that arrived wrong, their bad blocks.
+    timed_checked: u64,
+    timed_corrupt: u64,
+    timed_bad_blocks: u64,
 }
 
 impl Session<'_> {
@@ -781,8 +789,8 @@ impl Session<'_> {
         Ok(self.conn.ch.call(&req, self.peer_timeout, what)?)
     }
 
-    fn target_verify(&mut self, len: u64, seed: u64) -> Result<Verify, EngineError> {
-        match self.call(Request::Verify { off: 0, len, seed }, "the target's data check")? {
+    fn target_verify(&mut self, len: u64, seed: u64, block: u64) -> Result<Verify, EngineError> {
+        match self.call(Request::Verify { off: 0, len, seed, block }, "the target's data check")? {
             Response::Verified(v) => Ok(v),
             other => Err(EngineError::Invalid(format!("unexpected answer to verify: {other:?}"))),
         }
@@ -819,8 +827,34 @@ impl Session<'_> {
     /// Moves data with `t` and checks it: the owner writes a fresh pattern,
     /// the destination is poisoned first, the reader checks every byte.
     fn checked_transfer(&mut self, t: &mut dyn Transfer, c: &CheckSpec<'_>) -> Result<Check, EngineError> {
-        let CheckSpec { op, size, seed, when, tag, notifs_so_far, inject } = *c;
+        Ok(self.checked_transfer_timed(t, c)?.0)
+    }
+
+    /// [`Self::checked_transfer`], also returning how long the transfer
+    /// itself took (post to completion) and its post call.
+    fn checked_transfer_timed(
+        &mut self,
+        t: &mut dyn Transfer,
+        c: &CheckSpec<'_>,
+    ) -> Result<(Check, Duration, Duration), EngineError> {
+        let CheckSpec { op, size, seed, when, tag, notifs_so_far, inject, block, zero } = *c;
         let n = size as usize;
+        // every other block (or the second half of a single one) arrives as zeros
+        let zeroed = |size: u64| -> Vec<(u64, u64)> {
+            if block == 0 || block >= size {
+                return vec![(size / 2, size - size / 2)];
+            }
+            (0..size.div_ceil(block)).filter(|k| k % 2 == 1).map(|k| (k * block, block.min(size - k * block))).collect()
+        };
+        let timed = |this: &Self, t: &mut dyn Transfer| -> Result<(Duration, Duration), EngineError> {
+            let s = Instant::now();
+            let done = t.post()?;
+            let p = s.elapsed();
+            if !done {
+                t.wait(s, this.xfer_timeout)?;
+            }
+            Ok((s.elapsed(), p))
+        };
         match op {
             XferOp::Read => {
                 self.call(Request::Fill { off: 0, len: size, seed }, "the target's fill")?;
@@ -830,16 +864,22 @@ impl Session<'_> {
                 // SAFETY: no transfer is in flight: the previous one completed
                 // (once() waits) and this process posts one at a time.
                 unsafe { self.conn.buf.poison(0, n) }?;
-                self.once(t)?;
-                // SAFETY: the READ completed in once(); nothing else is in flight.
-                let v = unsafe { self.conn.buf.verify(0, n, seed) }?;
-                Ok(check(when, "initiator", v))
+                let (took, post) = timed(self, t)?;
+                if zero {
+                    for (o, l) in zeroed(size) {
+                        // SAFETY: the READ completed; nothing else is in flight.
+                        unsafe { self.conn.buf.zero(o as usize, l as usize) }?;
+                    }
+                }
+                // SAFETY: the READ completed in timed(); nothing else is in flight.
+                let v = unsafe { self.conn.buf.verify_blocks(0, n, block as usize, seed) }?;
+                Ok((check(when, "initiator", v), took, post))
             }
             XferOp::Write => {
                 // SAFETY: no transfer is in flight (one at a time, each waited for).
                 unsafe { self.conn.buf.fill(0, n, seed) }?;
                 self.call(Request::Poison { off: 0, len: size }, "the target's poison")?;
-                self.once(t)?;
+                let (took, post) = timed(self, t)?;
                 if let Some(expected) = notifs_so_far {
                     // NIXL: the notification arrives after the data; once the
                     // target has it, the bytes are in place. (Raw UCX: the
@@ -854,10 +894,75 @@ impl Session<'_> {
                 if inject {
                     self.call(Request::Corrupt { off: size / 2 }, "the target's fault injection")?;
                 }
-                let v = self.target_verify(size, seed)?;
-                Ok(check(when, "target", v))
+                if zero {
+                    for (off, len) in zeroed(size) {
+                        self.call(Request::Zero { off, len }, "the target's fault injection")?;
+                    }
+                }
+                let v = self.target_verify(size, seed, block)?;
+                Ok((check(when, "target", v), took, post))
             }
         }
+    }
+
+    /// `--verify all`: the timed loop as checked transfers. Each one gets a
+    /// fresh pattern in the source and a poisoned destination, and every
+    /// block is read back; only the transfers are timed (so the GB/s is of
+    /// transfers into cold, just-written memory), and `--duration` bounds the
+    /// wall time. The first checked transfer warmed the path: no warm-up.
+    /// `notifs` counts the notifications the target has for this point.
+    fn run_verified_loops(
+        &mut self,
+        t: &mut dyn Transfer,
+        base: &CheckSpec<'_>,
+        index: usize,
+        zero_first: bool,
+        mut notifs: Option<&mut u64>,
+        m: &mut Measured,
+    ) -> Result<(), EngineError> {
+        let timing = self.plan.timing;
+        let cap = timing.max_iters.min(1 << 20) as usize;
+        let mut lat: Vec<u64> = Vec::with_capacity(cap.min(1 << 16));
+        let mut post: Vec<u64> = Vec::with_capacity(cap.min(1 << 16));
+        let wall = Instant::now();
+        let mut busy = Duration::ZERO;
+        loop {
+            let k = lat.len() as u64;
+            let so_far = notifs.as_deref_mut().map(|n| {
+                *n += 1;
+                *n
+            });
+            let spec = CheckSpec {
+                seed: seed_for(index, 16 + k),
+                when: "timed",
+                notifs_so_far: so_far.filter(|_| base.notifs_so_far.is_some()),
+                inject: false,
+                zero: zero_first && k == 0,
+                ..*base
+            };
+            let (c, took, p) = self.checked_transfer_timed(t, &spec)?;
+            busy += took;
+            lat.push(took.as_nanos() as u64);
+            post.push(p.as_nanos() as u64);
+            m.timed_checked += 1;
+            if !c.ok {
+                m.timed_corrupt += 1;
+                m.timed_bad_blocks += c.bad_blocks;
+                if m.timed_corrupt == 1 {
+                    m.checks.push(c);
+                }
+            }
+            self.beat();
+            let n = lat.len() as u64;
+            if n >= timing.max_iters || (n >= timing.min_iters && wall.elapsed().as_secs_f64() >= timing.duration_s) {
+                break;
+            }
+        }
+        m.elapsed = busy;
+        m.iterations = lat.len() as u64;
+        m.latency = stats_from_ns(&mut lat);
+        m.post = stats_from_ns(&mut post);
+        Ok(())
     }
 
     /// Warm-up then the timed loop (one transfer in flight, back to back);
@@ -1026,6 +1131,8 @@ impl Session<'_> {
             tag: &tag,
             notifs_so_far: Some(m.notifs_expected),
             inject: first_point && plan.inject == Some(Inject::CorruptFirst),
+            block: if descs > 1 { block } else { 0 },
+            zero: false,
         };
         m.checks.push(self.checked_transfer(&mut NixlXfer(&check_req), &spec)?);
         if !m.checks[0].ok {
@@ -1045,9 +1152,18 @@ impl Session<'_> {
             (Some(p), true) => Some(NixlXfer(p)),
             _ => None,
         };
-        self.run_loops(&mut NixlXfer(timed_req), alt.as_mut().map(|a| a as &mut dyn Transfer), &mut m)?;
-        if plan.notif_every_transfer {
-            m.notifs_expected += m.warmup + m.iterations;
+        if plan.verify_all {
+            // every timed transfer is a checked one, carrying its notification
+            let base = CheckSpec { seed: 0, notifs_so_far: Some(0), ..spec };
+            let zero = first_point && plan.inject == Some(Inject::ZeroBlocks);
+            let mut notifs = m.notifs_expected;
+            self.run_verified_loops(&mut NixlXfer(&check_req), &base, index, zero, Some(&mut notifs), &mut m)?;
+            m.notifs_expected = notifs;
+        } else {
+            self.run_loops(&mut NixlXfer(timed_req), alt.as_mut().map(|a| a as &mut dyn Transfer), &mut m)?;
+            if plan.notif_every_transfer {
+                m.notifs_expected += m.warmup + m.iterations;
+            }
         }
 
         // Last checked transfer, with a new pattern.
@@ -1060,6 +1176,8 @@ impl Session<'_> {
             tag: &tag,
             notifs_so_far: Some(m.notifs_expected),
             inject: first_point && plan.inject == Some(Inject::CorruptLast),
+            block: if descs > 1 { block } else { 0 },
+            zero: false,
         };
         m.checks.push(self.checked_transfer(&mut NixlXfer(&check_req), &spec)?);
         m.telemetry = check_req.telemetry().ok().flatten();
@@ -1097,6 +1215,8 @@ impl Session<'_> {
             tag: "",
             notifs_so_far: None,
             inject: first_point && plan.inject == Some(Inject::CorruptFirst),
+            block: if descs > 1 { block } else { 0 },
+            zero: false,
         };
         m.checks.push(self.checked_transfer(&mut check_xfer, &spec)?);
         m.transport =
@@ -1104,7 +1224,13 @@ impl Session<'_> {
         if !m.checks[0].ok {
             return Ok(m);
         }
-        self.run_loops(&mut timed, None, &mut m)?;
+        if plan.verify_all {
+            let base = CheckSpec { seed: 0, notifs_so_far: None, ..spec };
+            let zero = first_point && plan.inject == Some(Inject::ZeroBlocks);
+            self.run_verified_loops(&mut check_xfer, &base, index, zero, None, &mut m)?;
+        } else {
+            self.run_loops(&mut timed, None, &mut m)?;
+        }
         let spec = CheckSpec {
             op,
             size,
@@ -1113,6 +1239,8 @@ impl Session<'_> {
             tag: "",
             notifs_so_far: None,
             inject: first_point && plan.inject == Some(Inject::CorruptLast),
+            block: if descs > 1 { block } else { 0 },
+            zero: false,
         };
         m.checks.push(self.checked_transfer(&mut check_xfer, &spec)?);
         Ok(m)
@@ -1144,7 +1272,12 @@ impl Session<'_> {
             make_us: m.make.as_secs_f64() * 1e6,
             telemetry: m.telemetry,
             ucx_tls: ucx_tls_env(),
-            verified: m.checks.len() == 2 && m.checks.iter().all(|c| c.ok),
+            verified: m.checks.len() == 2 && m.checks.iter().all(|c| c.ok) && m.timed_corrupt == 0,
+            verify: if self.plan.verify_all { "all" } else { "first-last" }.into(),
+            checked_transfers: m.checks.iter().filter(|c| c.when != "timed").count() as u64 + m.timed_checked,
+            corrupt_transfers: m.checks.iter().filter(|c| c.when != "timed" && !c.ok).count() as u64 + m.timed_corrupt,
+            corrupt_blocks: m.checks.iter().filter(|c| c.when != "timed").map(|c| c.bad_blocks).sum::<u64>()
+                + m.timed_bad_blocks,
             checks: m.checks,
             notifs_expected: m.notifs_expected,
             notifs_received: m.notifs_received,
@@ -1162,5 +1295,6 @@ fn check(when: &str, side: &str, v: Verify) -> Check {
         ok: v.ok(),
         mismatched_bytes: v.mismatched_bytes,
         first_bad_offset: v.first_bad_offset,
+        bad_blocks: v.bad_blocks,
     }
 }

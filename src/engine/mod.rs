@@ -66,6 +66,9 @@ pub struct SweepPlan {
     /// Fault injection for kvprobe's self-tests (None in real runs).
     #[serde(default)]
     pub inject: Option<Inject>,
+    /// Check every timed transfer's bytes (`--verify all`), not only the two around the loop.
+    #[serde(default)]
+    pub verify_all: bool,
     /// KV-shaped rows instead of `sizes` (sweep --model).
     #[serde(default)]
     pub kv: Option<KvPlan>,
@@ -159,6 +162,10 @@ pub enum Inject {
     /// KV mode: the first checked request of the first point reads (or
     /// writes) each block one block further on at the prefill side.
     KvMisplaced,
+    /// `--verify all`: the first timed transfer of the first point
+    /// completes, then every other destination block is zeroed before its
+    /// check (blocks that arrive as zeros, vLLM issue 27055).
+    ZeroBlocks,
 }
 
 /// How long to measure.

@@ -274,9 +274,14 @@ fn handle(
             unsafe { s.buf.corrupt(off as usize) }?;
             Ok(Response::Ok)
         }
-        Request::Verify { off, len, seed } => {
+        Request::Verify { off, len, seed, block } => {
             // SAFETY: see above.
-            Ok(Response::Verified(unsafe { s.buf.verify(off as usize, len as usize, seed) }?))
+            Ok(Response::Verified(unsafe { s.buf.verify_blocks(off as usize, len as usize, block as usize, seed) }?))
+        }
+        Request::Zero { off, len } => {
+            // SAFETY: see above.
+            unsafe { s.buf.zero(off as usize, len as usize) }?;
+            Ok(Response::Ok)
         }
         Request::WaitNotifs { tag, count, timeout_ms, settle_ms } => {
             let n =

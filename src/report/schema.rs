@@ -287,6 +287,9 @@ pub struct Check {
     /// First differing offset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_bad_offset: Option<u64>,
+    /// Blocks (descriptors) with a differing byte.
+    #[serde(default)]
+    pub bad_blocks: u64,
 }
 
 /// One measured point.
@@ -331,7 +334,21 @@ pub struct Row {
     pub ucx_tls: Option<String>,
     /// True when every data check passed.
     pub verified: bool,
-    /// The data checks.
+    /// `first-last`: a checked transfer before and after the timed loop;
+    /// `all` (`--verify all`): every timed transfer checked too.
+    #[serde(default = "first_last")]
+    pub verify: String,
+    /// Transfers whose bytes were checked (destination poisoned first, every byte read back).
+    #[serde(default)]
+    pub checked_transfers: u64,
+    /// Of those, transfers that delivered a wrong byte.
+    #[serde(default)]
+    pub corrupt_transfers: u64,
+    /// Blocks (descriptors) that arrived wrong, summed over the checked transfers.
+    #[serde(default)]
+    pub corrupt_blocks: u64,
+    /// The data checks around the timed loop (`first`, `last`) and, with
+    /// `--verify all`, the first timed transfer that arrived wrong (`timed`).
     pub checks: Vec<Check>,
     /// Notifications the target should have received for this row.
     pub notifs_expected: u64,
@@ -520,6 +537,11 @@ pub fn stats_from_ns(samples: &mut [u64]) -> Stats {
         max: samples[n - 1] as f64 / 1e3,
         mean: sum as f64 / n as f64 / 1e3,
     }
+}
+
+/// The default of `Row::verify` (files written before `--verify`).
+fn first_last() -> String {
+    "first-last".into()
 }
 
 #[cfg(test)]

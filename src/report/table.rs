@@ -20,7 +20,12 @@ pub(super) fn transport_cell(r: &Row, style: Style) -> String {
 
 /// The data check of a row: ok or FAIL.
 pub(super) fn data_cell(row: &Row, style: Style) -> String {
-    if row.verified { style.good(PASS) } else { style.bad(FAIL) }
+    match (row.verified, row.corrupt_blocks) {
+        (true, _) => style.good(PASS),
+        (false, 0) => style.bad(FAIL),
+        // how much arrived wrong: blocks over transfers
+        (false, b) => style.bad(&format!("{FAIL} {b} blk/{} xfer", row.corrupt_transfers)),
+    }
 }
 
 /// Notifications received (NIXL rows), red when short of those sent.
@@ -177,9 +182,12 @@ fn size_table(r: &SweepResults, multi: bool, style: Style) -> String {
     super::style::align_numbers(&mut t, &header, &["backend", "op", "data", "transport"]);
     out.push_str(&t.to_string());
     out.push('\n');
-    out.push_str(&style.dim(
-        "GB/s = 1e9 bytes/s over the timed loop (one transfer in flight); lat = post to observed completion; data = pattern check of the first and last transfer\n",
-    ));
+    let every = r.rows.iter().any(|x| x.verify == "all");
+    out.push_str(&style.dim(if every {
+        "GB/s = 1e9 bytes/s over the checked transfers' own time (one in flight; fills and checks between them not counted); lat = post to observed completion; data = every transfer's bytes checked, block by block (--verify all)\n"
+    } else {
+        "GB/s = 1e9 bytes/s over the timed loop (one transfer in flight); lat = post to observed completion; data = pattern check of the first and last transfer\n"
+    }));
     if multi {
         out.push_str(&style.dim(
             "nixl/ucx = NIXL's GB/s over raw UCX's for the same point (NIXL's overhead; each backend measured alone)\n",
