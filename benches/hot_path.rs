@@ -76,7 +76,7 @@ fn rig() -> Rig {
         backend: "UCX".into(),
         backend_params: BTreeMap::from([("ucx_error_handling_mode".to_string(), "none".to_string())]),
         buffer_bytes: BUF,
-        backends: vec![BackendKind::Nixl],
+        backends: vec![BackendKind::NixlUcx],
         ucx: None,
         hugepages: true,
         kv: None,

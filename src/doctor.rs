@@ -108,6 +108,22 @@ pub struct NixlFacts {
     pub plugins: Vec<PluginFacts>,
 }
 
+/// NIXL's LIBFABRIC plugin and the libfabric it gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LibfabricFacts {
+    /// Whether the plugin can load (files and symbol versions), and which libfabric it binds to.
+    pub check: crate::fabric_plugin::PluginCheck,
+    /// That libfabric as the library itself reports it: version, providers,
+    /// NIXL's pick (when kvprobe could load it).
+    #[serde(flatten)]
+    pub report: Option<crate::fabric::FabricReport>,
+    /// Why kvprobe could not load that libfabric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_error: Option<String>,
+    /// FI_*, NIXL_LIBFABRIC_* and NIXL_DISABLE_DMABUF as set.
+    pub env: Vec<(String, String)>,
+}
+
 /// A UCX loadable module (`<libucp dir>/ucx/libuct_ib_efa.so...`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModuleFacts {
@@ -184,6 +200,14 @@ pub struct Facts {
     pub nixl: Option<NixlFacts>,
     /// Why NIXL is unusable.
     pub nixl_error: Option<String>,
+    /// NIXL's LIBFABRIC plugin, when this NIXL has one.
+    #[serde(default)]
+    pub libfabric: Option<LibfabricFacts>,
+    /// Libraries mapped twice into this process, from different files, once
+    /// NIXL and UCX were loaded (`libibverbs`: the wheel's hashed copy and the
+    /// system's): family, files.
+    #[serde(default)]
+    pub duplicate_libs: Vec<(String, Vec<PathBuf>)>,
     /// UCX, when found.
     pub ucx: Option<UcxFacts>,
     /// Why UCX is unusable.
@@ -282,10 +306,13 @@ pub fn gather(opts: &GatherOptions) -> Facts {
         Ok(n) => (Some(n), None),
         Err(e) => (None, Some(e)),
     };
+    let libfabric = nixl.as_ref().and_then(gather_libfabric);
     let (ucx, ucx_error) = match gather_ucx(opts.ucx_lib.clone(), nixl.as_ref().map(|n| &n.location), &topology) {
         Ok(u) => (Some(u), None),
         Err(e) => (None, Some(e)),
     };
+    // after NIXL and UCX (and UCX's transport modules) are loaded
+    let duplicate_libs = duplicate_libs(&std::fs::read_to_string("/proc/self/maps").unwrap_or_default());
     Facts {
         kvprobe: crate::version().into(),
         host: crate::hostinfo::hostname(),
@@ -293,6 +320,8 @@ pub fn gather(opts: &GatherOptions) -> Facts {
         env,
         nixl,
         nixl_error,
+        libfabric,
+        duplicate_libs,
         ucx,
         ucx_error,
         topology,
@@ -305,6 +334,11 @@ pub fn gather(opts: &GatherOptions) -> Facts {
 
 fn gather_nixl(cli: Option<PathBuf>) -> Result<NixlFacts, String> {
     let loc = locate::locate(&Inputs::from_env(cli)).map_err(|e| e.to_string())?;
+    let plugin_dir = plugin_dir_of(&loc);
+    // The LIBFABRIC plugin binds to the libfabric kvprobe's helpers would give
+    // it (loaded first when the loader would not find it by itself), before
+    // NIXL can load any plugin; a failure here shows in the plugin's own facts.
+    let _ = crate::fabric_plugin::prepare(Some(&plugin_dir));
     let nixl = Nixl::open(&loc.lib).map_err(|e| e.to_string())?;
     let agent = Agent::new(
         &nixl,
@@ -312,8 +346,6 @@ fn gather_nixl(cli: Option<PathBuf>) -> Result<NixlFacts, String> {
         &AgentConfig { progress_thread: false, ..AgentConfig::default() },
     )
     .map_err(|e| e.to_string())?;
-    let plugin_dir =
-        loc.plugin_dir.clone().unwrap_or_else(|| loc.lib.parent().unwrap_or(Path::new("/")).join("plugins"));
     let mut plugins = Vec::new();
     for name in agent.available_plugins().map_err(|e| e.to_string())? {
         let file = plugin_dir.join(format!("libplugin_{name}.so"));
@@ -323,6 +355,15 @@ fn gather_nixl(cli: Option<PathBuf>) -> Result<NixlFacts, String> {
             Err(e) => (false, Vec::new(), Some(e.to_string())),
         };
         let missing_libs = match (&file, loads) {
+            // the plugin's whole closure and the symbol versions it needs
+            (Some(f), false) if name == "LIBFABRIC" => {
+                let c = crate::fabric_plugin::check_plugin(f);
+                c.missing
+                    .iter()
+                    .map(|m| m.name.clone())
+                    .chain(c.version_gaps.iter().map(|g| format!("{} with {}", g.name, g.missing.join(", "))))
+                    .collect()
+            }
             (Some(f), false) => crate::elf::missing_needed(f).unwrap_or_default(),
             _ => Vec::new(),
         };
@@ -330,6 +371,72 @@ fn gather_nixl(cli: Option<PathBuf>) -> Result<NixlFacts, String> {
     }
     let version = nixl.version().or_else(|| loc.version.clone());
     Ok(NixlFacts { location: loc, version, plugins })
+}
+
+/// The family of a library file: `libibverbs-1de1263b.so.1.14.48.0` and
+/// `libibverbs.so.1` are both `libibverbs` (wheels add a hash to the name).
+fn lib_family(file: &str) -> Option<&str> {
+    let stem = file.split(".so").next()?;
+    if stem.len() == file.len() || !stem.starts_with("lib") {
+        return None;
+    }
+    // a trailing -<8 hex digits> is a wheel's hash
+    Some(match stem.rsplit_once('-') {
+        Some((f, h)) if h.len() == 8 && h.chars().all(|c| c.is_ascii_hexdigit()) => f,
+        _ => stem,
+    })
+}
+
+/// Families of the libraries NIXL's processes carry copies of, mapped from
+/// more than one file (in /proc/self/maps text).
+fn duplicate_libs(maps: &str) -> Vec<(String, Vec<PathBuf>)> {
+    const WATCH: &[&str] = &[
+        "libibverbs",
+        "librdmacm",
+        "libnl-3",
+        "libnl-route-3",
+        "libefa",
+        "libmlx5",
+        "libfabric",
+        "libucp",
+        "libucs",
+        "libuct",
+        "libnuma",
+        "libhwloc",
+        "libcudart",
+    ];
+    let mut by: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.starts_with('/')) {
+        let file = path.rsplit('/').next().unwrap_or(path);
+        let Some(fam) = lib_family(file).filter(|f| WATCH.contains(f)) else { continue };
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path));
+        let v = by.entry(fam.to_string()).or_default();
+        if !v.contains(&real) {
+            v.push(real);
+        }
+    }
+    by.into_iter().filter(|(_, v)| v.len() > 1).collect()
+}
+
+fn plugin_dir_of(loc: &NixlLocation) -> PathBuf {
+    loc.plugin_dir.clone().unwrap_or_else(|| loc.lib.parent().unwrap_or(Path::new("/")).join("plugins"))
+}
+
+/// The LIBFABRIC plugin's view: whether it loads and why not, and its
+/// libfabric read through the library itself (after NIXL loaded the plugin,
+/// so kvprobe opens the very file the plugin bound to).
+fn gather_libfabric(n: &NixlFacts) -> Option<LibfabricFacts> {
+    let plugin = plugin_dir_of(&n.location).join("libplugin_LIBFABRIC.so");
+    if !plugin.is_file() {
+        return None;
+    }
+    let check = crate::fabric_plugin::check_plugin(&plugin);
+    let lib = crate::fabric::mapped_libfabric().or_else(|| check.libfabric.path.clone());
+    let (report, load_error) = match lib {
+        Some(l) => crate::fabric_plugin::report_in_child(&l),
+        None => (None, None),
+    };
+    Some(LibfabricFacts { check, report, load_error, env: crate::fabric_plugin::fi_env() })
 }
 
 fn gather_ucx(cli: Option<PathBuf>, nixl: Option<&NixlLocation>, topo: &Topology) -> Result<UcxFacts, String> {
@@ -548,11 +655,7 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
                 };
                 let (sev, fix) = match p.name.as_str() {
                     "UCX" => (Severity::Error, "the UCX plugin is what vLLM's NixlConnector uses by default: repair the NIXL install (its wheel bundles UCX)".to_string()),
-                    "LIBFABRIC" if t.has_efa() => (
-                        Severity::Warning,
-                        "this host has EFA, where NIXL's LIBFABRIC backend is the recommended one: install the AWS EFA software (libfabric with the efa provider) so libfabric.so.1 resolves; libcuda.so.1 comes with the NVIDIA driver".to_string(),
-                    ),
-                    // shown in the NIXL section; not a finding unless it matters here
+                    // LIBFABRIC: its own finding below (libfabric-plugin-unavailable); others are listed, not flagged
                     _ => continue,
                 };
                 out.push(finding(sev, "nixl-plugin-unloadable", format!("NIXL plugin {} does not load", p.name), why, fix));
@@ -563,10 +666,30 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
                     "nixl-efa-prefers-libfabric",
                     "on EFA, NIXL recommends its LIBFABRIC backend over UCX",
                     format!("{} EFA device(s) in /sys/class/infiniband; NIXL prints the same advice when the UCX backend is created", t.rdma.iter().filter(|d| d.efa).count()),
-                    "compare both: kvprobe sweep --backend nixl --backend-param ... (LIBFABRIC) and the UCX default; vLLM: kv_connector_extra_config={\"backends\":[\"LIBFABRIC\"]}",
+                    "compare both: kvprobe sweep --backend nixl-ucx,nixl-libfabric (or kvprobe compare --backend nixl-ucx --backend nixl-libfabric); vLLM: kv_connector_extra_config={\"backends\":[\"LIBFABRIC\"]}",
                 ));
             }
         }
+    }
+    let mut carriers = Vec::new();
+    if let (Some(n), Some(lf)) = (&f.nixl, &f.libfabric) {
+        diagnose_libfabric(f, n, lf, &mut out, &mut carriers);
+    }
+    if !f.duplicate_libs.is_empty() {
+        let list: Vec<String> = f
+            .duplicate_libs
+            .iter()
+            .map(|(fam, files)| {
+                format!("{fam}: {}", files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" and "))
+            })
+            .collect();
+        out.push(finding(
+            Severity::Warning,
+            "duplicate-libraries",
+            "two copies of the same library in one NIXL process",
+            format!("after loading NIXL and UCX, this process maps {}", list.join("; ")),
+            "NIXL's wheel carries its own rdma-core and libnl (hashed names); a UCX module that links a system library (uct_ib_efa -> libefa.so.1 -> libibverbs.so.1 -> libnl) brings the system's copies too. Seen on a Debian host with ibverbs-providers installed: every NIXL process then died with SIGSEGV at exit (rtnl_tc_unregister in libnl-route). Use one rdma-core: NIXL built against the system's (or the EFA installer's), or no system libefa next to the wheel",
+        ));
     }
     if let Some(v) = env(f, "NIXL_LOG_LEVEL") {
         if ["debug", "trace"].contains(&v.to_ascii_lowercase().as_str()) {
@@ -581,7 +704,6 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
     }
 
     // ---- UCX
-    let mut carriers = Vec::new();
     match &f.ucx {
         None => out.push(finding(
             Severity::Error,
@@ -752,6 +874,151 @@ pub fn diagnose(f: &Facts) -> Diagnosis {
     out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.id.cmp(&b.id)));
     let exit_code = out.iter().map(|x| x.severity.exit_code()).max().unwrap_or(0);
     Diagnosis { carriers, findings: out, exit_code }
+}
+
+/// NIXL's LIBFABRIC plugin: whether it loads and why not, and which
+/// provider its rails would use. Informational, except on EFA hosts, where
+/// LIBFABRIC is NIXL's recommended backend and its absence costs bandwidth.
+fn diagnose_libfabric(
+    f: &Facts,
+    n: &NixlFacts,
+    lf: &LibfabricFacts,
+    out: &mut Vec<Finding>,
+    carriers: &mut Vec<Carrier>,
+) {
+    let efa = f.topology.has_efa();
+    let sev = if efa { Severity::Warning } else { Severity::Info };
+    let loads = n.plugins.iter().any(|p| p.name == "LIBFABRIC" && p.loads);
+    let fi_provider = env(f, "FI_PROVIDER").map(|v| format!("; FI_PROVIDER={v}")).unwrap_or_default();
+    if !loads {
+        let mut reasons = lf.check.reasons();
+        if reasons.is_empty() {
+            let nixl_err = n.plugins.iter().find(|p| p.name == "LIBFABRIC").and_then(|p| p.error.clone());
+            reasons.push(format!(
+                "every file and symbol version it needs is there, but NIXL refused it: {} (NIXL_LOG_LEVEL=DEBUG says why)",
+                nixl_err.unwrap_or_default()
+            ));
+        }
+        out.push(finding(
+            sev,
+            "libfabric-plugin-unavailable",
+            "NIXL's LIBFABRIC plugin cannot load here",
+            format!("{}: {}", lf.check.plugin.display(), reasons.join("; ")),
+            if efa {
+                "on EFA, LIBFABRIC (efa provider) is NIXL's recommended backend: install the AWS EFA software (libfabric with the efa provider, /opt/amazon/efa/lib) and the CUDA runtime; docs/SETUP.md, 'Getting a NIXL that can use EFA'"
+            } else {
+                "only needed for --backend nixl-libfabric (the UCX backend, vLLM's default, is unaffected); each reason above says what to install"
+            },
+        ));
+        carriers.push(Carrier {
+            path: "NIXL LIBFABRIC".into(),
+            carrier: "unavailable (the plugin cannot load)".into(),
+            severity: sev,
+        });
+        return;
+    }
+    let Some(r) = &lf.report else {
+        carriers.push(Carrier {
+            path: "NIXL LIBFABRIC".into(),
+            carrier: format!("loads; libfabric not readable ({})", lf.load_error.clone().unwrap_or_default()),
+            severity: Severity::Info,
+        });
+        return;
+    };
+    // kvprobe reproduces NIXL 1.5's rule; a later NIXL may pick otherwise
+    let rule = crate::fabric_plugin::nixl_rule_applies(n.version.as_deref());
+    let rule_note = if rule {
+        String::new()
+    } else {
+        format!(
+            " (NIXL 1.5's rule; this NIXL is {}: its rule may differ)",
+            n.version.as_deref().unwrap_or("of unknown version")
+        )
+    };
+    match &r.nixl_pick {
+        None => {
+            out.push(finding(
+                match (rule, efa) {
+                    (false, _) => Severity::Info,
+                    (true, true) => Severity::Error,
+                    (true, false) => Severity::Warning,
+                },
+                "libfabric-no-rail-provider",
+                "NIXL's LIBFABRIC backend will find no provider for its rails",
+                format!(
+                    "libfabric {} [{}]: {}{fi_provider}; providers here: {}{rule_note}",
+                    r.version,
+                    r.library.display(),
+                    r.nixl_pick_error.clone().unwrap_or_else(|| "no cxi, efa, tcp or sockets provider offers RDM endpoints with MSG and RMA".into()),
+                    provider_names(r)
+                ),
+                "the plugin only builds rails on cxi, efa, tcp or sockets (FI_PROVIDER must allow one of them; shm is never a rail); creating the backend fails otherwise",
+            ));
+            carriers.push(Carrier { path: "NIXL LIBFABRIC".into(), carrier: "no rail provider".into(), severity: sev });
+        }
+        Some(p) => {
+            let tcp = p.provider == "tcp" || p.provider == "sockets";
+            if tcp && efa {
+                out.push(finding(
+                    Severity::Warning,
+                    "libfabric-efa-unused",
+                    "this host has EFA, but NIXL's LIBFABRIC backend would run over TCP",
+                    format!(
+                        "libfabric {} [{}] offers {}{fi_provider}; NIXL's rule (cxi, efa, tcp, sockets) picks {} on {}{rule_note}",
+                        r.version,
+                        r.library.display(),
+                        provider_names(r),
+                        p.provider,
+                        p.domains.join(", ")
+                    ),
+                    "use a libfabric with the efa provider (the AWS EFA installer's, /opt/amazon/efa/lib; KVPROBE_LIBFABRIC_LIB) and leave FI_PROVIDER unset or efa",
+                ));
+            } else if tcp {
+                out.push(finding(
+                    Severity::Info,
+                    "libfabric-tcp",
+                    format!("NIXL's LIBFABRIC backend would run over {} here", p.provider),
+                    format!(
+                        "libfabric {} [{}]: no cxi or efa provider; NIXL's rule takes the first {} domain, {} ({}); FI_HMEM: {}{rule_note}",
+                        r.version,
+                        r.library.display(),
+                        p.provider,
+                        p.domains.first().map_or("?", String::as_str),
+                        p.fabrics.first().map_or("?", String::as_str),
+                        if p.hmem { "yes" } else { "no (GPU memory would be registered as host memory)" }
+                    ),
+                    "fine to compare backends; for prefill and decode on one host, UCX's shared memory and cuda_ipc are faster than any libfabric rail",
+                ));
+            }
+            if p.rail_providers.iter().any(|x| x != &p.provider) {
+                out.push(finding(
+                    Severity::Info,
+                    "libfabric-rail-provider-differs",
+                    "the plugin's rails would be built on another provider than it picked",
+                    format!("picked {}, rails on {}", p.provider, p.rail_providers.join(", ")),
+                    "expected with utility providers (ofi_rxm over tcp); the rows' transport says what ran",
+                ));
+            }
+            carriers.push(Carrier {
+                path: "NIXL LIBFABRIC".into(),
+                carrier: format!(
+                    "{} on {} (libfabric {}{})",
+                    p.provider,
+                    p.domains.join(", "),
+                    r.version,
+                    if p.hmem { ", FI_HMEM" } else { "" }
+                ),
+                severity: if tcp { sev } else { Severity::Info },
+            });
+        }
+    }
+}
+
+fn provider_names(r: &crate::fabric::FabricReport) -> String {
+    let mut v: Vec<&str> = r.providers.iter().map(|p| p.provider.as_str()).collect();
+    v.sort_unstable();
+    v.dedup();
+    if v.is_empty() { "none".into() } else { v.join(", ") }
 }
 
 fn dedup(mut v: Vec<i32>) -> Vec<i32> {
@@ -1103,5 +1370,38 @@ fn worst(flags: &[Flag]) -> Severity {
         Severity::Info
     } else {
         Severity::Warning
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_families_ignore_wheel_hashes() {
+        assert_eq!(lib_family("libibverbs-1de1263b.so.1.14.48.0"), Some("libibverbs"));
+        assert_eq!(lib_family("libibverbs.so.1"), Some("libibverbs"));
+        assert_eq!(lib_family("libnl-route-3-3ad497a3.so.200.26.0"), Some("libnl-route-3"));
+        assert_eq!(lib_family("libnl-route-3.so.200"), Some("libnl-route-3"));
+        assert_eq!(lib_family("kvprobe"), None);
+        assert_eq!(lib_family("ld-linux-x86-64.so.2"), None);
+    }
+
+    #[test]
+    fn two_files_of_one_family_are_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("libnl-route-3-3ad497a3.so.200.26.0");
+        let b = tmp.path().join("libnl-route-3.so.200");
+        let c = tmp.path().join("libucp.so.0");
+        for p in [&a, &b, &c] {
+            std::fs::write(p, b"").unwrap();
+        }
+        let line = |p: &Path| format!("7f00-7f01 r-xp 00000000 08:01 1234 {}\n", p.display());
+        let maps = [line(&a), line(&a), line(&b), line(&c), "7f02-7f03 rw-p 00000000 00:00 0 [heap]\n".into()].concat();
+        let d = duplicate_libs(&maps);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].0, "libnl-route-3");
+        assert_eq!(d[0].1.len(), 2);
+        assert!(duplicate_libs(&[line(&a), line(&c)].concat()).is_empty());
     }
 }

@@ -14,6 +14,8 @@ pub mod cuda;
 pub mod doctor;
 pub mod elf;
 pub mod engine;
+pub mod fabric;
+pub mod fabric_plugin;
 pub mod hostinfo;
 pub mod kv;
 pub mod locate;

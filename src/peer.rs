@@ -20,7 +20,7 @@ use crate::mem::Verify;
 use crate::nixl::AgentConfig;
 
 /// Protocol version; both sides must agree.
-pub const PROTOCOL: u32 = 4;
+pub const PROTOCOL: u32 = 5;
 
 /// Largest message accepted (metadata of a big registration is a few MB at most).
 const MAX_MESSAGE: u32 = 64 << 20;
@@ -314,34 +314,100 @@ pub struct UcxReady {
     pub applied: Vec<(String, String)>,
 }
 
-/// A transfer engine kvprobe measures.
+/// A transfer engine kvprobe measures: NIXL with one of its network
+/// plugins, or UCX's UCP API directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
 pub enum BackendKind {
-    /// NIXL (with its backend plugin, UCX by default).
-    Nixl,
+    /// NIXL with its UCX plugin (vLLM's NixlConnector default; `nixl` is an alias).
+    #[serde(rename = "nixl-ucx", alias = "nixl")]
+    NixlUcx,
+    /// NIXL with its LIBFABRIC plugin (libfabric's providers: efa, tcp, ...).
+    #[serde(rename = "nixl-libfabric")]
+    NixlLibfabric,
     /// UCX's UCP API directly: put/get with remote keys, no NIXL.
+    #[serde(rename = "ucx")]
     Ucx,
+}
+
+impl BackendKind {
+    /// Every backend, in the order rows of one point are listed.
+    pub const ALL: [BackendKind; 3] = [BackendKind::NixlUcx, BackendKind::NixlLibfabric, BackendKind::Ucx];
+
+    /// The NIXL plugin this backend creates (None: raw UCX).
+    pub fn nixl_plugin(self) -> Option<&'static str> {
+        match self {
+            BackendKind::NixlUcx => Some("UCX"),
+            BackendKind::NixlLibfabric => Some("LIBFABRIC"),
+            BackendKind::Ucx => None,
+        }
+    }
+
+    /// Whether the bytes go through NIXL.
+    pub fn is_nixl(self) -> bool {
+        self.nixl_plugin().is_some()
+    }
+
+    /// The engine, as rows record it in `backend`: `nixl` or `ucx`.
+    pub fn engine(self) -> &'static str {
+        if self.is_nixl() { "nixl" } else { "ucx" }
+    }
+
+    /// The name on the command line and in tables: `nixl-ucx`, `nixl-libfabric`, `ucx`.
+    pub fn label(self) -> &'static str {
+        match self {
+            BackendKind::NixlUcx => "nixl-ucx",
+            BackendKind::NixlLibfabric => "nixl-libfabric",
+            BackendKind::Ucx => "ucx",
+        }
+    }
+
+    /// The backend of a row, from its `backend` and `plugin` fields (rows
+    /// written before LIBFABRIC was measured say `nixl` and `UCX`).
+    pub fn of_row(backend: &str, plugin: &str) -> Option<BackendKind> {
+        match backend {
+            "ucx" => Some(BackendKind::Ucx),
+            "nixl" if plugin.eq_ignore_ascii_case("LIBFABRIC") => Some(BackendKind::NixlLibfabric),
+            "nixl" if plugin.eq_ignore_ascii_case("UCX") || plugin.is_empty() => Some(BackendKind::NixlUcx),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for BackendKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BackendKind::Nixl => "nixl",
-            BackendKind::Ucx => "ucx",
-        })
+        f.write_str(self.label())
     }
 }
 
 impl std::str::FromStr for BackendKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "nixl" => Ok(BackendKind::Nixl),
+        match s.trim().to_ascii_lowercase().as_str() {
+            "nixl" | "nixl-ucx" => Ok(BackendKind::NixlUcx),
+            "nixl-libfabric" | "libfabric" => Ok(BackendKind::NixlLibfabric),
             "ucx" => Ok(BackendKind::Ucx),
-            _ => Err(format!("unknown backend '{s}' (expected nixl or ucx)")),
+            _ => Err(format!("unknown backend '{s}' (expected nixl-ucx, nixl-libfabric or ucx; nixl means nixl-ucx)")),
         }
     }
+}
+
+/// The NIXL backend parameters for `plugin` out of `--backend-param` values:
+/// unscoped keys apply to every NIXL backend, `ucx:KEY` and `libfabric:KEY`
+/// only to that plugin (the scope is dropped).
+pub fn params_for(plugin: &str, all: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    // unscoped first, so a scoped value for this plugin wins
+    for (k, v) in all.iter().filter(|(k, _)| !k.contains(':')) {
+        out.insert(k.clone(), v.clone());
+    }
+    for (k, v) in all {
+        if let Some((scope, key)) = k.split_once(':') {
+            if scope.eq_ignore_ascii_case(plugin) {
+                out.insert(key.to_string(), v.clone());
+            }
+        }
+    }
+    out
 }
 
 /// Control-channel failures, each naming what was being waited for.
@@ -671,6 +737,42 @@ pub fn new_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backends_are_named_as_the_command_line_names_them() {
+        assert_eq!("nixl".parse::<BackendKind>(), Ok(BackendKind::NixlUcx));
+        assert_eq!("NIXL-UCX".parse::<BackendKind>(), Ok(BackendKind::NixlUcx));
+        assert_eq!("nixl-libfabric".parse::<BackendKind>(), Ok(BackendKind::NixlLibfabric));
+        assert_eq!("ucx".parse::<BackendKind>(), Ok(BackendKind::Ucx));
+        assert!("nixl-verbs".parse::<BackendKind>().unwrap_err().contains("nixl-libfabric"));
+        for b in BackendKind::ALL {
+            assert_eq!(b.label().parse::<BackendKind>(), Ok(b));
+            // serde writes the label; an old "nixl" still reads
+            assert_eq!(serde_json::to_string(&b).unwrap(), format!("\"{}\"", b.label()));
+            // a row's engine and plugin name the backend back
+            assert_eq!(BackendKind::of_row(b.engine(), b.nixl_plugin().unwrap_or("UCP")), Some(b));
+        }
+        assert_eq!(serde_json::from_str::<BackendKind>("\"nixl\"").unwrap(), BackendKind::NixlUcx);
+        // rows written before LIBFABRIC was measured
+        assert_eq!(BackendKind::of_row("nixl", "UCX"), Some(BackendKind::NixlUcx));
+        assert_eq!(BackendKind::of_row("nixl", "GDS"), None);
+    }
+
+    #[test]
+    fn backend_params_are_scoped_per_plugin() {
+        let all: BTreeMap<String, String> =
+            [("num_threads", "4"), ("ucx:ucx_error_handling_mode", "none"), ("libfabric:num_threads", "2")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let ucx = params_for("UCX", &all);
+        assert_eq!(ucx.get("num_threads").map(String::as_str), Some("4"));
+        assert_eq!(ucx.get("ucx_error_handling_mode").map(String::as_str), Some("none"));
+        let lf = params_for("LIBFABRIC", &all);
+        assert_eq!(lf.get("num_threads").map(String::as_str), Some("2"), "the scoped value wins");
+        assert!(!lf.contains_key("ucx_error_handling_mode"));
+        assert!(lf.keys().all(|k| !k.contains(':')));
+    }
     use std::net::TcpListener;
 
     #[test]

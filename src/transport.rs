@@ -234,6 +234,10 @@ pub fn lane_transport(lane: &str) -> &str {
 pub const SHM: &[&str] = &["posix", "sysv", "xpmem", "knem", "cma"];
 /// RDMA transports of UCX.
 pub const RDMA: &[&str] = &["rc_mlx5", "rc_verbs", "dc_mlx5", "ud_mlx5", "ud_verbs", "srd", "gga_mlx5", "rc_gda"];
+/// RDMA providers of libfabric (the lanes of LIBFABRIC rows are `provider/device`).
+pub const FABRIC_RDMA: &[&str] = &["efa", "verbs", "cxi", "psm3", "opx"];
+/// TCP providers of libfabric.
+pub const FABRIC_TCP: &[&str] = &["tcp", "sockets"];
 
 /// What kvprobe finds wrong with a path. `intra_node`: both ends on one
 /// host. `resources`: what this host's UCX offers (its device view).

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::report::schema::{Row, SweepResults};
 use crate::topology::Topology;
-use crate::transport::{RDMA, SHM, lane_transport};
+use crate::transport::{FABRIC_RDMA, FABRIC_TCP, RDMA, SHM, lane_transport};
 
 /// A grade; the worst grade of its parts is the whole's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -109,7 +109,7 @@ pub struct Expected {
 /// The verdict on one path.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PathVerdict {
-    /// Backend (`nixl`, `ucx`).
+    /// Backend (`nixl-ucx`, `nixl-libfabric`, `ucx`).
     pub backend: String,
     /// `READ` or `WRITE`.
     pub op: String,
@@ -195,11 +195,11 @@ fn class_of(lanes: &[String]) -> &'static str {
     let names: Vec<&str> = lanes.iter().map(|l| lane_transport(l)).collect();
     if names.is_empty() {
         "other"
-    } else if names.contains(&"tcp") {
+    } else if names.iter().any(|n| FABRIC_TCP.contains(n)) {
         "tcp"
     } else if names.iter().all(|n| SHM.contains(n)) {
         "shm"
-    } else if names.iter().any(|n| RDMA.contains(n)) {
+    } else if names.iter().any(|n| RDMA.contains(n) || FABRIC_RDMA.contains(n)) {
         "rdma"
     } else if names.contains(&"cuda_ipc") {
         "cuda_ipc"
@@ -235,14 +235,14 @@ pub fn judge(r: &SweepResults, facts: &Facts, th: &Thresholds, memcpy_gbps: Opti
     let resources = r.header.ucx.as_ref().map_or(&[][..], |u| &u.resources[..]);
     let mut keys: Vec<(String, String)> = Vec::new();
     for row in &r.rows {
-        let k = (row.backend.clone(), row.op.to_string());
+        let k = (row.label(), row.op.to_string());
         if !keys.contains(&k) {
             keys.push(k);
         }
     }
     let mut paths = Vec::new();
     for (backend, op) in keys {
-        let rows: Vec<&Row> = r.rows.iter().filter(|x| x.backend == backend && x.op.to_string() == op).collect();
+        let rows: Vec<&Row> = r.rows.iter().filter(|x| x.label() == backend && x.op.to_string() == op).collect();
         let mut lanes: Vec<String> = Vec::new();
         let mut reasons: Vec<Reason> = Vec::new();
         let mut seen_flags: Vec<String> = Vec::new();
@@ -317,7 +317,8 @@ pub fn judge(r: &SweepResults, facts: &Facts, th: &Thresholds, memcpy_gbps: Opti
             reasons.push(Reason {
                 grade: Grade::Warn,
                 check: "transport".into(),
-                text: "UCX did not say what carried some rows".into(),
+                text: "what carried some rows is unknown (UCX's protocol table, or the LIBFABRIC plugin's log, said nothing)"
+                    .into(),
             });
         }
         let measured = large_rate(&rows, th);
@@ -460,7 +461,7 @@ fn expected_rate(
             // the instance type's per-device EFA rate.
             let mut devs: Vec<(&str, Option<u32>)> = lanes
                 .iter()
-                .filter(|l| RDMA.contains(&lane_transport(l)))
+                .filter(|l| RDMA.contains(&lane_transport(l)) || FABRIC_RDMA.contains(&lane_transport(l)))
                 .map(|l| {
                     let d = lane_device(l);
                     let (name, port) = d.split_once(':').unwrap_or((d, ""));
@@ -586,6 +587,32 @@ mod tests {
             instance_type: Some(instance.into()),
             ..Facts::default()
         }
+    }
+
+    #[test]
+    fn libfabric_rows_are_judged_by_their_provider() {
+        // rows as a nixl-libfabric sweep writes them: engine nixl, plugin LIBFABRIC
+        let mut r = base();
+        for row in &mut r.rows {
+            row.plugin = "LIBFABRIC".into();
+        }
+        // the efa provider across hosts: RDMA, judged against the EFA devices' rate
+        set_lanes(&mut r, &["efa/rdmap79s0"], &[]);
+        other_host(&mut r);
+        rows_at(&mut r, 10.0);
+        let v = judge(&r, &efa_host("p5.48xlarge"), &Thresholds::default(), None);
+        let p = &v.paths[0];
+        assert_eq!((p.backend.as_str(), p.class.as_str()), ("nixl-libfabric", "rdma"), "{v:#?}");
+        assert!(p.expected.as_ref().is_some_and(|e| e.basis.contains("rdmap79s0")), "{p:#?}");
+        // the tcp provider on an EFA host: TCP although RDMA hardware exists fails, as for UCX
+        set_lanes(&mut r, &["tcp/eth0"], &["libfabric-tcp"]);
+        let v = judge(&r, &efa_host("p5.48xlarge"), &Thresholds::default(), None);
+        assert_eq!(v.paths[0].class, "tcp");
+        assert_eq!(v.grade, Grade::Fail, "{v:#?}");
+        assert!(v.paths[0].reasons.iter().any(|x| x.check == "libfabric-tcp" && x.grade == Grade::Warn));
+        // sockets counts as TCP too
+        set_lanes(&mut r, &["sockets/eth0"], &[]);
+        assert_eq!(judge(&r, &Facts::default(), &Thresholds::default(), None).paths[0].class, "tcp");
     }
 
     #[test]

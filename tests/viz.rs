@@ -247,15 +247,15 @@ fn viz_plots_bench_and_transport_results() {
     assert_eq!(series_names(file(&idx, "ttft_vs_concurrency.svg"), "data"), vec![CONC, PD]);
     assert_eq!(series_names(file(&idx, "tpot_vs_request_rate.svg"), "data"), vec![RATE]);
     assert_eq!(file(&idx, "ttft_vs_request_rate.png")["chart"], "ttft_vs_request_rate");
-    // transport: one series per (input, backend, op); compare settings by their labels
+    // transport: one series per (input, backend as --backend names it, op); compare settings by their labels
     assert_eq!(
         series_names(file(&idx, "transport_gbps.svg"), "data"),
         vec![
-            "shm nixl READ",
+            "shm nixl-ucx READ",
             "shm ucx READ",
-            "pack/default nixl READ",
+            "pack/default nixl-ucx READ",
             "pack/default ucx READ",
-            "pack/tcp nixl READ",
+            "pack/tcp nixl-ucx READ",
             "pack/tcp ucx READ"
         ]
     );

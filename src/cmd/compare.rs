@@ -28,6 +28,10 @@ pub struct CompareArgs {
     /// Placement, repeatable: pack (target on this host) or spread (the `kvprobe serve` at --peer) [default: spread with --peer, else pack]
     #[arg(long = "placement", value_name = "pack|spread")]
     pub placements: Vec<String>,
+    /// A backend to measure, repeatable, each in its own sweep and column (nixl-ucx, nixl-libfabric, ucx)
+    /// [default: the sweep's --backend, from the sweep arguments]
+    #[arg(long = "backend", value_name = "BACKEND")]
+    pub backends: Vec<crate::peer::BackendKind>,
     /// `kvprobe serve` on another host (needed for spread)
     #[arg(long, value_name = "HOST:PORT")]
     pub peer: Option<String>,
@@ -57,6 +61,9 @@ pub struct Setting {
     pub tls: Option<String>,
     /// `pack` or `spread`.
     pub placement: String,
+    /// The backend measured (None: the sweep arguments chose).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
     /// The sweep's folder.
     pub dir: PathBuf,
     /// The sweep's exit code.
@@ -105,6 +112,19 @@ pub fn run(a: CompareArgs) -> Result<ExitCode, CliError> {
             other => return Err(CliError::usage(anyhow!("unknown placement '{other}' (pack, spread)"))),
         }
     }
+    let mut backends: Vec<Option<crate::peer::BackendKind>> = Vec::new();
+    for b in &a.backends {
+        if !backends.contains(&Some(*b)) {
+            backends.push(Some(*b));
+        }
+    }
+    if backends.is_empty() {
+        backends.push(None);
+    } else if a.sweep_args.iter().any(|x| x == "--backend" || x.starts_with("--backend=")) {
+        return Err(CliError::usage(anyhow!(
+            "--backend is given to compare (one column each); leave it out of the sweep arguments"
+        )));
+    }
     for forbidden in ["--out", "--ucx-tls", "--peer", "--token", "--json"] {
         if a.sweep_args.iter().any(|x| x == forbidden || x.starts_with(&format!("{forbidden}="))) {
             return Err(CliError::usage(anyhow!(
@@ -129,55 +149,67 @@ pub fn run(a: CompareArgs) -> Result<ExitCode, CliError> {
     };
     let mut runs: Vec<(Setting, Option<SweepResults>)> = Vec::new();
     let mut warned_tls = false;
+    let mut settings: Vec<(&String, &Option<String>, Option<crate::peer::BackendKind>)> = Vec::new();
     for p in &placements {
         for t in &tls {
-            if crate::child::interrupted() {
-                break;
-            }
-            let label = format!("{p}/{}", t.as_deref().unwrap_or("default"));
-            // numbered, so settings that differ only in punctuation never share a folder
-            let dir = out.join(format!("{}-{}", runs.len() + 1, label.replace(['/', ',', '^', ' '], "_")));
-            let _ = std::fs::remove_file(dir.join("results.json"));
-            eprintln!("compare: {label} ...");
-            if p == "spread" && runs.iter().any(|(s, _)| s.placement == "spread") {
-                // serve frees its slot once the previous session's target is reaped
-                std::thread::sleep(std::time::Duration::from_secs(1));
-            }
-            if p == "spread" && t.is_some() && !warned_tls {
-                warned_tls = true;
-                eprintln!(
-                    "compare: note: --tls sets UCX_TLS for this host's process; the far end uses the UCX_TLS of `kvprobe serve`'s environment (each row's transport says what carried it)"
-                );
-            }
-            let mut c = Command::new(&exe);
-            c.args(["sweep", "-q", "--no-fail", "--out"]).arg(&dir);
-            if let Some(t) = t {
-                c.args(["--ucx-tls", t]);
-            }
-            if p == "spread" {
-                c.args(["--peer", a.peer.as_deref().unwrap_or_default()]);
-                if let Some(tok) = &a.token {
-                    c.args(["--token", tok]);
-                }
-            }
-            c.args(&a.sweep_args).stdout(Stdio::null()).stderr(Stdio::inherit());
-            let status = c.status().with_context(|| format!("cannot run the sweep for {label}"))?;
-            let results: Option<SweepResults> =
-                std::fs::read_to_string(dir.join("results.json")).ok().and_then(|s| serde_json::from_str(&s).ok());
-            let s = Setting {
-                label,
-                tls: t.clone(),
-                placement: p.clone(),
-                dir: dir.clone(),
-                exit_code: status.code(),
-                status: results.as_ref().map(|r| r.status),
-                grade: results.as_ref().and_then(|r| r.verdict.as_ref()).map(|v| v.grade),
-            };
-            cr.settings.push(s.clone());
-            report::write_atomic(&out.join("compare.json"), &serde_json::to_vec_pretty(&cr).unwrap_or_default())
-                .context("writing compare.json")?;
-            runs.push((s, results));
+            settings.extend(backends.iter().map(|b| (p, t, *b)));
         }
+    }
+    for (p, t, backend) in settings {
+        if crate::child::interrupted() {
+            break;
+        }
+        let mut label = format!("{p}/{}", t.as_deref().unwrap_or("default"));
+        if let Some(b) = backend {
+            label.push('/');
+            label.push_str(b.label());
+        }
+        // numbered, so settings that differ only in punctuation never share a folder
+        let dir = out.join(format!("{}-{}", runs.len() + 1, label.replace(['/', ',', '^', ' '], "_")));
+        let _ = std::fs::remove_file(dir.join("results.json"));
+        eprintln!("compare: {label} ...");
+        if p == "spread" && runs.iter().any(|(s, _)| s.placement == "spread") {
+            // serve frees its slot once the previous session's target is reaped
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        if p == "spread" && t.is_some() && !warned_tls {
+            warned_tls = true;
+            eprintln!(
+                "compare: note: --tls sets UCX_TLS for this host's process; the far end uses the UCX_TLS of `kvprobe serve`'s environment (each row's transport says what carried it)"
+            );
+        }
+        let mut c = Command::new(&exe);
+        c.args(["sweep", "-q", "--no-fail", "--out"]).arg(&dir);
+        if let Some(t) = t {
+            c.args(["--ucx-tls", t]);
+        }
+        if let Some(b) = backend {
+            c.args(["--backend", b.label()]);
+        }
+        if p == "spread" {
+            c.args(["--peer", a.peer.as_deref().unwrap_or_default()]);
+            if let Some(tok) = &a.token {
+                c.args(["--token", tok]);
+            }
+        }
+        c.args(&a.sweep_args).stdout(Stdio::null()).stderr(Stdio::inherit());
+        let status = c.status().with_context(|| format!("cannot run the sweep for {label}"))?;
+        let results: Option<SweepResults> =
+            std::fs::read_to_string(dir.join("results.json")).ok().and_then(|s| serde_json::from_str(&s).ok());
+        let s = Setting {
+            label,
+            tls: t.clone(),
+            placement: p.clone(),
+            backend: backend.map(|b| b.label().to_string()),
+            dir: dir.clone(),
+            exit_code: status.code(),
+            status: results.as_ref().map(|r| r.status),
+            grade: results.as_ref().and_then(|r| r.verdict.as_ref()).map(|v| v.grade),
+        };
+        cr.settings.push(s.clone());
+        report::write_atomic(&out.join("compare.json"), &serde_json::to_vec_pretty(&cr).unwrap_or_default())
+            .context("writing compare.json")?;
+        runs.push((s, results));
     }
     let mut warnings = Vec::new();
     let mut series = Vec::new();
@@ -221,10 +253,13 @@ pub fn run(a: CompareArgs) -> Result<ExitCode, CliError> {
 pub fn render(runs: &[(Setting, Option<SweepResults>)], out: &Path, warnings: &[String], style: Style) -> String {
     let mut keys: Vec<(String, String, u64)> = Vec::new();
     let mut cells: BTreeMap<(String, String, u64, usize), String> = BTreeMap::new();
+    // with a backend per column, rows are (op, size) and the column names the backend
+    let per_column = runs.iter().any(|(s, _)| s.backend.is_some());
     for (i, (_, r)) in runs.iter().enumerate() {
         let Some(r) = r else { continue };
         for row in r.rows.iter().filter(|x| x.kv.is_none()) {
-            let k = (row.backend.clone(), row.op.to_string(), row.size_bytes);
+            let b = if per_column { String::new() } else { row.label() };
+            let k = (b, row.op.to_string(), row.size_bytes);
             if !keys.contains(&k) {
                 keys.push(k.clone());
             }
@@ -242,23 +277,26 @@ pub fn render(runs: &[(Setting, Option<SweepResults>)], out: &Path, warnings: &[
     }
     keys.sort_by_key(|k| (k.1.clone(), k.2, k.0.clone()));
     let mut t = crate::report::style::table();
-    let mut header = vec!["backend".to_string(), "op".into(), "size".into()];
+    let mut header = if per_column { vec![] } else { vec!["backend".to_string()] };
+    header.extend(["op".to_string(), "size".into()]);
     header.extend(runs.iter().map(|(s, _)| s.label.clone()));
     t.set_header(header);
     for (b, op, size) in &keys {
-        let mut row = vec![b.clone(), op.clone(), Bytes(*size).to_string()];
+        let mut row = if per_column { vec![] } else { vec![b.clone()] };
+        row.extend([op.clone(), Bytes(*size).to_string()]);
         for i in 0..runs.len() {
             row.push(cells.get(&(b.clone(), op.clone(), *size, i)).cloned().unwrap_or_else(|| "-".into()));
         }
         t.add_row(row);
     }
-    if let Some(c) = t.column_mut(2) {
+    if let Some(c) = t.column_mut(if per_column { 1 } else { 2 }) {
         c.set_cell_alignment(CellAlignment::Right);
     }
     let mut out_s =
-        format!("kvprobe compare: {} settings, GB/s (1e9 bytes/s) and the transport UCX used per row\n", runs.len());
+        format!("kvprobe compare: {} settings, GB/s (1e9 bytes/s) and the transport used per row\n", runs.len());
     out_s.push_str(&t.to_string());
     out_s.push('\n');
+    let width = runs.iter().map(|(s, _)| s.label.len()).max().unwrap_or(0).max(24);
     for (s, r) in runs {
         let line = match (r, s.grade) {
             (Some(r), Some(g)) => {
@@ -278,7 +316,7 @@ pub fn render(runs: &[(Setting, Option<SweepResults>)], out: &Path, warnings: &[
             (Some(r), None) => format!("{:?}, no verdict", r.status),
             (None, _) => style.bad(&format!("no results (sweep exit code {:?})", s.exit_code)),
         };
-        out_s.push_str(&format!("  {:<24} {line}   {}\n", s.label, s.dir.display()));
+        out_s.push_str(&format!("  {:<width$} {line}   {}\n", s.label, s.dir.display()));
     }
     for w in warnings {
         out_s.push_str(&style.warn(&format!("warning: {w}\n")));

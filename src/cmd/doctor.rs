@@ -71,5 +71,18 @@ pub fn run(a: DoctorArgs) -> Result<ExitCode, CliError> {
         crate::report::doctor::render(&facts, &diagnosis, &Style::for_stdout())
     };
     let _ = writeln!(out, "{}", text.trim_end());
-    Ok(ExitCode::from(diagnosis.exit_code))
+    let _ = out.flush();
+    drop(out);
+    let _ = std::io::stderr().flush();
+    // NIXL and UCX stay loaded in this process, and their libraries'
+    // destructors can crash it at exit (two copies of libnl: the
+    // duplicate-libraries finding), which would turn the doctor's exit code
+    // into 139. Everything is written: leave without running them.
+    // SAFETY: fflush(NULL) flushes C stdio streams; _exit then ends the
+    // process at once. What is still alive (facts, diagnosis, text) holds
+    // only memory, and every output was flushed above.
+    unsafe {
+        libc::fflush(std::ptr::null_mut());
+        libc::_exit(i32::from(diagnosis.exit_code))
+    }
 }

@@ -98,7 +98,8 @@ pub struct EmulateArgs {
     /// pd: which rows of the results file to use
     #[arg(long, value_enum, default_value_t = KvOp::Read)]
     pub kv_op: KvOp,
-    /// pd: which backend's rows of the results file to use (nixl: what vLLM's NixlConnector drives; falls back to every row when there are none)
+    /// pd: which backend's rows of the results file to use: nixl-ucx (`nixl`: what vLLM's NixlConnector drives by default),
+    /// nixl-libfabric or ucx; falls back to every row when there are none
     #[arg(long, default_value = "nixl", value_name = "NAME")]
     pub kv_backend: String,
     /// pd: fixed cost per KV transfer, microseconds
@@ -190,13 +191,20 @@ fn curve_from(p: &std::path::Path, op: KvOp, backend: &str) -> Result<(Vec<(u64,
         KvOp::Write => crate::nixl::XferOp::Write,
     };
     let usable = |row: &&crate::report::schema::Row| row.op == want && row.gbps > 0.0;
-    let of_backend = r.rows.iter().filter(usable).filter(|row| row.backend == backend).count();
+    // a backend as --backend names it (`nixl` is nixl-ucx, what vLLM's NixlConnector uses by
+    // default); another name matches a row's engine or label as written
+    let kind = backend.parse::<crate::peer::BackendKind>().ok();
+    let of = |row: &&crate::report::schema::Row| match kind {
+        Some(k) => row.label() == k.label(),
+        None => row.backend == backend || row.label() == backend,
+    };
+    let of_backend = r.rows.iter().filter(usable).filter(of).count();
     let rows_used = if of_backend > 0 { format!("{backend} ") } else { String::new() };
     let mut curve: Vec<(u64, f64)> = r
         .rows
         .iter()
         .filter(usable)
-        .filter(|row| of_backend == 0 || row.backend == backend)
+        .filter(|row| of_backend == 0 || of(row))
         .map(|row| (row.size_bytes, row.gbps))
         .collect();
     if curve.is_empty() {

@@ -30,8 +30,7 @@ pub fn run(_: InitiatorArgs) -> Result<ExitCode, CliError> {
     let plan: SweepPlan = serde_json::from_reader(std::io::stdin().lock())
         .context("reading the sweep plan from stdin")
         .map_err(CliError::usage)?;
-    let nixl =
-        if plan.backends.contains(&crate::peer::BackendKind::Nixl) { Some(Nixl::open(&plan.nixl_lib)) } else { None };
+    let nixl = if plan.backends.iter().any(|b| b.is_nixl()) { Some(Nixl::open(&plan.nixl_lib)) } else { None };
     let result = match nixl.transpose() {
         Ok(nixl) => crate::engine::initiator::run(&plan, nixl.as_ref(), &mut |e| emit(&mut out, &e)),
         Err(e) => Err(crate::engine::EngineError::from(e)),

@@ -177,7 +177,7 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
             ops.join(",")
         )));
     }
-    let mut sweep_args = vec!["--ops".to_string(), ops.join(","), "--backend".into(), "nixl".into()];
+    let mut sweep_args = vec!["--ops".to_string(), ops.join(","), "--backend".into(), "nixl-ucx".into()];
     if a.gpus_per_node.is_some() {
         sweep_args.extend(["--src-mem".into(), "vram".into(), "--dst-mem".into(), "vram".into()]);
     }

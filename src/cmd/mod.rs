@@ -8,6 +8,7 @@ pub mod bench;
 pub mod compare;
 pub mod doctor;
 pub mod emulate;
+pub mod fabric_report;
 pub mod info;
 pub mod initiator;
 pub mod kv_shape;
@@ -56,6 +57,9 @@ pub enum Cmd {
     Viz(Box<viz::VizArgs>),
     /// Show where NIXL was found, its version, plugins and backend parameters
     Info(info::InfoArgs),
+    /// (internal) what one libfabric offers, as JSON (doctor runs it in a child process)
+    #[command(name = "__fabric-report", hide = true)]
+    FabricReport(fabric_report::FabricReportArgs),
     /// (internal) serve one initiator session as the target process
     #[command(name = "__target", hide = true)]
     Target(target::TargetArgs),
@@ -105,6 +109,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Launch(a) => launch::run(*a),
         Cmd::Matrix(a) => matrix::run(*a),
         Cmd::Viz(a) => viz::run(*a),
+        Cmd::FabricReport(a) => fabric_report::run(a),
         Cmd::Target(a) => target::run(a),
         Cmd::Initiator(a) => initiator::run(a),
     }

@@ -39,7 +39,18 @@ fn parse_sizes(s: &str) -> Result<SizeList, SizeError> {
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        Some((k, v)) if !k.trim().is_empty() => {
+            let k = k.trim();
+            // a scope names the plugin the key is for
+            if let Some((scope, key)) = k.split_once(':') {
+                if !["ucx", "libfabric"].contains(&scope.to_ascii_lowercase().as_str()) || key.is_empty() {
+                    return Err(format!(
+                        "'{k}': a scoped key is ucx:KEY or libfabric:KEY (the NIXL plugin it is for); '{scope}' is neither"
+                    ));
+                }
+            }
+            Ok((k.to_string(), v.to_string()))
+        }
         _ => Err(format!("expected KEY=VALUE, got '{s}'")),
     }
 }
@@ -80,9 +91,10 @@ pub struct SweepArgs {
     /// Split every transfer into descriptors of this size (KV blocks are 4-32 KiB) [default: one descriptor]
     #[arg(long, value_name = "SIZE", value_parser = units::parse_size, conflicts_with_all = ["model", "model_config"])]
     pub block_size: Option<u64>,
-    /// Backends, comma-separated: nixl (NIXL with its UCX plugin), ucx (UCX's UCP put/get directly, with NIXL's UCX
-    /// defaults: the ratio of the two rows is NIXL's overhead)
-    #[arg(long = "backend", value_name = "LIST", value_delimiter = ',', default_value = "nixl")]
+    /// Backends, comma-separated: nixl-ucx (NIXL with its UCX plugin, vLLM's default; `nixl` for short),
+    /// nixl-libfabric (NIXL with its LIBFABRIC plugin: efa, tcp... providers), ucx (UCX's UCP put/get directly,
+    /// with NIXL's UCX defaults: nixl-ucx over ucx is NIXL's overhead). Each is measured alone, in turn
+    #[arg(long = "backend", value_name = "LIST", value_delimiter = ',', default_value = "nixl-ucx")]
     pub backends: Vec<BackendKind>,
     /// UCX's libucp for the ucx backend [default: the one NIXL's UCX plugin links] [env: KVPROBE_UCX_LIB]
     #[arg(long, value_name = "PATH")]
@@ -90,10 +102,8 @@ pub struct SweepArgs {
     /// How requests are built: prepped (prep_xfer_dlist + make_xfer_req, as vLLM) or create (create_xfer_req)
     #[arg(long, value_enum, default_value = "prepped")]
     pub xfer_path: XferPathArg,
-    /// NIXL backend plugin
-    #[arg(long, default_value = "UCX", value_name = "PLUGIN")]
-    pub nixl_backend: String,
-    /// Backend parameter, repeatable (e.g. num_threads=4, as vLLM sets for UCX)
+    /// NIXL backend parameter, repeatable (e.g. num_threads=4, as vLLM sets for UCX); `ucx:KEY=VALUE` or
+    /// `libfabric:KEY=VALUE` applies to that plugin only
     #[arg(long = "backend-param", value_name = "KEY=VALUE", value_parser = parse_kv)]
     pub backend_params: Vec<(String, String)>,
     /// Set UCX_TLS for both processes (e.g. shm, tcp, "^tcp"); with --peer, for this host's process only (the far end uses `kvprobe serve`'s environment) [default: as in the environment]
@@ -469,7 +479,6 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         xfer_path,
         backends,
         ucx: None,
-        backend: a.nixl_backend.clone(),
         backend_params: a.backend_params.iter().cloned().collect(),
         agent: agent.clone(),
         timing,
@@ -501,7 +510,9 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
     plan.ucx = ucx_loc.as_ref().map(|u| UcxSetup {
         lib: u.lib.clone(),
         settings: crate::ucx::core::nixl_defaults(crate::topology::has_efa(std::path::Path::new("/"))),
-        peer_errors: plan.backend_params.get("ucx_error_handling_mode").is_none_or(|m| m != "none"),
+        peer_errors: crate::peer::params_for("UCX", &plan.backend_params)
+            .get("ucx_error_handling_mode")
+            .is_none_or(|m| m != "none"),
     });
 
     let out_dir = a
@@ -512,7 +523,15 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
         .with_context(|| format!("cannot create the output folder {}", out_dir.display()))
         .map_err(CliError::usage)?;
 
-    let env = child_env(&loc, a.ucx_tls.as_deref(), a.peer.is_none());
+    // NIXL's LIBFABRIC plugin: refused here, before any helper starts, when
+    // it cannot load (what is missing, and how to get it).
+    if plan.backends.contains(&BackendKind::NixlLibfabric) {
+        libfabric_preflight(&loc).map_err(CliError::usage)?;
+    }
+    let mut env = child_env(&loc, a.ucx_tls.as_deref(), a.peer.is_none());
+    if plan.backends.contains(&BackendKind::NixlLibfabric) {
+        log_libfabric_rails(&mut env);
+    }
     let mut results = SweepResults {
         schema: SCHEMA.into(),
         header: Header {
@@ -525,15 +544,23 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
                 library_version: None,
                 plugins: Vec::new(),
                 backend_params: BTreeMap::new(),
+                backends: BTreeMap::new(),
+                libfabric: None,
             },
             ucx_tls: env.iter().find(|(k, _)| k == "UCX_TLS").map(|(_, v)| v.clone()),
-            env: env.iter().filter(|(k, _)| k.starts_with("UCX_") || k.starts_with("NIXL_")).cloned().collect(),
+            env: env
+                .iter()
+                .filter(|(k, _)| k.starts_with("UCX_") || k.starts_with("NIXL_"))
+                .cloned()
+                .chain(crate::fabric_plugin::fi_env().into_iter().filter(|(k, _)| k.starts_with("FI_")))
+                .collect(),
             settings: Settings {
                 ops,
                 sizes,
                 block_bytes: plan.block,
                 xfer_path: plan.xfer_path,
-                backend: plan.backend.clone(),
+                backend: plan.backends.iter().filter_map(|b| b.nixl_plugin()).collect::<Vec<_>>().join(","),
+                backends: plan.backends.iter().map(|b| b.label().to_string()).collect(),
                 backend_params: plan.backend_params.clone(),
                 agent: plan.agent.clone(),
                 duration_s: timing.duration_s,
@@ -705,6 +732,76 @@ pub(super) fn child_env(loc: &NixlLocation, ucx_tls: Option<&str>, local_target:
     env
 }
 
+/// Checks that NIXL's LIBFABRIC plugin can load (reading files only: this
+/// process never loads NIXL); the error lists every obstacle with its fix.
+pub(super) fn libfabric_preflight(loc: &NixlLocation) -> anyhow::Result<()> {
+    let dir =
+        loc.plugin_dir.clone().unwrap_or_else(|| loc.lib.parent().unwrap_or(std::path::Path::new("/")).join("plugins"));
+    let plugin = dir.join("libplugin_LIBFABRIC.so");
+    if !plugin.is_file() {
+        return Err(anyhow!(
+            "this NIXL has no LIBFABRIC plugin ({} does not exist): NIXL's wheels ship it; a source build needs libfabric at build time",
+            plugin.display()
+        ));
+    }
+    let c = crate::fabric_plugin::check_plugin(&plugin);
+    if c.loadable() {
+        // the plugin loads; will NIXL's query find a provider for its rails?
+        // (kvprobe knows NIXL 1.5's rule; a later NIXL may pick differently)
+        let rule_applies = crate::fabric_plugin::nixl_rule_applies(loc.version.as_deref());
+        if let Some(lib) = &c.libfabric.path {
+            if let (Some(r), _) = crate::fabric_plugin::report_in_child(lib) {
+                if r.nixl_pick.is_none() && !rule_applies {
+                    eprintln!(
+                        "kvprobe: warning: NIXL 1.5's rule finds no rail provider in libfabric {} ({}), but this NIXL ({}) may pick differently: going ahead",
+                        r.version,
+                        r.nixl_pick_error.as_deref().unwrap_or("no cxi, efa, tcp or sockets provider"),
+                        loc.version.as_deref().unwrap_or("version unknown")
+                    );
+                } else if r.nixl_pick.is_none() {
+                    let provs: std::collections::BTreeSet<&str> =
+                        r.providers.iter().map(|p| p.provider.as_str()).collect();
+                    return Err(anyhow!(
+                        "NIXL's LIBFABRIC backend would find no provider for its rails in libfabric {} [{}]: {}{}; it only builds rails on cxi, efa, tcp or sockets (providers here: {})",
+                        r.version,
+                        lib.display(),
+                        r.nixl_pick_error.unwrap_or_else(|| {
+                            "no cxi, efa, tcp or sockets provider offers RDM endpoints with MSG and RMA".into()
+                        }),
+                        std::env::var("FI_PROVIDER")
+                            .map(|v| format!(" (FI_PROVIDER={v} limits libfabric to it)"))
+                            .unwrap_or_default(),
+                        provs.into_iter().collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
+        }
+        return Ok(());
+    }
+    Err(anyhow!(
+        "NIXL's LIBFABRIC plugin ({}) cannot load on this host:\n  - {}\nlibfabric searched: {}\n(kvprobe doctor shows the same; --backend nixl-ucx measures without it)",
+        plugin.display(),
+        c.reasons().join("\n  - "),
+        c.libfabric.searched.join("; ")
+    ))
+}
+
+/// LIBFABRIC rows learn their provider from the plugin's INFO lines
+/// (`Created N rails using provider=...`): turned on unless the user chose a
+/// NIXL log level.
+pub(super) fn log_libfabric_rails(env: &mut Vec<(String, String)>) {
+    match env.iter().find(|(k, _)| k == "NIXL_LOG_LEVEL") {
+        None => {
+            env.push(("NIXL_LOG_LEVEL".into(), "INFO".into()));
+            env.sort();
+        }
+        Some((_, v)) if !["info", "debug", "trace"].contains(&v.to_ascii_lowercase().as_str()) => eprintln!(
+            "kvprobe: warning: NIXL_LOG_LEVEL={v} hides the LIBFABRIC plugin's INFO lines, so nixl-libfabric rows will not say what carried them (unset it, or INFO)"
+        ),
+        Some(_) => {}
+    }
+}
+
 fn drive(
     a: &SweepArgs,
     results: &mut SweepResults,
@@ -788,12 +885,21 @@ fn drive(
                     }
                     Event::Backend(b) => {
                         match b.backend {
-                            BackendKind::Nixl => {
+                            BackendKind::NixlUcx | BackendKind::NixlLibfabric => {
                                 results.header.nixl.library_version = b.library_version;
                                 results.header.nixl.plugins = b.plugins;
-                                results.header.nixl.backend_params = b.backend_params;
-                                if let Some(t) = results.header.target.as_mut() {
-                                    t.backend_params = b.target_backend_params;
+                                // the first NIXL backend's parameters stay the header's; each keeps its own
+                                if results.header.nixl.backends.is_empty() {
+                                    results.header.nixl.backend_params = b.backend_params.clone();
+                                    if let Some(t) = results.header.target.as_mut() {
+                                        t.backend_params = b.target_backend_params.clone();
+                                    }
+                                }
+                                if let Some(p) = b.backend.nixl_plugin() {
+                                    results.header.nixl.backends.insert(p.to_string(), b.backend_params);
+                                }
+                                if b.libfabric.is_some() {
+                                    results.header.nixl.libfabric = b.libfabric;
                                 }
                             }
                             BackendKind::Ucx => {
@@ -810,6 +916,10 @@ fn drive(
                         l.local_dev_mbps = l.local_dev.as_deref().and_then(crate::topology::nic_speed_mbps);
                         results.header.link = Some(l);
                         report::write_all(out_dir, results)?;
+                    }
+                    Event::Setup { backend } => {
+                        current = format!("the setup of {backend}");
+                        pb.set_message(current.clone());
                     }
                     Event::Point { op, size, backend, .. } => {
                         current = format!("{backend} {op} {}", Bytes(size));
@@ -876,6 +986,12 @@ fn drive(
                 tlog.display(),
                 indent(&t.log_tail(8))
             ));
+        }
+        if plan.backends.contains(&BackendKind::NixlLibfabric) {
+            let logs = [&tlog, &ilog].map(|p| std::fs::read_to_string(p).unwrap_or_default()).concat();
+            if let Some(why) = crate::fabric_plugin::explain_failure(&logs) {
+                msg.push_str(&format!("\n  why: {why}"));
+            }
         }
         if let Some(peer) = a.peer.as_ref().filter(|_| !f.contains("handshake refused")) {
             msg.push_str(&format!(
@@ -983,7 +1099,27 @@ fn annotate_nixl_rows(r: &mut SweepResults, log: &str) {
     let tables = transport::parse_proto_tables(log);
     let context = format!("kvprobe-initiator-{pid}");
     let mut found = Vec::new();
-    for (i, row) in r.rows.iter().enumerate().filter(|(_, row)| row.backend == "nixl" && row.transport.is_none()) {
+    // LIBFABRIC rows: the plugin's own log lines say which provider carried them.
+    if let Some(p) = crate::fabric_plugin::parse_log(log) {
+        let domains: Vec<String> = match &r.header.nixl.libfabric {
+            Some(f) if f.provider.as_deref() == Some(p.provider.as_str()) => f.domains.clone(),
+            _ => Vec::new(),
+        };
+        let s = &r.header.settings;
+        let vram = s.src_mem.kind == MemKind::Vram || s.dst_mem.kind == MemKind::Vram;
+        let t = crate::fabric_plugin::transport_of(&p, &domains, vram, intra_node(r));
+        for (i, row) in r.rows.iter().enumerate() {
+            if row.backend == "nixl" && row.plugin == "LIBFABRIC" && row.transport.is_none() {
+                found.push((i, t.clone()));
+            }
+        }
+    }
+    for (i, row) in r
+        .rows
+        .iter()
+        .enumerate()
+        .filter(|(_, row)| row.backend == "nixl" && row.plugin == "UCX" && row.transport.is_none())
+    {
         let read = row.op == XferOp::Read;
         if let Some(mut t) = transport::from_proto_tables(&tables, &context, read, &[row.block_bytes, row.size_bytes]) {
             t.flags = row_flags(&t, read, r);

@@ -35,6 +35,8 @@ pub const MAX_DESCS: u64 = 1 << 22;
 /// The NIXL side of a connection: a local agent holding the target's metadata.
 #[derive(Debug)]
 pub struct NixlLink {
+    /// LIBFABRIC: which libfabric the plugin was given.
+    pub libfabric: Option<crate::fabric_plugin::LibfabricChoice>,
     /// Plugins available to the local agent.
     pub plugins: Vec<String>,
     /// Effective local backend parameters.
@@ -188,6 +190,11 @@ impl Connection {
         self.nixl = None;
         self.ucx = None;
         self.kv = None;
+        // UCX printed the protocols the released worker used (UCX_PROTO_INFO)
+        // through C stdio: flush it into the log now, so a later failure that
+        // ends this process cannot lose the transport of rows already measured.
+        // SAFETY: fflush(NULL) flushes every open C output stream.
+        unsafe { libc::fflush(std::ptr::null_mut()) };
         if let Some(k) = &setup.kv {
             let layout = k.geometry.side(Side::Decode, k.pool_blocks);
             let len = usize::try_from(layout.total_bytes())
@@ -205,7 +212,7 @@ impl Connection {
                 other => return Err(EngineError::Invalid(format!("unexpected answer to setup: {other:?}"))),
             };
         let missing = |what: &str| EngineError::Invalid(format!("the target built no {what} side"));
-        if setup.backends.contains(&BackendKind::Nixl) {
+        if setup.backends.iter().any(|b| b.is_nixl()) {
             let nixl = nixl.ok_or_else(|| EngineError::Invalid("the nixl backend needs NIXL loaded".into()))?;
             let r = self.target.nixl.as_ref().ok_or_else(|| missing("NIXL"))?;
             let mut link = NixlLink::open(nixl, setup, &self.buf, r)?;
@@ -273,6 +280,8 @@ fn check_split(size: u64, block: u64, local: u64, remote: u64) -> Result<(), Eng
 
 impl NixlLink {
     fn open(nixl: &Nixl, setup: &TargetSetup, buf: &Rc<Buffer>, r: &NixlReady) -> Result<NixlLink, EngineError> {
+        // before the agent exists: NIXL may load its plugins as it discovers them
+        let libfabric = crate::fabric_plugin::prepare_backend(&setup.backend).map_err(EngineError::Invalid)?;
         let agent = Agent::new(nixl, &format!("kvprobe-initiator-{}", std::process::id()), &setup.agent)?;
         let plugins = agent.available_plugins()?;
         if !plugins.iter().any(|p| p == &setup.backend) {
@@ -282,7 +291,12 @@ impl NixlLink {
                 if plugins.is_empty() { "none".to_string() } else { plugins.join(", ") }
             )));
         }
-        let backend = agent.create_backend(&setup.backend, &setup.backend_params)?;
+        let backend = agent.create_backend(&setup.backend, &setup.backend_params).map_err(|e| {
+            match crate::fabric_plugin::backend_failure_hint(&setup.backend) {
+                Some(h) => EngineError::Invalid(format!("{e}: {h}")),
+                None => e.into(),
+            }
+        })?;
         let backend_params = agent.backend_params(&backend).map(|p| p.params).unwrap_or_default();
         let mut dl = RegDescList::new(nixl, MemType::from(buf.kind()))?;
         dl.add(buf.addr(), buf.len(), buf.dev_id())?;
@@ -296,6 +310,7 @@ impl NixlLink {
             )));
         }
         Ok(NixlLink {
+            libfabric,
             plugins,
             backend_params,
             remote_name,
@@ -497,8 +512,8 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
     };
     let setup_kv = |backend: BackendKind, kv: Option<KvSetup>| TargetSetup {
         agent: plan.agent.clone(),
-        backend: plan.backend.clone(),
-        backend_params: plan.backend_params.clone(),
+        backend: backend.nixl_plugin().unwrap_or("UCX").to_string(),
+        backend_params: crate::peer::params_for(backend.nixl_plugin().unwrap_or("UCX"), &plan.backend_params),
         buffer_bytes,
         backends: vec![backend],
         ucx: plan.ucx.clone(),
@@ -561,11 +576,12 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
             let mut first_point = true;
             for gi in 0..kvp.geometries.len() {
                 if bi > 0 || gi > 0 {
+                    (s.emit)(Event::Setup { backend });
                     s.conn.rebuild(nixl, &setup_kv(backend, Some(kvp.setup(gi))), peer_timeout)?;
                 }
                 if gi == 0 {
                     let ready = s.backend_ready(backend, nixl)?;
-                    (s.emit)(Event::Backend(ready));
+                    (s.emit)(Event::Backend(Box::new(ready)));
                 }
                 for &op in &plan.ops {
                     for &isl in &kvp.isls {
@@ -586,10 +602,11 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
     let mut index = 0;
     for (bi, &backend) in plan.backends.iter().enumerate() {
         if bi > 0 {
+            (s.emit)(Event::Setup { backend });
             s.conn.rebuild(nixl, &setup_for(backend), peer_timeout)?;
         }
         let ready = s.backend_ready(backend, nixl)?;
-        (s.emit)(Event::Backend(ready));
+        (s.emit)(Event::Backend(Box::new(ready)));
         let mut first_point = true;
         for &op in &plan.ops {
             for &size in &plan.sizes {
@@ -1026,8 +1043,10 @@ impl Session<'_> {
             backend_params: BTreeMap::new(),
             target_backend_params: BTreeMap::new(),
             ucx: None,
+            libfabric: None,
         };
         if let Some(n) = &self.conn.nixl {
+            r.libfabric = n.libfabric.as_ref().map(crate::fabric_plugin::facts_in_process);
             r.library_version = nixl.and_then(Nixl::version);
             r.plugins = n.plugins.clone();
             r.backend_params = n.backend_params.clone();
@@ -1056,7 +1075,7 @@ impl Session<'_> {
     ) -> Result<Row, EngineError> {
         let block = self.plan.block.map_or(size, |b| b.min(size));
         let m = match backend {
-            BackendKind::Nixl => self.measure_nixl(index, first, op, size, block)?,
+            BackendKind::NixlUcx | BackendKind::NixlLibfabric => self.measure_nixl(index, first, op, size, block)?,
             BackendKind::Ucx => self.measure_ucx(index, first, op, size, block)?,
         };
         Ok(self.row(backend, m))
@@ -1249,19 +1268,13 @@ impl Session<'_> {
     fn row(&self, backend: BackendKind, m: Measured) -> Row {
         let secs = m.elapsed.as_secs_f64();
         Row {
-            backend: backend.to_string(),
-            plugin: match backend {
-                BackendKind::Nixl => self.plan.backend.clone(),
-                BackendKind::Ucx => "UCP".into(),
-            },
+            backend: backend.engine().to_string(),
+            plugin: backend.nixl_plugin().unwrap_or("UCP").to_string(),
             op: m.op,
             size_bytes: m.size,
             descs: m.descs,
             block_bytes: m.block,
-            xfer_path: match backend {
-                BackendKind::Nixl => self.plan.xfer_path,
-                BackendKind::Ucx => XferPath::Ucp,
-            },
+            xfer_path: if backend.is_nixl() { self.plan.xfer_path } else { XferPath::Ucp },
             iterations: m.iterations,
             warmup_iterations: m.warmup,
             elapsed_s: secs,

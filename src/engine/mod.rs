@@ -46,9 +46,7 @@ pub struct SweepPlan {
     /// How to build the raw UCX side (when `backends` has `ucx`).
     #[serde(default)]
     pub ucx: Option<crate::peer::UcxSetup>,
-    /// NIXL backend plugin.
-    pub backend: String,
-    /// Extra backend parameters.
+    /// Extra NIXL backend parameters (`ucx:`/`libfabric:` scope a key to one plugin).
     pub backend_params: BTreeMap<String, String>,
     /// Agent settings (both sides).
     pub agent: AgentConfig,
@@ -201,8 +199,13 @@ fn one_second() -> f64 {
 pub enum Event {
     /// Connected.
     Started(Started),
+    /// About to set a backend up on both sides (after the first).
+    Setup {
+        /// Which.
+        backend: crate::peer::BackendKind,
+    },
     /// A backend is set up on both sides; its rows follow.
-    Backend(BackendReady),
+    Backend(Box<BackendReady>),
     /// About to measure a point.
     Point {
         /// 0-based index.
@@ -269,6 +272,9 @@ pub struct BackendReady {
     /// Raw UCX: the initiator's side.
     #[serde(default)]
     pub ucx: Option<UcxInfo>,
+    /// NIXL's LIBFABRIC plugin: the libfabric it bound to and the rails NIXL's rule picks there.
+    #[serde(default)]
+    pub libfabric: Option<crate::fabric_plugin::LibfabricFacts>,
 }
 
 /// The initiator's raw UCX side.

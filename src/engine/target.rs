@@ -345,10 +345,17 @@ fn setup_target(
         None => None,
     };
     let mut state = State { nixl: None, ucx: None, kv: None, buf: Rc::clone(&buf) };
-    if setup.backends.contains(&BackendKind::Nixl) {
+    if setup.backends.iter().any(|b| b.is_nixl()) {
         let name = format!("kvprobe-target-{}", std::process::id());
+        // before the agent exists: NIXL may load its plugins as it discovers them
+        crate::fabric_plugin::prepare_backend(&setup.backend).map_err(EngineError::Invalid)?;
         let agent = Agent::new(nixl, &name, &setup.agent)?;
-        let backend = agent.create_backend(&setup.backend, &setup.backend_params)?;
+        let backend = agent.create_backend(&setup.backend, &setup.backend_params).map_err(|e| {
+            match crate::fabric_plugin::backend_failure_hint(&setup.backend) {
+                Some(h) => EngineError::Invalid(format!("{e}: {h}")),
+                None => e.into(),
+            }
+        })?;
         let effective = agent.backend_params(&backend).map(|p| p.params).unwrap_or_default();
         let mut dl = RegDescList::new(nixl, MemType::from(buf.kind()))?;
         dl.add(buf.addr(), buf.len(), buf.dev_id())?;

@@ -46,6 +46,9 @@ pub fn render(f: &Facts, d: &Diagnosis, style: &Style) -> String {
             let _ = writeln!(s, "\nNIXL  {}", style.bad("not usable (see findings)"));
         }
     }
+    if let Some(lf) = &f.libfabric {
+        libfabric(&mut s, f, lf, style);
+    }
     // UCX
     match &f.ucx {
         Some(u) => {
@@ -217,4 +220,110 @@ pub fn render(f: &Facts, d: &Diagnosis, style: &Style) -> String {
     };
     let _ = writeln!(s, "\n{verdict}");
     s
+}
+
+/// The LIBFABRIC plugin's block: loads or why not, its libfabric, the
+/// providers there and what NIXL's rule picks.
+fn libfabric(s: &mut String, f: &Facts, lf: &crate::doctor::LibfabricFacts, style: &Style) {
+    let loads = f.nixl.as_ref().is_some_and(|n| n.plugins.iter().any(|p| p.name == "LIBFABRIC" && p.loads));
+    let _ =
+        writeln!(s, "\nLIBFABRIC plugin  {}", if loads { "loads".to_string() } else { style.warn("cannot load here") });
+    for r in lf.check.reasons() {
+        let _ = writeln!(s, "      {} {r}", style.dim("-"));
+    }
+    let c = &lf.check.libfabric;
+    match (&c.path, &lf.report) {
+        (Some(_), Some(r)) => {
+            let _ = writeln!(
+                s,
+                "      libfabric {}  {}  ({}{})",
+                r.version,
+                r.library.display(),
+                c.how,
+                if c.preload { ", loaded before the plugin" } else { "" }
+            );
+        }
+        (Some(p), None) => {
+            let _ = writeln!(
+                s,
+                "      libfabric  {}  ({}){}",
+                p.display(),
+                c.how,
+                lf.load_error.as_ref().map(|e| format!(": {}", style.warn(e))).unwrap_or_default()
+            );
+        }
+        (None, _) => {
+            let _ = writeln!(s, "      libfabric  {}  (searched: {})", style.warn("not found"), c.searched.join("; "));
+        }
+    }
+    if let Some(r) = &lf.report {
+        // one line per provider: its endpoint types and domains
+        let mut names: Vec<&str> = r.providers.iter().map(|p| p.provider.as_str()).collect();
+        names.dedup();
+        let mut seen = Vec::new();
+        for n in names {
+            if seen.contains(&n) {
+                continue;
+            }
+            seen.push(n);
+            let of: Vec<&crate::fabric::FabricInfo> = r.providers.iter().filter(|p| p.provider == n).collect();
+            let mut eps: Vec<&str> = of.iter().map(|p| p.ep_type.as_str()).collect();
+            eps.sort_unstable();
+            eps.dedup();
+            let mut doms: Vec<&str> = Vec::new();
+            for d in of.iter().filter_map(|p| p.domain.as_deref()) {
+                if !doms.contains(&d) {
+                    doms.push(d);
+                }
+            }
+            let rma = of.iter().any(|p| p.rma);
+            let hmem = of.iter().any(|p| p.hmem);
+            let _ = writeln!(
+                s,
+                "          {:<14} {:<12} {}{}{}",
+                n,
+                eps.join(","),
+                doms.join(", "),
+                if rma { "  rma" } else { "" },
+                if hmem { "  hmem" } else { "" }
+            );
+        }
+        if let Some(e) = &r.providers_error {
+            let _ = writeln!(s, "          {}", style.warn(&format!("listing failed: {e}")));
+        }
+        let _ = match (&r.nixl_pick, &r.nixl_pick_error) {
+            (Some(p), _) => writeln!(
+                s,
+                "      NIXL 1.5's rule (cxi, efa, tcp, sockets) picks: {} on {}{}",
+                p.provider,
+                p.domains.join(", "),
+                if p.hmem { " (FI_HMEM)" } else { " (no FI_HMEM)" }
+            ),
+            (None, Some(e)) => writeln!(
+                s,
+                "      NIXL's provider query: {}{}",
+                style.warn(e),
+                if version_lt(&r.version, 1, 18) {
+                    format!(" (the plugin asks for API 1.18; this libfabric implements {})", r.version)
+                } else {
+                    String::new()
+                }
+            ),
+            (None, None) => writeln!(
+                s,
+                "      NIXL's rule picks: {}",
+                style.warn("nothing (no cxi, efa, tcp or sockets RDM provider)")
+            ),
+        };
+    }
+    if !lf.env.is_empty() {
+        let env: Vec<String> = lf.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(s, "      environment: {}", env.join(" "));
+    }
+}
+
+/// `major.minor` below (major, minor).
+fn version_lt(v: &str, major: u32, minor: u32) -> bool {
+    let mut it = v.split('.').map(|x| x.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0)) < (major, minor)
 }

@@ -137,7 +137,7 @@ pub fn render_rows(r: &SweepResults, multi: bool, style: Style) -> String {
     let op_rank = |x: &Row| r.header.settings.ops.iter().position(|o| *o == x.op).unwrap_or(usize::MAX);
     order.sort_by_key(|x| {
         let k = x.kv.as_ref().map_or((0, 0), |k| (k.geometry.block_tokens, k.isl));
-        (k.0, op_rank(x), k.1, x.backend.clone())
+        (k.0, op_rank(x), k.1, x.label())
     });
     for row in order {
         let Some(k) = row.kv.as_ref() else { continue };
@@ -146,7 +146,7 @@ pub fn render_rows(r: &SweepResults, multi: bool, style: Style) -> String {
         let eff = if k.layout_efficiency < 0.25 { style.warn(&eff) } else { eff };
         let mut cells = Vec::new();
         if multi {
-            cells.push(row.backend.clone());
+            cells.push(row.label());
         }
         cells.extend([
             row.op.to_string(),

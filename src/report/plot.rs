@@ -37,7 +37,7 @@ pub struct Plot {
 pub fn of_results(r: &SweepResults, prefix: &str) -> Vec<Series> {
     let mut out: Vec<Series> = Vec::new();
     for row in r.rows.iter().filter(|x| x.kv.is_none() && x.gbps > 0.0) {
-        let label = format!("{prefix}{} {}", row.backend, row.op);
+        let label = format!("{prefix}{} {}", row.label(), row.op);
         match out.iter_mut().find(|s| s.label == label) {
             Some(s) => s.points.push((row.size_bytes, row.gbps)),
             None => out.push(Series { label, points: vec![(row.size_bytes, row.gbps)] }),

@@ -145,9 +145,15 @@ pub struct NixlInfo {
     /// Backend plugins the initiator's agent can load.
     #[serde(default)]
     pub plugins: Vec<String>,
-    /// Effective parameters of the backend on the initiator.
+    /// Effective parameters of the (first) NIXL backend on the initiator.
     #[serde(default)]
     pub backend_params: BTreeMap<String, String>,
+    /// Effective parameters of every NIXL backend measured, by plugin (`UCX`, `LIBFABRIC`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backends: BTreeMap<String, BTreeMap<String, String>>,
+    /// The LIBFABRIC plugin's libfabric and the rails NIXL's rule picks (with `nixl-libfabric`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libfabric: Option<crate::fabric_plugin::LibfabricFacts>,
 }
 
 /// UCX facts of a run.
@@ -215,9 +221,12 @@ pub struct Settings {
     pub block_bytes: Option<u64>,
     /// Request-building path.
     pub xfer_path: XferPath,
-    /// NIXL backend plugin.
+    /// The NIXL backend plugins measured, comma-separated (`UCX`, `UCX,LIBFABRIC`; empty: raw UCX only).
     pub backend: String,
-    /// Backend parameters given by the user.
+    /// Every backend measured, in order (`nixl-ucx`, `nixl-libfabric`, `ucx`).
+    #[serde(default)]
+    pub backends: Vec<String>,
+    /// Backend parameters given by the user (`ucx:` / `libfabric:` scope one to that plugin).
     pub backend_params: BTreeMap<String, String>,
     /// Agent settings.
     pub agent: crate::nixl::AgentConfig,
@@ -295,9 +304,9 @@ pub struct Check {
 /// One measured point.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
-    /// `nixl` (later also `ucx`).
+    /// The engine: `nixl` or `ucx` (raw UCP). [`Row::label`] names the backend as the CLI does.
     pub backend: String,
-    /// NIXL backend plugin that moved the bytes (`UCX`).
+    /// NIXL backend plugin that moved the bytes (`UCX`, `LIBFABRIC`; `UCP` for raw UCX rows).
     pub plugin: String,
     /// READ or WRITE, from the initiator's side.
     pub op: XferOp,
@@ -370,6 +379,17 @@ pub struct Row {
     /// rate over the timed loop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv: Option<KvRow>,
+}
+
+impl Row {
+    /// The backend as the command line names it: `nixl-ucx`, `nixl-libfabric`, `ucx`
+    /// (rows of other plugins: `nixl-<plugin>`).
+    pub fn label(&self) -> String {
+        match crate::peer::BackendKind::of_row(&self.backend, &self.plugin) {
+            Some(b) => b.label().to_string(),
+            None => format!("{}-{}", self.backend, self.plugin.to_ascii_lowercase()),
+        }
+    }
 }
 
 /// A plain TCP stream between the two processes over the control

@@ -41,7 +41,7 @@ pub(super) fn notifs_cell(row: &Row, style: Style) -> String {
 
 /// The NIXL row's GB/s over the raw UCX row's for the same point.
 pub(super) fn ratio(r: &Row, rows: &[Row]) -> Option<f64> {
-    if r.backend != "nixl" {
+    if r.label() != "nixl-ucx" {
         return None;
     }
     let u = rows
@@ -60,20 +60,28 @@ pub fn render(r: &SweepResults, style: Style) -> String {
         .clone()
         .or_else(|| h.nixl.location.version.clone())
         .unwrap_or_else(|| "unknown version".into());
-    let backends: Vec<&str> = {
-        let mut v: Vec<&str> = r.rows.iter().map(|x| x.backend.as_str()).collect();
+    let backends: Vec<String> = {
+        let mut v: Vec<String> = r.rows.iter().map(|x| x.label()).collect();
         v.sort_unstable();
         v.dedup();
         v
     };
     let multi = backends.len() > 1;
     out.push_str(&format!(
-        "kvprobe sweep on {} ({} CPUs) - NIXL {} [{}] - {} backend - UCX_TLS={}\n",
+        "kvprobe sweep on {} ({} CPUs) - NIXL {} [{}] - {} - UCX_TLS={}\n",
         h.host.hostname,
         h.host.cpus,
         nixl_version,
         h.nixl.location.lib.display(),
-        h.settings.backend,
+        if h.settings.backends.is_empty() {
+            format!("{} backend", h.settings.backend)
+        } else {
+            format!(
+                "backend{} {}",
+                if h.settings.backends.len() > 1 { "s" } else { "" },
+                h.settings.backends.join(", ")
+            )
+        },
         h.ucx_tls.as_deref().unwrap_or("(unset: UCX chooses)"),
     ));
     if let Some(u) = &h.ucx {
@@ -89,6 +97,17 @@ pub fn render(r: &SweepResults, style: Style) -> String {
             ));
         }
         out.push('\n');
+    }
+    if let Some(f) = &h.nixl.libfabric {
+        out.push_str(&format!(
+            "libfabric {} [{}]{}\n",
+            f.version.as_deref().unwrap_or("(version unknown)"),
+            f.lib.as_ref().map_or("?".to_string(), |p| p.display().to_string()),
+            match &f.provider {
+                Some(p) => format!("; NIXL's rule picks {p} on {}", f.domains.join(", ")),
+                None => f.error.as_ref().map(|e| format!("; {e}")).unwrap_or_default(),
+            }
+        ));
     }
     out.push_str(&format!(
         "{} memory{}, {} path, progress thread {}, notifications on {} transfer{}\n",
@@ -151,12 +170,12 @@ fn size_table(r: &SweepResults, multi: bool, style: Style) -> String {
     // Points in the order measured; within a point, backends side by side.
     let mut order: Vec<&Row> = r.rows.iter().collect();
     let op_rank = |x: &Row| h.settings.ops.iter().position(|o| *o == x.op).unwrap_or(usize::MAX);
-    order.sort_by_key(|x| (op_rank(x), x.size_bytes, x.backend.clone()));
+    order.sort_by_key(|x| (op_rank(x), x.size_bytes, x.label()));
     for row in order {
         let (data, notifs) = (data_cell(row, style), notifs_cell(row, style));
         let mut cells = Vec::new();
         if multi {
-            cells.push(row.backend.clone());
+            cells.push(row.label());
         }
         cells.extend([
             row.op.to_string(),
@@ -190,7 +209,7 @@ fn size_table(r: &SweepResults, multi: bool, style: Style) -> String {
     }));
     if multi {
         out.push_str(&style.dim(
-            "nixl/ucx = NIXL's GB/s over raw UCX's for the same point (NIXL's overhead; each backend measured alone)\n",
+            "nixl/ucx = nixl-ucx's GB/s over raw UCX's for the same point (NIXL's overhead; each backend measured alone)\n",
         ));
     }
     out
@@ -207,7 +226,7 @@ pub fn verdict_lines(v: &crate::verdict::Verdict, style: Style) -> String {
             _ => String::new(),
         };
         out.push_str(&format!(
-            "  {} {:<5} {:<5} {} on {}  {}\n",
+            "  {} {:<14} {:<5} {} on {}  {}\n",
             style.grade(p.grade),
             p.backend,
             p.op,
@@ -227,7 +246,7 @@ pub fn findings(r: &SweepResults, style: Style) -> String {
     let mut seen: Vec<(&Flag, Vec<String>)> = Vec::new();
     for row in &r.rows {
         for f in row.transport.iter().flat_map(|t| &t.flags) {
-            let label = format!("{} {} {}", row.backend, row.op, Bytes(row.size_bytes));
+            let label = format!("{} {} {}", row.label(), row.op, Bytes(row.size_bytes));
             match seen.iter_mut().find(|(g, _)| g.kind == f.kind && g.evidence == f.evidence) {
                 Some((_, rows)) => rows.push(label),
                 None => seen.push((f, vec![label])),

@@ -101,7 +101,9 @@ impl Session<'_> {
 
         // The same bytes as one contiguous descriptor, between the same processes.
         let reference = match backend {
-            BackendKind::Nixl => self.measure_nixl(REFERENCE_ROW + index, false, op, shape.bytes, shape.bytes)?,
+            BackendKind::NixlUcx | BackendKind::NixlLibfabric => {
+                self.measure_nixl(REFERENCE_ROW + index, false, op, shape.bytes, shape.bytes)?
+            }
             BackendKind::Ucx => self.measure_ucx(REFERENCE_ROW + index, false, op, shape.bytes, shape.bytes)?,
         };
         if !reference.checks.iter().all(|c| c.ok) || reference.notifs_received != reference.notifs_expected {
@@ -115,7 +117,7 @@ impl Session<'_> {
         let tag = format!("kvprobe:kv:{index}:{op}:{isl}");
         let pos = positions(&g, &kinds, isl);
         let mut issuer = match backend {
-            BackendKind::Nixl => {
+            BackendKind::NixlUcx | BackendKind::NixlLibfabric => {
                 let link = self.conn.nixl.as_ref().ok_or_else(|| EngineError::Invalid("no NIXL side".into()))?;
                 let p = link.kv_prepped.as_ref().ok_or_else(|| EngineError::Invalid("no prepared KV lists".into()))?;
                 let args = Rc::new(OptArgs::with_backend(link.agent.nixl(), &link.backend)?);
@@ -149,7 +151,7 @@ impl Session<'_> {
             rng: SplitMix64::new(seed_for(index, 7)),
         };
         let ctx = KvCtx { g: &g, kinds: &kinds, layout: &layout, remote: &remote_layout, pos: &pos, op, isl, pool };
-        let notifs = matches!(backend, BackendKind::Nixl);
+        let notifs = backend.is_nixl();
         let mut notifs_expected = 0u64;
         let mut checks = Vec::new();
         let mut described = None;
