@@ -144,7 +144,13 @@ fn spread_over_a_veth_reports_tcp_and_verifies() {
     let out_dir = dir.path().to_str().unwrap();
     let out =
         h.cmd("a", &peer_args(&s, out_dir, &["--sizes", "4K,16M,64M", "--backend", "nixl,ucx"])).output().unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // 0, or 3 when the bandwidth verdict fails: that depends on how loaded this machine is
+    assert!(
+        out.status.code().is_some_and(|c| c == 0 || c == 3),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = results(dir.path());
     assert_eq!(v["status"], "complete");
     assert_eq!(v["header"]["host"]["hostname"], "kvtspr-a");
@@ -164,15 +170,25 @@ fn spread_over_a_veth_reports_tcp_and_verifies() {
     assert_eq!(link["local_dev"], h.a_dev.as_str());
     assert_eq!(link["local_dev_mbps"], 10000, "veth reports 10 Gb/s");
     assert!(link["to_target_gbps"].as_f64().unwrap() > 0.1, "{link}");
+    // each path is judged against the probe's stream, with the grade its ratio gives (rates
+    // themselves depend on the machine's load; the judgement of them must not)
     let verdict = &v["verdict"];
-    assert_ne!(verdict["grade"], "FAIL", "{verdict:#}");
     for p in verdict["paths"].as_array().unwrap() {
         assert_eq!(p["class"], "tcp");
         assert!(p["expected"]["basis"].as_str().unwrap().contains("link probe"), "{p:#}");
+        let ratio = p["measured_gbps"].as_f64().unwrap() / p["expected"]["gbps"].as_f64().unwrap();
+        let want = if ratio >= 0.7 {
+            "PASS"
+        } else if ratio >= 0.4 {
+            "WARN"
+        } else {
+            "FAIL"
+        };
+        let bw = p["reasons"].as_array().unwrap().iter().find(|r| r["check"] == "bandwidth").unwrap();
+        // GET over TCP is emulated: a failing READ rate is capped at WARN, with the reason
+        let capped = p["op"] == "READ" && want == "FAIL" && bw["grade"] == "WARN";
+        assert!(bw["grade"] == want || capped, "ratio {ratio:.2}: {p:#}");
     }
-    let ucx_write =
-        verdict["paths"].as_array().unwrap().iter().find(|p| p["backend"] == "ucx" && p["op"] == "WRITE").unwrap();
-    assert_eq!(ucx_write["grade"], "PASS", "raw UCX WRITE reaches the veth's measured capacity: {ucx_write:#}");
     let session = s.next("session");
     assert_eq!(session["peer"].as_str().unwrap().split(':').next().unwrap(), h.a_ip);
     let ended = s.next("ended");
