@@ -131,3 +131,48 @@ fn host_to_gpu_goes_through_page_locked_memory() {
     let help = kvprobe().args(["sweep", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("--src-mem"));
 }
+
+/// `matrix --local --same-gpu`: every ordered pair of this host's GPUs and each
+/// GPU with itself, GPU memory on both ends, over cuda_ipc; the matrix, its
+/// NVLink topology (NVML) and the heatmap are written.
+#[test]
+fn local_gpu_matrix_measures_every_pair_over_cuda_ipc() {
+    need_gpu!();
+    require_nixl();
+    let n = kvprobe::cuda::Cuda::open().and_then(|c| c.devices()).map(|d| d.len()).unwrap_or(0);
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    let out = kvprobe()
+        .args([
+            "matrix",
+            "--local",
+            "--same-gpu",
+            "--sizes",
+            "1M,16M",
+            "--duration",
+            "200ms",
+            "--no-fail",
+            "-q",
+            "--out",
+        ])
+        .arg(&m)
+        // READ through cuda_ipc needs GET zero-copy where there is no NVLink
+        .env("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "y")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(m.join("matrix.json")).unwrap()).unwrap();
+    assert_eq!(v["local"], true);
+    assert_eq!(v["status"], "complete");
+    assert_eq!(v["endpoints"].as_array().unwrap().len(), n);
+    let pairs = v["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), n * (n - 1) + n, "every ordered pair and every GPU with itself");
+    for p in pairs {
+        assert_eq!(p["status"], "ok", "{p:#}");
+        assert!(p["gbps"].as_f64().unwrap() > 0.0, "{p:#}");
+        assert!(p["carried_by"].as_str().unwrap().contains("cuda_ipc"), "transport truth: {p:#}");
+    }
+    assert!(m.join("heatmap.svg").is_file());
+    assert!(stdout.contains("NVLink (NVML)"), "the topology beside the matrix: {stdout}");
+}

@@ -116,7 +116,7 @@ fn bad_arguments_and_no_cluster_are_clear_errors() {
         (&["--sizes", "1Q"][..], "invalid size '1Q'"),
         (&["--outlier-at", "1.5"][..], "--outlier-at must be in (0, 1)"),
         (&["--ops", ""][..], "--ops lists nothing"),
-        (&["--gpus-per-node", "2", "--ops", "read,write"][..], "--gpus-per-node takes one operation"),
+        (&["--gpus-per-node", "2", "--ops", "read,write"][..], "per-GPU matrices take one operation"),
         (&["--gpus-per-node", "0"][..], "invalid value '0' for '--gpus-per-node <N>'"),
     ] {
         let (code, err) = run(&[args, &["--ray-address", "127.0.0.1:9"]].concat());
@@ -127,6 +127,36 @@ fn bad_arguments_and_no_cluster_are_clear_errors() {
     let (code, err) = run(&["--model", "gpt-oss-120b", "--ray-address", "127.0.0.1:9", "-q"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("nothing answers at 127.0.0.1:9") || err.contains("no Python with Ray"), "{err}");
+}
+
+/// `matrix --local` (this host's GPUs against each other, no Ray): on a host
+/// without a GPU or CUDA driver, a clear refusal before anything starts;
+/// its arguments checked (tests/gpu.rs runs it where there is a GPU).
+#[test]
+fn local_gpu_matrix_arguments_and_a_host_without_gpus() {
+    let run = |args: &[&str]| {
+        let o = common::kvprobe().arg("matrix").args(args).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    for (args, want) in [
+        (&["--local", "--ray-address", "127.0.0.1:9"][..], "cannot be used with"),
+        (&["--gpus", "0,1"][..], "--local"),
+        (&["--local", "--ops", "read,write"][..], "per-GPU matrices take one operation"),
+        (&["--local", "--gpus", "x"][..], "invalid value 'x'"),
+    ] {
+        let (code, err) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        eprintln!("skipping the no-GPU refusal: this host has an NVIDIA driver");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err) = run(&["--local", "--same-gpu", "--out", dir.path().join("m").to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("matrix --local measures this host's GPUs") && err.contains("libcuda.so.1"), "{err}");
+    assert!(!dir.path().join("m").exists(), "nothing started, nothing written");
 }
 
 /// `--contention`: three nodes, two shifted rounds in which every node sends

@@ -33,6 +33,15 @@ pub struct MatrixArgs {
     /// One endpoint per GPU (GPUs 0..N-1 of every node, GPU memory on both ends) instead of one per node (host memory): every GPU of a node reads from a GPU of another node at once, each GPU in one transfer at a time; doctor always runs, to count each node's GPUs
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub gpus_per_node: Option<u32>,
+    /// This host's GPUs against each other, no Ray: every ordered pair of GPUs (cuda_ipc over NVLink or PCIe), GPU memory on both ends, with NVML's NVLink topology beside the matrix
+    #[arg(long, conflicts_with_all = ["ray_address", "nodes", "gpus_per_node", "ship", "kvprobe", "python"])]
+    pub local: bool,
+    /// --local: these GPUs (CUDA ordinals, comma-separated) [default: every GPU CUDA sees]
+    #[arg(long, value_name = "N,...", value_delimiter = ',', requires = "local")]
+    pub gpus: Option<Vec<u32>>,
+    /// --local: also each GPU with itself (two processes on one GPU: its own copy path, the baseline; kept out of the outlier statistics)
+    #[arg(long, requires = "local")]
+    pub same_gpu: bool,
     /// Transfer sizes of each pair's sweep
     #[arg(long, default_value = "1M,16M,64M", value_name = "LIST")]
     pub sizes: String,
@@ -122,7 +131,16 @@ fn summarize(results: &Value, op: &str) -> PairSummary {
     by.sort_by_key(|x| x.0);
     let lanes = by.last().and_then(|x| x.2.clone());
     let grade = results["verdict"]["grade"].as_str().map(str::to_string);
-    let rated = results["header"]["link"]["local_dev_mbps"].as_f64().map(|m| m * 1e6 / 8.0 / 1e9);
+    // the initiator NIC's rating; for GPU pairs of one host, the rate the
+    // sweep's own verdict expected (NVLink generation, or the GPU's own copy)
+    let rated = results["header"]["link"]["local_dev_mbps"].as_f64().map(|m| m * 1e6 / 8.0 / 1e9).or_else(|| {
+        results["verdict"]["paths"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["op"].as_str().is_some_and(|o| o.eq_ignore_ascii_case(op)))
+            .and_then(|p| p["expected"]["gbps"].as_f64())
+    });
     let mut failed_checks: Vec<String> = results["verdict"]["paths"]
         .as_array()
         .into_iter()
@@ -169,16 +187,16 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
     }
     let ops: Vec<String> = a.ops.split(',').map(|s| s.trim().to_ascii_uppercase()).filter(|s| !s.is_empty()).collect();
     let headline = ops.first().cloned().ok_or_else(|| usage("--ops lists nothing".into()))?;
-    if a.gpus_per_node.is_some() && ops.len() > 1 {
+    if (a.gpus_per_node.is_some() || a.local) && ops.len() > 1 {
         // READ reads the target's GPU into the initiator's, WRITE the other
         // way: the sweep's --gpu SRC,DST names one placement per run
         return Err(usage(format!(
-            "--gpus-per-node takes one operation (--ops read or --ops write), got {}: every ordered GPU pair is measured, so both directions of each link are covered",
+            "per-GPU matrices take one operation (--ops read or --ops write), got {}: every ordered GPU pair is measured, so both directions of each link are covered",
             ops.join(",")
         )));
     }
     let mut sweep_args = vec!["--ops".to_string(), ops.join(","), "--backend".into(), "nixl-ucx".into()];
-    if a.gpus_per_node.is_some() {
+    if a.gpus_per_node.is_some() || a.local {
         sweep_args.extend(["--src-mem".into(), "vram".into(), "--dst-mem".into(), "vram".into()]);
     }
     match &a.model {
@@ -194,12 +212,20 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
         .iter()
         .map(|s| s.to_string())
         .chain(sweep_args.iter().cloned())
-        .chain(a.gpus_per_node.map(|_| ["--gpu".to_string(), "0,0".to_string()]).into_iter().flatten())
+        .chain(
+            (a.gpus_per_node.is_some() || a.local)
+                .then(|| ["--gpu".to_string(), "0,0".to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .collect();
     if let Err(e) = <super::Cli as clap::Parser>::try_parse_from(&probe) {
         return Err(usage(format!("the pairs' sweep would refuse its arguments: {}", e.to_string().trim())));
     }
     crate::child::install_interrupt_handler();
+    if a.local {
+        return run_local(&a, &headline, sweep_args);
+    }
     let py = ray::find_python(a.python.as_deref()).map_err(CliError::failed)?;
     let address = a
         .ray_address
@@ -339,6 +365,8 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
         seconds: None,
         verdict: None,
         errors: vec![],
+        local: false,
+        gpu_links: vec![],
     };
     let mpath = out.join("matrix.json");
     save(&mpath, &mut r);
@@ -533,13 +561,25 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
         "failed"
     }
     .into();
-    r.verdict = Some(matrix::verdict(&r, a.outlier_at, a.line_rate_at));
-    save(&mpath, &mut r);
-    let (files, warning) = matrix::heatmap::write(&out, &r);
+    finish(&a, &mut r, &out, interrupted)
+}
+
+/// The end of a matrix run (Ray or --local): the verdict, matrix.json, the
+/// heatmap, the table, the exit code.
+fn finish(
+    a: &MatrixArgs,
+    r: &mut MatrixResult,
+    out: &std::path::Path,
+    interrupted: bool,
+) -> Result<ExitCode, CliError> {
+    let mpath = out.join("matrix.json");
+    r.verdict = Some(matrix::verdict(r, a.outlier_at, a.line_rate_at));
+    save(&mpath, r);
+    let (files, warning) = matrix::heatmap::write(out, r);
     if let Some(w) = warning {
         eprintln!("matrix: {w}");
     }
-    print!("{}", table(&r));
+    print!("{}", table(r));
     if let Some(v) = &r.verdict {
         println!("verdict: {}", v.grade);
         for reason in &v.reasons {
@@ -574,8 +614,8 @@ fn table(r: &MatrixResult) -> String {
     for (i, e) in r.endpoints.iter().enumerate() {
         let lost = e.lost.is_some() || r.nodes.get(e.node).is_some_and(|n| n.lost.is_some());
         let mut row = vec![format!("{}{}", e.label, if lost { " (lost)" } else { "" })];
-        for (j, f) in r.endpoints.iter().enumerate() {
-            let cell = if e.node == f.node {
+        for j in 0..r.endpoints.len() {
+            let cell = if !r.is_link(i, j) {
                 "-".to_string()
             } else {
                 match by_pair.get(&(i, j)) {
@@ -583,6 +623,7 @@ fn table(r: &MatrixResult) -> String {
                         Some(g) => format!("{g:.3}"),
                         None => p.status.clone(),
                     },
+                    None if i == j => "-".into(),
                     None => "?".into(),
                 }
             };
@@ -603,5 +644,261 @@ fn table(r: &MatrixResult) -> String {
             by_lane.iter().map(|(l, n)| format!("{l} ({n} pairs)")).collect::<Vec<_>>().join(", ")
         )
     };
-    format!("GB/s (1e9 B/s) at the largest size\n{t}\n{lanes}")
+    format!("GB/s (1e9 B/s) at the largest size\n{t}\n{}{lanes}", nvlink_table(r))
+}
+
+/// With --local: NVML's NVLink topology between the same GPUs, beside the GB/s.
+fn nvlink_table(r: &MatrixResult) -> String {
+    if !r.local {
+        return String::new();
+    }
+    let mut t = crate::report::style::table();
+    let mut header = vec!["NVLink (NVML)".to_string()];
+    header.extend(r.endpoints.iter().map(|e| e.label.clone()));
+    t.set_header(header);
+    for (i, e) in r.endpoints.iter().enumerate() {
+        let mut row = vec![e.label.clone()];
+        for j in 0..r.endpoints.len() {
+            row.push(if i == j { "self".into() } else { r.nvlink(i, j).unwrap_or_else(|| "PCIe".into()) });
+        }
+        t.add_row(row);
+    }
+    format!(
+        "{t}\n(NV<n>: n active links between the two; NVSwitch: both reach the switch fabric; PCIe: no NVLink path)\n"
+    )
+}
+
+/// A pair's sweep of `matrix --local` while it runs.
+struct Running {
+    pair: matrix::Pair,
+    child: std::process::Child,
+    dir: PathBuf,
+    /// Seconds from the round's start to its end.
+    seconds: Option<f64>,
+    status: Option<std::process::ExitStatus>,
+}
+
+/// `matrix --local`: this host's GPUs against each other. Each round's pairs
+/// run at once as `kvprobe sweep --gpu SRC,DST` in processes of their own
+/// (each GPU in one transfer at a time); no Ray.
+fn run_local(a: &MatrixArgs, headline: &str, sweep_args: Vec<String>) -> Result<ExitCode, CliError> {
+    let usage = |m: String| CliError::usage(anyhow!(m));
+    let devices = crate::cuda::Cuda::open()
+        .and_then(|c| c.devices())
+        .map_err(|e| usage(format!("matrix --local measures this host's GPUs against each other: {e}")))?;
+    crate::cuda::release_all();
+    let gpus: Vec<u32> = match &a.gpus {
+        Some(g) => {
+            let mut v: Vec<u32> = Vec::new();
+            for &x in g {
+                if !devices.iter().any(|d| d.index == x) {
+                    return Err(usage(format!(
+                        "--gpus: GPU {x} does not exist here (CUDA sees {})",
+                        devices.iter().map(|d| d.index.to_string()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                if !v.contains(&x) {
+                    v.push(x);
+                }
+            }
+            v
+        }
+        None => devices.iter().map(|d| d.index).collect(),
+    };
+    if gpus.len() < 2 && !a.same_gpu {
+        return Err(usage(format!(
+            "matrix --local needs two GPUs for a pair; this host has {} (--same-gpu measures each GPU with itself)",
+            gpus.len()
+        )));
+    }
+    let (eps, rounds) = matrix::plan::local_rounds(&gpus, a.same_gpu, a.contention);
+    let pcis: Vec<String> = gpus
+        .iter()
+        .map(|g| devices.iter().find(|d| d.index == *g).map(|d| d.pci.clone()).unwrap_or_default())
+        .collect();
+    let (gpu_links, nvml_error) = match crate::nvml::Nvml::open().and_then(|n| n.report()) {
+        Ok(rep) => (matrix::gpu_links(&pcis, &rep), None),
+        Err(e) => (vec![], Some(format!("NVML: {e} (no NVLink topology beside the matrix)"))),
+    };
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from("results").join(format!("matrix-local-{}", crate::hostinfo::stamp_utc(SystemTime::now())))
+    });
+    std::fs::create_dir_all(out.join("pairs"))
+        .with_context(|| format!("cannot create {}", out.display()))
+        .map_err(CliError::usage)?;
+    let exe = std::env::current_exe().context("cannot find this binary").map_err(CliError::failed)?;
+    let host = crate::hostinfo::hostname();
+    let nodes = vec![MatrixNode {
+        address: host.clone(),
+        hostname: Some(host),
+        node_id: "local".into(),
+        doctor: None,
+        lost: None,
+    }];
+    let endpoints: Vec<MatrixEndpoint> = eps
+        .iter()
+        .map(|e| MatrixEndpoint { node: 0, gpu: e.gpu, label: format!("gpu{}", e.gpu.unwrap_or(0)), lost: None })
+        .collect();
+    let now = crate::hostinfo::rfc3339_utc(SystemTime::now());
+    let mut r = MatrixResult {
+        schema: matrix::SCHEMA.into(),
+        kvprobe_version: crate::version().to_string(),
+        command_line: crate::hostinfo::redacted_args(),
+        status: "running".into(),
+        started_at: now.clone(),
+        updated_at: now,
+        ray_address: "local".into(),
+        contention: a.contention,
+        sweep_args: sweep_args.clone(),
+        nodes,
+        gpus_per_node: Some(gpus.len() as u32),
+        endpoints,
+        rounds: rounds.clone(),
+        round_seconds: vec![],
+        pairs: vec![],
+        seconds: None,
+        verdict: None,
+        errors: vec![],
+        local: true,
+        gpu_links,
+    };
+    if let Some(n) = &nvml_error {
+        eprintln!("matrix: {n}");
+    }
+    let mpath = out.join("matrix.json");
+    save(&mpath, &mut r);
+    let total: usize = rounds.iter().map(Vec::len).sum();
+    if !a.quiet {
+        eprintln!(
+            "matrix: GPUs {} of this host, {total} pairs in {} rounds{}; results in {}",
+            gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+            rounds.len(),
+            if a.contention { " (overlapping)" } else { " (each GPU in one transfer at a time)" },
+            out.display()
+        );
+    }
+    let t0 = Instant::now();
+    let mut interrupted = false;
+    'rounds: for (ri, round) in rounds.iter().enumerate() {
+        let tr = Instant::now();
+        let mut running = Vec::new();
+        for p in round {
+            let (gi, gt) = (gpus[p.initiator], gpus[p.target]);
+            // READ moves the target's GPU into the initiator's, WRITE the other way
+            let (src, dst) = if headline == "WRITE" { (gi, gt) } else { (gt, gi) };
+            let dir = out.join("pairs").join(format!("{}-{}", p.initiator, p.target));
+            let log = std::fs::File::create(out.join("pairs").join(format!("{}-{}.log", p.initiator, p.target)))
+                .with_context(|| format!("cannot create the log of pair {}-{}", p.initiator, p.target))
+                .map_err(CliError::failed)?;
+            let mut cmd = Command::new(&exe);
+            cmd.args(["sweep", "-q", "--no-fail", "--out"])
+                .arg(&dir)
+                .args(&sweep_args)
+                .args(["--gpu", &format!("{src},{dst}")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .process_group(0);
+            // SAFETY: between fork and exec, only prctl (async-signal-safe): the
+            // pair's sweep dies with this process (and its helpers with it).
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child =
+                cmd.spawn().with_context(|| "cannot start a pair's sweep".to_string()).map_err(CliError::failed)?;
+            running.push(Running { pair: *p, child, dir, seconds: None, status: None });
+        }
+        // wait for the round; an interrupt or the pair timeout stops what still runs
+        let mut stop_at: Option<Instant> = None;
+        loop {
+            for x in running.iter_mut().filter(|x| x.status.is_none()) {
+                if let Ok(Some(s)) = x.child.try_wait() {
+                    x.status = Some(s);
+                    x.seconds = Some(tr.elapsed().as_secs_f64());
+                }
+            }
+            if running.iter().all(|x| x.status.is_some()) {
+                break;
+            }
+            let late = tr.elapsed().as_secs_f64() > a.pair_timeout;
+            if (crate::child::interrupted() || late) && stop_at.is_none() {
+                interrupted |= crate::child::interrupted();
+                stop_at = Some(Instant::now());
+                for x in running.iter().filter(|x| x.status.is_none()) {
+                    // SAFETY: kill has no memory-safety preconditions; the group is the pair sweep's own.
+                    unsafe { libc::kill(-(x.child.id() as i32), libc::SIGINT) };
+                }
+            }
+            if stop_at.is_some_and(|t| t.elapsed() > Duration::from_secs(15)) {
+                for x in running.iter_mut().filter(|x| x.status.is_none()) {
+                    // SAFETY: as above; SIGKILL to a sweep that did not stop on SIGINT.
+                    unsafe { libc::kill(-(x.child.id() as i32), libc::SIGKILL) };
+                    x.status = x.child.wait().ok();
+                    x.seconds = Some(tr.elapsed().as_secs_f64());
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for Running { pair: p, dir, seconds, status, .. } in running {
+            let results: Option<Value> =
+                std::fs::read_to_string(dir.join("results.json")).ok().and_then(|s| serde_json::from_str(&s).ok());
+            let complete = results.as_ref().is_some_and(|v| v["status"] == "complete");
+            let error = (!complete).then(|| {
+                let log = std::fs::read_to_string(out.join("pairs").join(format!("{}-{}.log", p.initiator, p.target)))
+                    .unwrap_or_default();
+                let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+                format!(
+                    "sweep {}: {last}",
+                    status.map(crate::child::describe).unwrap_or_else(|| "did not finish".into())
+                )
+            });
+            let s = results.as_ref().map(|v| summarize(v, headline));
+            let gbps = if complete { s.as_ref().and_then(|s| s.by_size.last().map(|x| x.1)) } else { None };
+            if !a.quiet {
+                let what = match gbps {
+                    Some(g) => format!(
+                        "{g:.3} GB/s{}",
+                        s.as_ref().and_then(|s| s.lanes.clone()).map(|l| format!(" over {l}")).unwrap_or_default()
+                    ),
+                    None => format!("failed: {}", error.as_deref().unwrap_or("")),
+                };
+                eprintln!(
+                    "matrix: round {}/{} {} <- {}: {what}",
+                    ri + 1,
+                    rounds.len(),
+                    r.endpoints[p.initiator].label,
+                    r.endpoints[p.target].label
+                );
+            }
+            r.pairs.push(PairResult {
+                initiator: p.initiator,
+                target: p.target,
+                round: ri,
+                status: if complete { "ok" } else { "failed" }.into(),
+                gbps_by_size: s.as_ref().map(|s| s.by_size.clone()).unwrap_or_default(),
+                gbps,
+                carried_by: s.as_ref().and_then(|s| s.lanes.clone()),
+                sweep_grade: s.as_ref().and_then(|s| s.grade.clone()),
+                sweep_failed: s.as_ref().map(|s| s.failed_checks.clone()).unwrap_or_default(),
+                expected_gbps: s.as_ref().and_then(|s| s.rated),
+                seconds: seconds.map(|s| (s * 10.0).round() / 10.0),
+                error,
+            });
+            save(&mpath, &mut r);
+        }
+        r.round_seconds.push((tr.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+        save(&mpath, &mut r);
+        if interrupted {
+            break 'rounds;
+        }
+    }
+    r.seconds = Some((t0.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+    r.status = if interrupted { "interrupted" } else { "complete" }.into();
+    finish(a, &mut r, &out, interrupted)
 }

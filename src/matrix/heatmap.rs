@@ -51,9 +51,12 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, r: &M
         .collect();
     let outlier = |i: usize, j: usize| outliers.contains(&(eps[i].label.as_str(), eps[j].label.as_str()));
     let font = |s: i32| ("sans-serif", s).into_font();
-    let what = match r.gpus_per_node {
-        Some(g) => format!("{} nodes x {g} GPUs", r.nodes.len()),
-        None => format!("{} nodes", r.nodes.len()),
+    let what = match (r.local, r.gpus_per_node) {
+        (true, _) => {
+            format!("{} GPUs of {}", r.endpoints.len(), r.nodes.first().map_or("this host", |n| n.address.as_str()))
+        }
+        (false, Some(g)) => format!("{} nodes x {g} GPUs", r.nodes.len()),
+        (false, None) => format!("{} nodes", r.nodes.len()),
     };
     let title = format!(
         "kvprobe matrix: GB/s (1e9 B/s) at the largest size, {what}{}",
@@ -78,7 +81,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, r: &M
         for j in 0..n {
             let (x0, y0) = (LEFT + j as i32 * side, TOP + i as i32 * side);
             let cell = [(x0, y0), (x0 + side - gap, y0 + side - gap)];
-            if eps[i].node == eps[j].node {
+            if !r.is_link(i, j) {
                 // itself, or GPUs of one node (not a network link)
                 root.draw(&Rectangle::new(cell, RGBColor(235, 235, 235).filled())).map_err(|x| e(&x))?;
                 continue;
@@ -102,6 +105,10 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, r: &M
                         format!("{g:.3}")
                     };
                     root.draw(&Text::new(text, (x0 + 12, y0 + side / 2 - 8), font(14))).map_err(|x| e(&x))?;
+                    // --local: the NVLink between the two GPUs, as NVML reports it
+                    if let Some(nv) = r.nvlink(i, j) {
+                        root.draw(&Text::new(nv, (x0 + 12, y0 + side / 2 + 10), font(10))).map_err(|x| e(&x))?;
+                    }
                     if outlier(i, j) {
                         let inner = [(x0 + 2, y0 + 2), (x0 + side - 4, y0 + side - 4)];
                         root.draw(&Rectangle::new(inner, BLACK.stroke_width(3))).map_err(|x| e(&x))?;

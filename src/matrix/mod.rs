@@ -192,6 +192,73 @@ pub struct MatrixResult {
     pub verdict: Option<MatrixVerdict>,
     /// Errors of the run itself.
     pub errors: Vec<String>,
+    /// `matrix --local`: this host's GPUs against each other, no Ray
+    /// (endpoints are GPUs of `nodes[0]`; a pair of one GPU with itself is
+    /// its baseline and stays out of the outlier statistics).
+    #[serde(default)]
+    pub local: bool,
+    /// NVLink between the endpoints' GPUs, as NVML reports it (`--local`).
+    #[serde(default)]
+    pub gpu_links: Vec<GpuLink>,
+}
+
+/// NVLink between two GPUs of the host (endpoint indexes), from NVML.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuLink {
+    /// Endpoint index of one GPU.
+    pub a: usize,
+    /// Endpoint index of the other.
+    pub b: usize,
+    /// Active links from `a` straight to `b`.
+    pub direct: u32,
+    /// Both have active links to NVSwitches (a path through the switch fabric).
+    pub via_switch: bool,
+}
+
+impl MatrixResult {
+    /// Whether (i, j) is a pair this matrix measures: endpoints on different
+    /// nodes, or, with `--local`, any two GPUs of the host (and a GPU with
+    /// itself, its baseline).
+    pub fn is_link(&self, i: usize, j: usize) -> bool {
+        match (self.endpoints.get(i), self.endpoints.get(j)) {
+            (Some(a), Some(b)) => self.local || a.node != b.node,
+            _ => false,
+        }
+    }
+
+    /// The NVLink between endpoints i and j as a short cell text (`NV18`,
+    /// `NVSwitch`), None without one.
+    pub fn nvlink(&self, i: usize, j: usize) -> Option<String> {
+        let l = self.gpu_links.iter().find(|l| (l.a == i && l.b == j) || (l.a == j && l.b == i))?;
+        match (l.direct, l.via_switch) {
+            (0, true) => Some("NVSwitch".into()),
+            (0, false) => None,
+            (d, _) => Some(format!("NV{d}")),
+        }
+    }
+}
+
+/// NVLink between the GPUs at `pcis` (endpoint order, sysfs PCI addresses),
+/// from NVML's per-GPU active links: direct links count where a link's
+/// remote end is the other GPU; two GPUs whose links end on anything that is
+/// not a GPU of the host (NVSwitches) are connected through the switches.
+pub fn gpu_links(pcis: &[String], nvml: &crate::nvml::NvmlReport) -> Vec<GpuLink> {
+    let norm = |p: &str| crate::nvml::sysfs_pci(p);
+    let all_gpus: Vec<String> = nvml.gpus.iter().map(|g| norm(&g.pci)).collect();
+    let of = |pci: &str| nvml.gpus.iter().find(|g| norm(&g.pci) == norm(pci));
+    let mut out = Vec::new();
+    for (a, pa) in pcis.iter().enumerate() {
+        for (b, pb) in pcis.iter().enumerate().skip(a + 1) {
+            let (Some(ga), Some(gb)) = (of(pa), of(pb)) else { continue };
+            let direct = ga.nvlinks.iter().filter(|(_, r)| norm(r) == norm(pb)).count() as u32;
+            let to_switch = |g: &crate::nvml::NvmlGpu| g.nvlinks.iter().any(|(_, r)| !all_gpus.contains(&norm(r)));
+            let via_switch = to_switch(ga) && to_switch(gb);
+            if direct > 0 || via_switch {
+                out.push(GpuLink { a, b, direct, via_switch });
+            }
+        }
+    }
+    out
 }
 
 fn median(v: &mut [f64]) -> Option<f64> {
@@ -220,9 +287,14 @@ pub fn endpoint_label(nodes: &[MatrixNode], e: &Endpoint) -> String {
 /// measured GPUs are outliers is named as the node; lost nodes or GPUs,
 /// failed pairs or outlier nodes FAIL, outlier links alone WARN.
 pub fn verdict(r: &MatrixResult, outlier_at: f64, line_rate_at: f64) -> MatrixVerdict {
-    let ok: Vec<&PairResult> = r.pairs.iter().filter(|p| p.status == "ok" && p.gbps.is_some()).collect();
+    let measured_ok: Vec<&PairResult> = r.pairs.iter().filter(|p| p.status == "ok" && p.gbps.is_some()).collect();
+    // a GPU with itself (--local --same-gpu) is its baseline, not a link
+    let ok: Vec<&PairResult> = measured_ok.iter().copied().filter(|p| p.initiator != p.target).collect();
     let eps = &r.endpoints;
-    let node_of = |i: usize| eps.get(i).map(|e| e.node).unwrap_or(usize::MAX);
+    // the unit an outlier is blamed on: the node, or, on one host (--local), the GPU
+    let node_of = |i: usize| {
+        if r.local { i } else { eps.get(i).map(|e| e.node).unwrap_or(usize::MAX) }
+    };
     let label = |i: usize| eps.get(i).map(|e| e.label.clone()).unwrap_or_else(|| format!("#{i}"));
     // the reference is the typical endpoint: the median over endpoints of
     // each one's median link. A plain median of links fails with few nodes
@@ -267,14 +339,16 @@ pub fn verdict(r: &MatrixResult, outlier_at: f64, line_rate_at: f64) -> MatrixVe
         }
     }
     // per GPU: a node whose every measured GPU is an outlier is the node
+    // (on one host every GPU stands for itself)
+    let host_of = |i: usize| eps.get(i).map(|e| e.node).unwrap_or(usize::MAX);
     let mut nodes_out: Vec<OutlierNode> = Vec::new();
     for (ni, n) in r.nodes.iter().enumerate() {
-        let mine: Vec<&(usize, usize, Vec<f64>)> = out_eps.iter().filter(|o| node_of(o.0) == ni).collect();
+        let mine: Vec<&(usize, usize, Vec<f64>)> = out_eps.iter().filter(|o| host_of(o.0) == ni).collect();
         if mine.is_empty() {
             continue;
         }
-        let measured_gpus = (0..eps.len()).filter(|i| node_of(*i) == ni && !links_of(*i).is_empty()).count();
-        let whole = eps.get(mine[0].0).is_some_and(|e| e.gpu.is_none()) || mine.len() == measured_gpus;
+        let measured_gpus = (0..eps.len()).filter(|i| host_of(*i) == ni && !links_of(*i).is_empty()).count();
+        let whole = !r.local && (eps.get(mine[0].0).is_some_and(|e| e.gpu.is_none()) || mine.len() == measured_gpus);
         if whole {
             let mut all: Vec<f64> = mine.iter().flat_map(|o| o.2.iter().copied()).collect();
             nodes_out.push(OutlierNode {
@@ -336,7 +410,8 @@ pub fn verdict(r: &MatrixResult, outlier_at: f64, line_rate_at: f64) -> MatrixVe
         .collect();
     // the pairs' own verdicts: a cluster where every pair is equally wrong has no outlier
     let mut checks: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    let sweep_failed: Vec<&&PairResult> = ok.iter().filter(|p| p.sweep_grade.as_deref() == Some("FAIL")).collect();
+    let sweep_failed: Vec<&&PairResult> =
+        measured_ok.iter().filter(|p| p.sweep_grade.as_deref() == Some("FAIL")).collect();
     for p in &sweep_failed {
         if p.sweep_failed.is_empty() {
             *checks.entry("unnamed").or_default() += 1;
@@ -355,7 +430,7 @@ pub fn verdict(r: &MatrixResult, outlier_at: f64, line_rate_at: f64) -> MatrixVe
         reasons.push(format!(
             "{} of {} measured pairs failed their own sweep verdict ({}); e.g. {} -> {}: pairs/{}-{}.json",
             sweep_failed.len(),
-            ok.len(),
+            measured_ok.len(),
             sweep_failures.join(", "),
             label(first.initiator),
             label(first.target),
@@ -375,7 +450,9 @@ pub fn verdict(r: &MatrixResult, outlier_at: f64, line_rate_at: f64) -> MatrixVe
             n.links,
             n.median_gbps,
             med.unwrap_or(0.0),
-            if n.gpu.is_some() {
+            if r.local {
+                "its NVLink or PCIe links (nvidia-smi topo -m, nvidia-smi nvlink -s), or what else runs on it"
+            } else if n.gpu.is_some() {
                 "the NIC this GPU uses (its NUMA / PCIe placement, UCX_NET_DEVICES), its cable or switch port"
             } else {
                 "its NIC, cable, switch port or UCX setup"
@@ -392,15 +469,20 @@ pub fn verdict(r: &MatrixResult, outlier_at: f64, line_rate_at: f64) -> MatrixVe
             l.of_expected.map(|e| format!(", {:.0}% of the expected line rate", 100.0 * e)).unwrap_or_default()
         ));
     }
-    let grade = if !lost.is_empty() || !failed.is_empty() || !nodes_out.is_empty() || ok.is_empty() {
+    let grade = if !lost.is_empty() || !failed.is_empty() || !nodes_out.is_empty() || measured_ok.is_empty() {
         "FAIL"
     } else if !links.is_empty() || !sweep_failed.is_empty() {
         "WARN"
     } else {
         "PASS"
     };
-    if ok.is_empty() {
+    if measured_ok.is_empty() {
         reasons.push("no pair was measured".into());
+    } else if ok.is_empty() {
+        reasons.push(format!(
+            "only each GPU with itself was measured ({} baseline pair(s)): no two GPUs to compare, so no outliers",
+            measured_ok.len()
+        ));
     }
     MatrixVerdict {
         grade: grade.into(),
@@ -482,7 +564,104 @@ mod tests {
             seconds: None,
             verdict: None,
             errors: vec![],
+            local: false,
+            gpu_links: vec![],
         }
+    }
+
+    /// `matrix --local` over `n` GPUs of one host (with each GPU's baseline
+    /// pair), pair GB/s from `rate`.
+    fn local_result(n: u32, rate: impl Fn(usize, usize) -> f64) -> MatrixResult {
+        let gpus: Vec<u32> = (0..n).collect();
+        let (eps, rounds) = plan::local_rounds(&gpus, true, false);
+        let mut r = result(2, |_, _| 0.0);
+        r.nodes.truncate(1);
+        r.local = true;
+        r.endpoints = eps
+            .iter()
+            .map(|e| MatrixEndpoint { node: 0, gpu: e.gpu, label: format!("gpu{}", e.gpu.unwrap_or(0)), lost: None })
+            .collect();
+        r.pairs = rounds
+            .iter()
+            .enumerate()
+            .flat_map(|(k, round)| round.iter().map(move |p| (k, *p)))
+            .map(|(k, p)| PairResult {
+                initiator: p.initiator,
+                target: p.target,
+                round: k,
+                status: "ok".into(),
+                gbps_by_size: vec![],
+                gbps: Some(rate(p.initiator, p.target)),
+                carried_by: Some("cuda_ipc/cuda".into()),
+                sweep_grade: Some("PASS".into()),
+                sweep_failed: vec![],
+                expected_gbps: None,
+                seconds: None,
+                error: None,
+            })
+            .collect();
+        r.rounds = rounds;
+        r
+    }
+
+    #[test]
+    fn on_one_host_a_slow_gpu_is_the_outlier_and_baselines_stay_out() {
+        // 4 GPUs at 300 GB/s, GPU 2 at 40 on every link; each GPU with itself at 1,400 (its own copy)
+        let rate = |i: usize, j: usize| {
+            if i == j {
+                1400.0
+            } else if i == 2 || j == 2 {
+                40.0
+            } else {
+                300.0
+            }
+        };
+        let r = local_result(4, rate);
+        assert!(r.is_link(0, 1) && r.is_link(1, 1), "one host: every pair of GPUs is a link");
+        let v = verdict(&r, 0.5, 0.25);
+        assert_eq!(v.median_gbps, Some(300.0), "the baselines are not links: {v:?}");
+        assert_eq!(v.grade, "FAIL", "{:?}", v.reasons);
+        assert_eq!(v.outlier_nodes.len(), 1, "{:?}", v.outlier_nodes);
+        assert_eq!((v.outlier_nodes[0].address.as_str(), v.outlier_nodes[0].gpu), ("gpu2", Some(2)));
+        assert!(v.reasons.iter().any(|x| x.contains("NVLink")), "{:?}", v.reasons);
+        // all alike: PASS; one GPU alone (its baseline only) is measured, not failed
+        assert_eq!(verdict(&local_result(4, |i, j| if i == j { 1400.0 } else { 300.0 }), 0.5, 0.25).grade, "PASS");
+        let one = verdict(&local_result(1, |_, _| 1400.0), 0.5, 0.25);
+        assert_eq!(one.grade, "PASS", "{:?}", one.reasons);
+        assert!(one.reasons.iter().any(|x| x.contains("only each GPU with itself")), "{:?}", one.reasons);
+    }
+
+    #[test]
+    fn nvlink_topology_comes_from_nvml_links() {
+        use crate::nvml::{NvmlGpu, NvmlReport};
+        let gpu = |i: u32, pci: &str, links: &[&str]| NvmlGpu {
+            index: i,
+            name: "NVIDIA H100 80GB HBM3".into(),
+            pci: pci.into(),
+            nvlinks: links.iter().enumerate().map(|(k, r)| (k as u32, r.to_string())).collect(),
+        };
+        // GPUs 0 and 1 joined by two direct links; 2 and 3 both on an NVSwitch; 4 has none
+        let rep = NvmlReport {
+            driver: "580".into(),
+            gpus: vec![
+                gpu(0, "0000:18:00.0", &["0000:2a:00.0", "0000:2a:00.0"]),
+                gpu(1, "0000:2a:00.0", &["0000:18:00.0", "0000:18:00.0"]),
+                gpu(2, "0000:3a:00.0", &["0000:c0:00.0"]),
+                gpu(3, "0000:5d:00.0", &["0000:c1:00.0"]),
+                gpu(4, "0000:9a:00.0", &[]),
+            ],
+            library: None,
+        };
+        let pcis: Vec<String> = rep.gpus.iter().map(|g| g.pci.clone()).collect();
+        let links = gpu_links(&pcis, &rep);
+        assert!(links.contains(&GpuLink { a: 0, b: 1, direct: 2, via_switch: false }), "{links:?}");
+        assert!(links.contains(&GpuLink { a: 2, b: 3, direct: 0, via_switch: true }), "{links:?}");
+        assert!(!links.iter().any(|l| l.a == 4 || l.b == 4), "{links:?}");
+        let mut r = local_result(5, |_, _| 1.0);
+        r.gpu_links = links;
+        assert_eq!(r.nvlink(1, 0).as_deref(), Some("NV2"));
+        assert_eq!(r.nvlink(2, 3).as_deref(), Some("NVSwitch"));
+        assert_eq!(r.nvlink(0, 4), None);
     }
 
     #[test]

@@ -90,10 +90,42 @@ pub fn endpoint_rounds(nodes: usize, gpus: Option<u32>, contention: bool) -> (Ve
     (eps, out)
 }
 
+/// The endpoints and rounds of one host's GPUs against each other
+/// (`matrix --local`): every ordered pair of distinct GPUs once, in [`rounds`]
+/// (each GPU in one transfer at a time, or the contention shifts), then,
+/// with `same_gpu`, one round in which every GPU reads from itself (two
+/// processes on one GPU: the device's own copy path, the baseline).
+pub fn local_rounds(gpus: &[u32], same_gpu: bool, contention: bool) -> (Vec<Endpoint>, Vec<Vec<Pair>>) {
+    let eps = gpus.iter().map(|&g| Endpoint { node: 0, gpu: Some(g) }).collect();
+    let mut out = rounds(gpus.len(), contention);
+    if same_gpu && !gpus.is_empty() {
+        out.push((0..gpus.len()).map(|i| Pair { initiator: i, target: i }).collect());
+    }
+    (eps, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn local_rounds_pair_every_gpu_of_the_host() {
+        let (eps, r) = local_rounds(&[0, 1, 2, 3], false, false);
+        assert_eq!(eps.len(), 4);
+        assert!(eps.iter().all(|e| e.node == 0));
+        let pairs: HashSet<Pair> = r.iter().flatten().copied().collect();
+        assert_eq!(pairs.len(), 12, "every ordered pair of distinct GPUs");
+        assert!(pairs.iter().all(|p| p.initiator != p.target));
+        // the baseline round: each GPU with itself, all at once
+        let (_, r) = local_rounds(&[0, 1, 2, 3], true, false);
+        assert_eq!(r.last().unwrap().len(), 4);
+        assert!(r.last().unwrap().iter().all(|p| p.initiator == p.target));
+        // one GPU: only its baseline
+        let (eps, r) = local_rounds(&[5], true, false);
+        assert_eq!((eps[0].gpu, r.len(), r[0][0]), (Some(5), 1, Pair { initiator: 0, target: 0 }));
+        assert!(local_rounds(&[5], false, false).1.is_empty());
+    }
 
     #[test]
     fn exclusive_rounds_cover_every_ordered_pair_once_with_no_node_twice() {
