@@ -27,6 +27,28 @@ pub struct Child {
     pub log: Option<PathBuf>,
     status: Option<ExitStatus>,
 }
+/// Makes `cmd`'s process die with this one (`PR_SET_PDEATHSIG` SIGKILL,
+/// and an exit at once if this process is already gone) and lead a process
+/// group of its own, for children that are not kvprobe helpers (the matrix's
+/// Ray driver, its pairs' sweeps).
+pub fn dies_with_parent(cmd: &mut Command) {
+    cmd.process_group(0);
+    // SAFETY: getpid is async-signal-safe; read before fork.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec and calls only
+    // async-signal-safe syscalls (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
 
 /// Starts this same binary with `args`, extra environment `env`, stdout piped,
 /// stdin piped when `stdin`, stderr appended to `log` (or inherited).

@@ -7,7 +7,6 @@
 //! the verdict (outlier links, nodes and GPUs).
 
 use std::io::BufRead;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -385,22 +384,9 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
         .map_err(CliError::failed)?;
     let t0 = Instant::now();
     let mut cmd = Command::new(&py.python);
-    cmd.args(["-c", DRIVER_PY])
-        .arg(&plan_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .process_group(0);
-    // SAFETY: the closure runs between fork and exec and calls only prctl
-    // (async-signal-safe): the driver dies with kvprobe, and its actors with it.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    cmd.args(["-c", DRIVER_PY]).arg(&plan_path).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log));
+    // the driver dies with kvprobe, and its actors with it
+    crate::child::dies_with_parent(&mut cmd);
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start the Ray driver with {}", py.python.display()))
@@ -797,18 +783,9 @@ fn run_local(a: &MatrixArgs, headline: &str, sweep_args: Vec<String>) -> Result<
                 .args(["--gpu", &format!("{src},{dst}")])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::from(log))
-                .process_group(0);
-            // SAFETY: between fork and exec, only prctl (async-signal-safe): the
-            // pair's sweep dies with this process (and its helpers with it).
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+                .stderr(Stdio::from(log));
+            // the pair's sweep dies with this process (and its helpers with it)
+            crate::child::dies_with_parent(&mut cmd);
             let child =
                 cmd.spawn().with_context(|| "cannot start a pair's sweep".to_string()).map_err(CliError::failed)?;
             running.push(Running { pair: *p, child, dir, seconds: None, status: None });
