@@ -82,6 +82,7 @@ fn rig() -> Rig {
         kv: None,
         target_mem: Default::default(),
         initiator_mem: Default::default(),
+        initiator_agent: None,
     };
     let conn =
         Connection::open(Some(&nixl), &addr, "bench", &setup, Duration::from_secs(30)).expect("connect to target");

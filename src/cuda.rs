@@ -57,6 +57,51 @@ pub mod raw {
     /// `CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED`.
     pub const ATTR_DMA_BUF_SUPPORTED: c_int = 124;
 
+    /// `CU_MEMORYTYPE_HOST`.
+    pub const MEMORYTYPE_HOST: c_int = 1;
+    /// `CU_MEMORYTYPE_DEVICE`.
+    pub const MEMORYTYPE_DEVICE: c_int = 2;
+
+    /// `CUDA_MEMCPY2D` (`cuda.h`): a copy of `Height` rows of `WidthInBytes`,
+    /// each side with its own pitch.
+    #[allow(non_snake_case)]
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct Memcpy2D {
+        /// Source column offset, bytes.
+        pub srcXInBytes: usize,
+        /// Source row offset.
+        pub srcY: usize,
+        /// `CUmemorytype` of the source.
+        pub srcMemoryType: c_int,
+        /// Source, host memory.
+        pub srcHost: *const c_void,
+        /// Source, device memory.
+        pub srcDevice: CuDevicePtr,
+        /// Source, a CUDA array (unused: null).
+        pub srcArray: *mut c_void,
+        /// Source pitch, bytes.
+        pub srcPitch: usize,
+        /// Destination column offset, bytes.
+        pub dstXInBytes: usize,
+        /// Destination row offset.
+        pub dstY: usize,
+        /// `CUmemorytype` of the destination.
+        pub dstMemoryType: c_int,
+        /// Destination, host memory.
+        pub dstHost: *mut c_void,
+        /// Destination, device memory.
+        pub dstDevice: CuDevicePtr,
+        /// Destination, a CUDA array (unused: null).
+        pub dstArray: *mut c_void,
+        /// Destination pitch, bytes.
+        pub dstPitch: usize,
+        /// Bytes per row.
+        pub WidthInBytes: usize,
+        /// Rows.
+        pub Height: usize,
+    }
+
     /// The functions kvprobe calls, named as the symbols they are loaded from.
     #[allow(non_snake_case)]
     #[derive(Debug, Clone, Copy)]
@@ -99,6 +144,8 @@ pub mod raw {
         pub cuMemcpyDtoD_v2: unsafe extern "C" fn(CuDevicePtr, CuDevicePtr, usize) -> CuResult,
         /// `cuMemsetD8_v2`.
         pub cuMemsetD8_v2: unsafe extern "C" fn(CuDevicePtr, u8, usize) -> CuResult,
+        /// `cuMemcpy2D_v2`.
+        pub cuMemcpy2D_v2: unsafe extern "C" fn(*const Memcpy2D) -> CuResult,
         /// `cuMemHostRegister_v2`.
         pub cuMemHostRegister_v2: unsafe extern "C" fn(*mut c_void, usize, c_uint) -> CuResult,
         /// `cuMemHostUnregister`.
@@ -246,6 +293,7 @@ impl Cuda {
             cuMemcpyDtoH_v2: sym!("cuMemcpyDtoH_v2"),
             cuMemcpyDtoD_v2: sym!("cuMemcpyDtoD_v2"),
             cuMemsetD8_v2: sym!("cuMemsetD8_v2"),
+            cuMemcpy2D_v2: sym!("cuMemcpy2D_v2"),
             cuMemHostRegister_v2: sym!("cuMemHostRegister_v2"),
             cuMemHostUnregister: sym!("cuMemHostUnregister"),
             cuPointerSetAttribute: sym!("cuPointerSetAttribute"),
@@ -655,6 +703,106 @@ impl DeviceBuffer {
             done += n;
         }
         Ok(())
+    }
+
+    /// One strided copy between a dense host staging area (`rows` x `width`)
+    /// and `rows` rows of `width` bytes, `pitch` apart, from `off` here.
+    fn copy_2d(
+        &self,
+        off: usize,
+        width: usize,
+        pitch: usize,
+        rows: usize,
+        host: *mut u8,
+        up: bool,
+    ) -> Result<(), MemError> {
+        if rows == 0 || width == 0 {
+            return Ok(());
+        }
+        self.check(off, (rows - 1) * pitch + width)?;
+        self.gpu.make_current()?;
+        let dev = self.ptr + off as u64;
+        let null = std::ptr::null_mut();
+        let c = if up {
+            raw::Memcpy2D {
+                srcXInBytes: 0,
+                srcY: 0,
+                srcMemoryType: raw::MEMORYTYPE_HOST,
+                srcHost: host.cast_const().cast(),
+                srcDevice: 0,
+                srcArray: null,
+                srcPitch: width,
+                dstXInBytes: 0,
+                dstY: 0,
+                dstMemoryType: raw::MEMORYTYPE_DEVICE,
+                dstHost: null,
+                dstDevice: dev,
+                dstArray: null,
+                dstPitch: pitch,
+                WidthInBytes: width,
+                Height: rows,
+            }
+        } else {
+            raw::Memcpy2D {
+                srcXInBytes: 0,
+                srcY: 0,
+                srcMemoryType: raw::MEMORYTYPE_DEVICE,
+                srcHost: std::ptr::null(),
+                srcDevice: dev,
+                srcArray: null,
+                srcPitch: pitch,
+                dstXInBytes: 0,
+                dstY: 0,
+                dstMemoryType: raw::MEMORYTYPE_HOST,
+                dstHost: host.cast(),
+                dstDevice: 0,
+                dstArray: null,
+                dstPitch: width,
+                WidthInBytes: width,
+                Height: rows,
+            }
+        };
+        // SAFETY: the device rows lie inside the allocation (checked above);
+        // the caller's host staging holds rows x width bytes.
+        unsafe { cu_call!(self.gpu.0.cuda.0, cuMemcpy2D_v2(&c)) }?;
+        Ok(())
+    }
+
+    /// Writes every chunk (a pattern or poison) with one strided copy per
+    /// batch of equally spaced rows ([`crate::mem::batches`]) instead of a
+    /// copy per chunk: a KV request's head chunks are thousands of 4 KiB
+    /// pieces, and GPUs time-slice the copies of processes sharing them.
+    pub fn write_chunks(&self, chunks: &[crate::mem::Chunk]) -> Result<(), MemError> {
+        for b in crate::mem::batches(chunks, STAGE) {
+            let mut stage = vec![0u8; b.width * b.rows.len()];
+            for (j, row) in b.rows.iter().enumerate() {
+                for c in &chunks[row.chunks.clone()] {
+                    let at = j * b.width + (c.off - row.off) as usize;
+                    c.content.write(&mut stage[at..at + c.len as usize]);
+                }
+            }
+            self.copy_2d(b.rows[0].off as usize, b.width, b.pitch, b.rows.len(), stage.as_mut_ptr(), true)?;
+        }
+        // a copy from pageable memory may still be on its way when it returns
+        // SAFETY: no arguments.
+        unsafe { cu_call!(self.gpu.0.cuda.0, cuCtxSynchronize()) }?;
+        Ok(())
+    }
+
+    /// Checks every chunk against its content, one strided copy per batch.
+    pub fn check_chunks(&self, chunks: &[crate::mem::Chunk]) -> Result<Verify, MemError> {
+        let mut v = Verify::clean();
+        for b in crate::mem::batches(chunks, STAGE) {
+            let mut stage = vec![0u8; b.width * b.rows.len()];
+            self.copy_2d(b.rows[0].off as usize, b.width, b.pitch, b.rows.len(), stage.as_mut_ptr(), false)?;
+            for (j, row) in b.rows.iter().enumerate() {
+                for c in &chunks[row.chunks.clone()] {
+                    let at = j * b.width + (c.off - row.off) as usize;
+                    v.merge(c.content.check(&stage[at..at + c.len as usize], c.off));
+                }
+            }
+        }
+        Ok(v)
     }
 
     /// Copies `[off, off+len)` back and checks it with `check(bytes, base of

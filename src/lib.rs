@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod report;
 pub mod rng;
 pub mod topology;
+pub mod tp;
 pub mod transport;
 pub mod ucx;
 pub mod units;

@@ -417,6 +417,54 @@ impl Buffer {
         }
     }
 
+    /// Writes every chunk's content (GPU memory: one strided copy per batch).
+    ///
+    /// # Safety
+    /// No transfer may read or write the chunks while this runs (see the module docs).
+    pub unsafe fn write_chunks(&self, chunks: &[Chunk]) -> Result<(), MemError> {
+        match self {
+            Buffer::Host { buf, .. } => {
+                for c in chunks {
+                    let (off, len) = (c.off as usize, c.len as usize);
+                    // SAFETY: forwarded contract.
+                    unsafe {
+                        match c.content {
+                            Content::Pattern(seed) => buf.fill_as(off, len, 0, seed),
+                            Content::Poison => buf.poison(off, len),
+                        }
+                    }?;
+                }
+                Ok(())
+            }
+            Buffer::Device(d) => d.write_chunks(chunks),
+        }
+    }
+
+    /// Checks every chunk against its content (GPU memory: one strided copy
+    /// per batch).
+    ///
+    /// # Safety
+    /// No transfer may write the chunks while this runs (see the module docs).
+    pub unsafe fn check_chunks(&self, chunks: &[Chunk]) -> Result<Verify, MemError> {
+        match self {
+            Buffer::Host { buf, .. } => {
+                let mut v = Verify::clean();
+                for c in chunks {
+                    let (off, len) = (c.off as usize, c.len as usize);
+                    // SAFETY: forwarded contract.
+                    v.merge(unsafe {
+                        match c.content {
+                            Content::Pattern(seed) => buf.verify_as(off, len, 0, seed),
+                            Content::Poison => buf.verify_poison(off, len),
+                        }
+                    }?);
+                }
+                Ok(v)
+            }
+            Buffer::Device(d) => d.check_chunks(chunks),
+        }
+    }
+
     /// As [`HostBuffer::verify_poison`].
     ///
     /// # Safety
@@ -563,6 +611,106 @@ unsafe impl Region for Buffer {
             Buffer::Device(d) => u64::from(d.gpu().index()),
         }
     }
+}
+
+/// What one chunk of a batch holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    /// The pattern for this seed, as if the chunk began at offset 0.
+    Pattern(u64),
+    /// Poison bytes.
+    Poison,
+}
+
+impl Content {
+    /// Writes the content into `buf`.
+    pub fn write(&self, buf: &mut [u8]) {
+        match *self {
+            Content::Pattern(seed) => fill_pattern(buf, 0, seed),
+            Content::Poison => buf.fill(POISON),
+        }
+    }
+
+    /// Checks `buf` (a chunk that lives at offset `off`) against the content.
+    pub fn check(&self, buf: &[u8], off: u64) -> Verify {
+        match *self {
+            Content::Pattern(seed) => {
+                let mut v = verify_pattern(buf, 0, seed);
+                v.first_bad_offset = v.first_bad_offset.map(|p| p + off);
+                v
+            }
+            Content::Poison => poison_check(buf, off),
+        }
+    }
+}
+
+/// One piece of a buffer and what it holds (KV head chunks: many small
+/// pieces at regular distances).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    /// Offset in the buffer.
+    pub off: u64,
+    /// Length.
+    pub len: u64,
+    /// Content.
+    pub content: Content,
+}
+
+/// Adjacent chunks, merged: one contiguous row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// Offset of the row.
+    pub off: u64,
+    /// Its chunks (indices into the batch's chunk list).
+    pub chunks: std::ops::Range<usize>,
+}
+
+/// Rows of one width at a constant distance: one strided copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Bytes per row.
+    pub width: usize,
+    /// Distance from one row to the next (== width when they touch).
+    pub pitch: usize,
+    /// The rows.
+    pub rows: Vec<Row>,
+}
+
+/// Groups `chunks` (in their order) into batches of strided copies: adjacent
+/// chunks merge into rows, and consecutive rows of one width at a constant
+/// distance form a batch of at most `max_bytes`. A KV request's head chunks
+/// (heads adjacent in a block, blocks a stride apart) become one batch per
+/// region and run of block ids.
+pub fn batches(chunks: &[Chunk], max_bytes: usize) -> Vec<Batch> {
+    let mut rows: Vec<(u64, u64, std::ops::Range<usize>)> = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        match rows.last_mut() {
+            Some((off, len, r)) if *off + *len == c.off && r.end == i => {
+                *len += c.len;
+                r.end = i + 1;
+            }
+            _ => rows.push((c.off, c.len, i..i + 1)),
+        }
+    }
+    let mut out: Vec<Batch> = Vec::new();
+    for (off, len, r) in rows {
+        let width = len as usize;
+        let row = Row { off, chunks: r };
+        if let Some(b) = out.last_mut() {
+            let last = b.rows[b.rows.len() - 1].off;
+            let fits = (b.rows.len() + 1) * b.width <= max_bytes;
+            if b.width == width && fits && off > last {
+                let gap = (off - last) as usize;
+                if gap >= width && (b.rows.len() == 1 || gap == b.pitch) {
+                    b.pitch = gap;
+                    b.rows.push(row);
+                    continue;
+                }
+            }
+        }
+        out.push(Batch { width, pitch: width, rows: vec![row] });
+    }
+    out
 }
 
 /// Checks that `bytes` (first byte at absolute offset `base`) are all poison.
@@ -720,6 +868,62 @@ pub fn verify_pattern(buf: &[u8], base: u64, seed: u64) -> Verify {
 
 #[cfg(test)]
 mod tests {
+
+    /// What the strided copies of `batches` do, on a host "device": each
+    /// batch's dense staging written row by row at its pitch.
+    fn write_batched(dev: &mut [u8], chunks: &[Chunk], max: usize) -> usize {
+        let bs = batches(chunks, max);
+        for b in &bs {
+            let mut stage = vec![0u8; b.width * b.rows.len()];
+            for (j, row) in b.rows.iter().enumerate() {
+                for c in &chunks[row.chunks.clone()] {
+                    let at = j * b.width + (c.off - row.off) as usize;
+                    c.content.write(&mut stage[at..at + c.len as usize]);
+                }
+            }
+            for j in 0..b.rows.len() {
+                let at = b.rows[0].off as usize + j * b.pitch;
+                dev[at..at + b.width].copy_from_slice(&stage[j * b.width..(j + 1) * b.width]);
+            }
+        }
+        bs.len()
+    }
+
+    #[test]
+    fn kv_head_chunks_batch_into_one_strided_copy_per_region_and_land_where_chunk_writes_do() {
+        // 3 regions x 5 blocks (stride 1000) x a slice of 2 adjacent 64-byte heads at offset 128
+        let mut chunks = Vec::new();
+        for r in 0..3u64 {
+            for b in 0..5u64 {
+                for h in 0..2u64 {
+                    let off = r * 10_000 + b * 1000 + 128 + h * 64;
+                    chunks.push(Chunk { off, len: 64, content: Content::Pattern(r * 100 + b * 10 + h + 1) });
+                }
+            }
+        }
+        let bs = batches(&chunks, 1 << 20);
+        assert_eq!(bs.len(), 3, "one per region");
+        assert!(bs.iter().all(|b| b.width == 128 && b.pitch == 1000 && b.rows.len() == 5));
+        let mut want = vec![7u8; 30_000];
+        for c in &chunks {
+            c.content.write(&mut want[c.off as usize..(c.off + c.len) as usize]);
+        }
+        let mut got = vec![7u8; 30_000];
+        write_batched(&mut got, &chunks, 1 << 20);
+        assert_eq!(got, want, "the bytes between slices are left alone");
+        // the size limit splits a batch; irregular distances never join one
+        // (a lone last row of one region pairs with the next region's first)
+        assert_eq!(write_batched(&mut got, &chunks, 128 * 2), 8);
+        assert_eq!(got, want);
+        let odd = [0u64, 100, 300, 400].map(|off| Chunk { off, len: 10, content: Content::Poison });
+        let bs = batches(&odd, 1 << 20);
+        assert_eq!(bs.iter().map(|b| b.rows.len()).collect::<Vec<_>>(), vec![2, 2]);
+        // a check finds a wrong byte at its absolute offset
+        got[10_000 + 3 * 1000 + 128 + 64 + 5] ^= 1;
+        let c = chunks[3 * 2 + 5 * 2 + 1];
+        let v = c.content.check(&got[c.off as usize..(c.off + c.len) as usize], c.off);
+        assert_eq!(v.first_bad_offset, Some(10_000 + 3 * 1000 + 128 + 64 + 5));
+    }
     use super::*;
 
     // SAFETY (every unsafe block below): these buffers are never registered

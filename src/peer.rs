@@ -172,6 +172,40 @@ pub struct TargetSetup {
     /// The initiator's memory.
     #[serde(default)]
     pub initiator_mem: crate::mem::MemSpec,
+    /// The initiator's NIXL agent name: a shared target counts this
+    /// session's notifications by it (None: every sender's count).
+    #[serde(default)]
+    pub initiator_agent: Option<String>,
+}
+
+/// The barrier of a TP run (`kvprobe tp`), between the orchestrator and
+/// each decode rank's initiator: every rank says it is ready to start a timed
+/// loop, and all start when the orchestrator says go, so the rank pairs
+/// transfer at the same time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "sync", rename_all = "snake_case")]
+pub enum SyncMsg {
+    /// Initiator -> orchestrator, first: the run's token and its decode rank.
+    Hello {
+        /// The token the orchestrator gave (KVPROBE_SYNC_TOKEN).
+        token: String,
+        /// Decode rank.
+        rank: u32,
+    },
+    /// Orchestrator -> initiator: accepted.
+    Welcome,
+    /// Initiator -> orchestrator: warmed up, ready to time loop `point`.
+    Ready {
+        /// The loop's number in the plan (the same on every rank).
+        point: u64,
+    },
+    /// Orchestrator -> initiator: start the timed loop now.
+    Go,
+    /// Orchestrator -> initiator: the run is over (a rank failed): stop.
+    Stop {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The KV cache a side builds: geometry, layer kinds and blocks per region.

@@ -176,3 +176,81 @@ fn local_gpu_matrix_measures_every_pair_over_cuda_ipc() {
     assert!(m.join("heatmap.svg").is_file());
     assert!(stdout.contains("NVLink (NVML)"), "the topology beside the matrix: {stdout}");
 }
+
+/// `kvprobe tp` in GPU memory: two prefill ranks and four decode ranks, every
+/// rank on GPU 0 (a machine with one GPU: the ranks are processes, as vLLM's),
+/// all over cuda_ipc, every rank's requests checked on the GPU side, the
+/// four timed loops started on one barrier.
+#[test]
+fn tp_ranks_in_gpu_memory_read_over_cuda_ipc_at_once() {
+    need_gpu!();
+    require_nixl();
+    let dir = tempfile::tempdir().unwrap();
+    let out = kvprobe()
+        .args(["tp", "-q", "--model", "Llama-3.1-8B", "--p-tp", "2", "--d-tp", "4", "--isl", "1000,5000"])
+        .args(["--prefill-mem", "vram", "--decode-mem", "vram", "--prefill-gpus", "0,0", "--decode-gpus", "0,0,0,0"])
+        .args(["--duration", "300ms", "--out"])
+        .arg(dir.path())
+        .env("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "y")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("tp.json")).unwrap()).unwrap();
+    assert_eq!(v["status"], "complete");
+    assert_eq!(v["decode_gpus"], serde_json::json!([0, 0, 0, 0]));
+    let round = &v["rounds"][0];
+    for k in round["ranks"].as_array().unwrap() {
+        assert_eq!(k["status"], "complete", "{k:#}");
+        assert_eq!(k["bad_rows"], 0);
+        assert!(k["lanes"].to_string().contains("cuda_ipc"), "transport truth: {k:#}");
+    }
+    for p in round["points"].as_array().unwrap() {
+        assert_eq!(p["ranks"], 4);
+        assert!(p["aggregate_gbps"].as_f64().unwrap() > 0.0);
+    }
+}
+
+/// The KV checks in GPU memory go through strided batch copies: a request
+/// that reads (or writes) every block one block off, with the decode rank's
+/// slice in the middle of the prefill block (P_tp 1 -> D_tp 2, rank 1), is
+/// caught on either side.
+#[test]
+fn a_misplaced_kv_slice_in_gpu_memory_is_caught_by_the_batched_checks() {
+    need_gpu!();
+    require_nixl();
+    for (op, side) in [("READ", "initiator"), ("WRITE", "target")] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = sweep(
+            dir.path(),
+            &[
+                "--model",
+                "Llama-3.1-8B",
+                "--p-tp",
+                "1",
+                "--d-tp",
+                "2",
+                "--d-rank",
+                "1",
+                "--isl",
+                "512",
+                "--src-mem",
+                "vram",
+                "--dst-mem",
+                "vram",
+                "--ops",
+                op,
+                "--inject",
+                "kv-misplaced",
+            ],
+            &[("UCX_CUDA_IPC_ENABLE_GET_ZCOPY", "y")],
+        );
+        assert_eq!(out.status.code(), Some(1), "{op}: {}", String::from_utf8_lossy(&out.stderr));
+        let v = results(dir.path());
+        let c = &rows(&v)[0]["checks"][0];
+        assert_eq!(c["ok"], false, "{op}: {c:#}");
+        assert_eq!(c["side"], side);
+        assert!(c["mismatched_bytes"].as_u64().unwrap() > 0);
+    }
+}

@@ -17,6 +17,7 @@ pub mod matrix;
 pub mod serve;
 pub mod sweep;
 pub mod target;
+pub mod tp;
 pub mod viz;
 
 use std::process::ExitCode;
@@ -53,6 +54,8 @@ pub enum Cmd {
     Launch(Box<launch::LaunchArgs>),
     /// Measure every ordered pair of a Ray cluster's nodes (kvprobe serve + sweep --peer placed by Ray), in rounds with one transfer per node; matrix.json, heatmap, outlier links and nodes
     Matrix(Box<matrix::MatrixArgs>),
+    /// Run a P_tp -> D_tp KV transfer as vLLM's concurrent rank pairs (one process per rank, every timed loop on one barrier): aggregate and per-pair GB/s, tp.json
+    Tp(Box<tp::TpArgs>),
     /// Plot bench results (throughput per node vs latency with pareto frontiers, TPOT/TTFT vs load) and transport sweeps, PNG and SVG
     Viz(Box<viz::VizArgs>),
     /// Show where NIXL was found, its version, plugins and backend parameters
@@ -108,6 +111,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Cmd::Info(a) => info::run(a),
         Cmd::Launch(a) => launch::run(*a),
         Cmd::Matrix(a) => matrix::run(*a),
+        Cmd::Tp(a) => tp::run(*a),
         Cmd::Viz(a) => viz::run(*a),
         Cmd::FabricReport(a) => fabric_report::run(a),
         Cmd::Target(a) => target::run(a),

@@ -199,6 +199,10 @@ pub struct SweepArgs {
     /// the last checked transfer of the first point, or send one transfer without its notification
     #[arg(long, hide = true, value_enum)]
     pub inject: Option<InjectArg>,
+    /// (kvprobe tp) start every timed loop on the go of the TP run's barrier at this address
+    /// (token in KVPROBE_SYNC_TOKEN), so the decode ranks transfer at the same time
+    #[arg(long, hide = true, value_name = "HOST:PORT", requires = "peer")]
+    pub sync: Option<String>,
     /// (self-test) the target's idle limit [default: the larger timeout + 30 s]
     #[arg(long, hide = true, value_parser = units::parse_duration)]
     pub target_idle_timeout: Option<Duration>,
@@ -494,6 +498,15 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
             .as_secs_f64(),
         target_mem,
         initiator_mem,
+        sync: match &a.sync {
+            Some(addr) => Some(crate::engine::SyncSpec {
+                addr: addr.clone(),
+                token: std::env::var("KVPROBE_SYNC_TOKEN")
+                    .map_err(|_| CliError::usage(anyhow!("--sync needs the TP run's token in KVPROBE_SYNC_TOKEN")))?,
+                rank: a.kv.d_rank,
+            }),
+            None => None,
+        },
     };
     crate::engine::initiator::validate(&plan).map_err(CliError::usage)?;
 
@@ -994,9 +1007,11 @@ fn drive(
             }
         }
         if let Some(peer) = a.peer.as_ref().filter(|_| !f.contains("handshake refused")) {
-            msg.push_str(&format!(
-                "\n  the target ran under `kvprobe serve` at {peer}: its session log there says more"
-            ));
+            msg.push_str(&if a.sync.is_some() {
+                format!("\n  the prefill rank's target at {peer} was started by `kvprobe tp`: its log (prefillN.log) is beside this rank's folder")
+            } else {
+                format!("\n  the target ran under `kvprobe serve` at {peer}: its session log there says more")
+            });
         }
         return Err(anyhow!(msg));
     }
@@ -1137,7 +1152,7 @@ fn indent(s: &str) -> String {
 
 /// Waits for the target's "listening" line: its address, or None when the
 /// user interrupted.
-fn wait_listening(
+pub(super) fn wait_listening(
     target: &mut Child,
     lines: &std::sync::mpsc::Receiver<String>,
     limit: Duration,

@@ -2,7 +2,9 @@
 //!
 //! Loads NIXL, binds the control address, prints one JSON line
 //! `{"event":"listening","addr":"IP:PORT"}` on stdout, serves one session and
-//! exits. The session token comes from `KVPROBE_TOKEN`.
+//! exits. The session token comes from `KVPROBE_TOKEN`. With `--sessions N`
+//! (`kvprobe tp`: a prefill rank read by N decode ranks) it accepts N
+//! initiators and serves them together over one NIXL agent and KV cache.
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -36,6 +38,9 @@ pub struct TargetArgs {
     /// initiator's path is another host's).
     #[arg(long, value_name = "PATH")]
     pub ucx_lib: Option<PathBuf>,
+    /// Initiators to accept and serve together over one NIXL agent and KV cache.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub sessions: u32,
 }
 
 /// Runs the target.
@@ -53,23 +58,46 @@ pub fn run(a: TargetArgs) -> Result<ExitCode, CliError> {
     writeln!(out, "{}", serde_json::json!({"event": "listening", "addr": addr.to_string()})).context("stdout")?;
     drop(out);
     listener.set_nonblocking(true).context("listener")?;
-    let start = Instant::now();
-    let stream = loop {
-        match listener.accept() {
-            Ok((s, _)) => break s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if start.elapsed() > a.idle_timeout {
-                    return Err(CliError::failed(anyhow!("no initiator connected within {:?}", a.idle_timeout)));
+    let mut chs = Vec::new();
+    while chs.len() < a.sessions as usize {
+        let start = Instant::now();
+        let stream = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if start.elapsed() > a.idle_timeout {
+                        return Err(CliError::failed(anyhow!(
+                            "{} of {} initiators connected within {:?}",
+                            chs.len(),
+                            a.sessions,
+                            a.idle_timeout
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                std::thread::sleep(Duration::from_millis(10));
+                Err(e) => return Err(CliError::failed(anyhow!("accept: {e}"))),
             }
-            Err(e) => return Err(CliError::failed(anyhow!("accept: {e}"))),
-        }
-    };
+        };
+        stream.set_nonblocking(false).context("stream")?;
+        chs.push(Channel::new(stream).map_err(CliError::failed)?);
+    }
     drop(listener);
-    stream.set_nonblocking(false).context("stream")?;
-    let mut ch = Channel::new(stream).map_err(CliError::failed)?;
-    crate::engine::target::serve(&mut ch, &token, &nixl, a.idle_timeout).map_err(CliError::failed)?;
+    if a.sessions == 1 {
+        let mut ch = chs.pop().ok_or_else(|| CliError::failed(anyhow!("no connection")))?;
+        crate::engine::target::serve(&mut ch, &token, &nixl, a.idle_timeout).map_err(CliError::failed)?;
+    } else {
+        // Every hello is checked before any session is served.
+        for ch in &mut chs {
+            let req = ch
+                .recv::<crate::peer::Request>(Some(a.idle_timeout), "an initiator's hello")
+                .map_err(CliError::failed)?;
+            if let Err(message) = crate::engine::target::check_hello(&req, &token) {
+                let _ = ch.send(&crate::peer::Response::Error { message: message.clone() }, "refusal");
+                return Err(CliError::failed(anyhow!("handshake refused: {message}")));
+            }
+        }
+        crate::engine::target::serve_sessions(chs, &nixl, a.idle_timeout).map_err(CliError::failed)?;
+    }
     for e in crate::nixl::error::take_drop_errors() {
         eprintln!("kvprobe target: while releasing NIXL objects: {e}");
     }

@@ -18,14 +18,16 @@ use crate::nixl::{
     XferOp, XferReq,
 };
 use crate::peer::{
-    BackendKind, Channel, KvSetup, NixlReady, PROTOCOL, Request, Response, TargetReady, TargetSetup, UcxReady,
+    BackendKind, Channel, KvSetup, NixlReady, PROTOCOL, Request, Response, SyncMsg, TargetReady, TargetSetup, UcxReady,
     UcxSetup, from_hex, to_hex,
 };
 use crate::report::schema::{Check, PeerInfo, Row, Stats, Transport, XferPath, stats_from_ns};
 use crate::ucx::{Context, Endpoint, MemHandle, RemoteKey, Ucx, Worker};
 use crate::units::Bytes;
 
-use super::{BackendReady, EngineError, Event, Inject, Started, SweepPlan, UcxInfo, seed_for, ucx_tls_env};
+use super::{
+    BackendReady, EngineError, Event, Inject, Started, SweepPlan, UcxInfo, initiator_agent_name, seed_for, ucx_tls_env,
+};
 
 mod kv;
 
@@ -282,7 +284,7 @@ impl NixlLink {
     fn open(nixl: &Nixl, setup: &TargetSetup, buf: &Rc<Buffer>, r: &NixlReady) -> Result<NixlLink, EngineError> {
         // before the agent exists: NIXL may load its plugins as it discovers them
         let libfabric = crate::fabric_plugin::prepare_backend(&setup.backend).map_err(EngineError::Invalid)?;
-        let agent = Agent::new(nixl, &format!("kvprobe-initiator-{}", std::process::id()), &setup.agent)?;
+        let agent = Agent::new(nixl, &initiator_agent_name(), &setup.agent)?;
         let plugins = agent.available_plugins()?;
         if !plugins.iter().any(|p| p == &setup.backend) {
             return Err(EngineError::Invalid(format!(
@@ -496,6 +498,10 @@ struct Session<'a> {
     peer_timeout: Duration,
     xfer_timeout: Duration,
     conn: Connection,
+    /// A TP run's barrier (`kvprobe tp`): every timed loop starts on its go.
+    sync: Option<Channel>,
+    /// The number of the timed loop about to run (the barrier's point).
+    point: u64,
 }
 
 /// Runs the whole plan, reporting through `emit`. Returns after the last row,
@@ -521,6 +527,7 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
         kv,
         target_mem: plan.target_mem,
         initiator_mem: plan.initiator_mem,
+        initiator_agent: Some(initiator_agent_name()),
     };
     let setup_for = |backend: BackendKind| setup_kv(backend, plan.kv.as_ref().map(|k| k.setup(0)));
     let first = *plan.backends.first().ok_or_else(|| EngineError::Invalid("no backend".into()))?;
@@ -561,6 +568,10 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
             Err(e) => eprintln!("kvprobe: link probe skipped: {e}"),
         }
     }
+    let sync = match &plan.sync {
+        Some(spec) => Some(sync_connect(spec, peer_timeout)?),
+        None => None,
+    };
     let mut s = Session {
         plan,
         emit,
@@ -568,6 +579,8 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
         peer_timeout,
         xfer_timeout: Duration::from_secs_f64(plan.timing.xfer_timeout_s),
         conn,
+        sync,
+        point: 0,
     };
     if let Some(kvp) = &plan.kv {
         let total = plan.ops.len() * kvp.isls.len() * kvp.geometries.len() * plan.backends.len();
@@ -620,6 +633,27 @@ pub fn run(plan: &SweepPlan, nixl: Option<&Nixl>, emit: &mut dyn FnMut(Event)) -
     }
     let target_drop_errors = s.conn.close(peer_timeout)?;
     Ok(target_drop_errors.into_iter().map(|e| format!("target: {e}")).collect())
+}
+
+/// Joins a TP run's barrier: connects to the orchestrator and says which
+/// decode rank this is.
+fn sync_connect(spec: &super::SyncSpec, timeout: Duration) -> Result<Channel, EngineError> {
+    let mut ch = Channel::connect(&spec.addr, Duration::from_secs(10))?;
+    ch.send(&SyncMsg::Hello { token: spec.token.clone(), rank: spec.rank }, "the TP run's hello")?;
+    match ch.recv::<SyncMsg>(Some(timeout), "the TP run's welcome")? {
+        SyncMsg::Welcome => Ok(ch),
+        SyncMsg::Stop { reason } => Err(EngineError::Handshake(format!("the TP run refused this rank: {reason}"))),
+        other => Err(EngineError::Handshake(format!("the TP run answered {other:?}"))),
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process of a host,
+/// so the ranks of a TP run can be lined up.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec we own; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
 }
 
 /// Streams plain TCP both ways between the two processes, over the control
@@ -748,6 +782,8 @@ struct Measured {
     timed_checked: u64,
     timed_corrupt: u64,
     timed_bad_blocks: u64,
+    /// CLOCK_MONOTONIC ns at the timed loop's start and end (TP runs line ranks up by it).
+    window: Option<[u64; 2]>,
 }
 
 impl Session<'_> {
@@ -799,6 +835,43 @@ impl Session<'_> {
             // A failed send means the target is gone; the next request says so.
             let _ = self.conn.ch.send(&Request::KeepAlive, "keep-alive");
             self.last_beat = Instant::now();
+        }
+    }
+
+    /// A TP run: says this rank is ready to time loop `point` and waits for
+    /// the orchestrator's go (keeping the target and the watcher informed).
+    /// Without a barrier, returns at once.
+    fn sync_point(&mut self, point: u64) -> Result<(), EngineError> {
+        if self.sync.is_none() {
+            return Ok(());
+        }
+        let limit = self.peer_timeout;
+        if let Some(ch) = self.sync.as_mut() {
+            ch.send(&SyncMsg::Ready { point }, "ready")?;
+        }
+        let start = Instant::now();
+        loop {
+            let ready = match self.sync.as_ref() {
+                Some(ch) => ch.readable(Duration::from_millis(50))?,
+                None => return Ok(()),
+            };
+            if ready {
+                let msg = match self.sync.as_mut() {
+                    Some(ch) => ch.recv::<SyncMsg>(Some(limit), "the TP run's go")?,
+                    None => return Ok(()),
+                };
+                return match msg {
+                    SyncMsg::Go => Ok(()),
+                    SyncMsg::Stop { reason } => Err(EngineError::Invalid(format!("the TP run stopped: {reason}"))),
+                    other => Err(EngineError::Invalid(format!("the TP run sent {other:?} instead of go"))),
+                };
+            }
+            if start.elapsed() > limit {
+                return Err(EngineError::Invalid(format!(
+                    "the TP run gave no go for loop {point} within {limit:?} (another rank stuck?)"
+                )));
+            }
+            self.beat();
         }
     }
 
@@ -941,6 +1014,8 @@ impl Session<'_> {
         let cap = timing.max_iters.min(1 << 20) as usize;
         let mut lat: Vec<u64> = Vec::with_capacity(cap.min(1 << 16));
         let mut post: Vec<u64> = Vec::with_capacity(cap.min(1 << 16));
+        self.sync_point(self.point)?;
+        let t0 = monotonic_ns();
         let wall = Instant::now();
         let mut busy = Duration::ZERO;
         loop {
@@ -976,6 +1051,7 @@ impl Session<'_> {
             }
         }
         m.elapsed = busy;
+        m.window = Some([t0, monotonic_ns()]);
         m.iterations = lat.len() as u64;
         m.latency = stats_from_ns(&mut lat);
         m.post = stats_from_ns(&mut post);
@@ -1007,6 +1083,8 @@ impl Session<'_> {
         let cap = timing.max_iters.min(1 << 20) as usize;
         let mut lat: Vec<u64> = Vec::with_capacity(cap);
         let mut post: Vec<u64> = Vec::with_capacity(cap);
+        self.sync_point(self.point)?;
+        let t0 = monotonic_ns();
         let start = Instant::now();
         loop {
             let s = Instant::now();
@@ -1028,6 +1106,7 @@ impl Session<'_> {
         }
         t.finish(Instant::now(), self.xfer_timeout)?;
         m.elapsed = start.elapsed();
+        m.window = Some([t0, monotonic_ns()]);
         m.iterations = lat.len() as u64;
         m.latency = stats_from_ns(&mut lat);
         m.post = stats_from_ns(&mut post);
@@ -1089,6 +1168,7 @@ impl Session<'_> {
         size: u64,
         block: u64,
     ) -> Result<Measured, EngineError> {
+        self.point = index as u64;
         let plan = self.plan;
         let descs = size / block;
         let tag = format!("kvprobe:{index}:{op}:{size}");
@@ -1214,6 +1294,7 @@ impl Session<'_> {
         size: u64,
         block: u64,
     ) -> Result<Measured, EngineError> {
+        self.point = index as u64;
         let plan = self.plan;
         let descs = size / block;
         check_split(size, block, self.conn.buf.len() as u64, self.conn.target.buffer_len)?;
@@ -1297,6 +1378,7 @@ impl Session<'_> {
             unexpected_notifs: m.unexpected,
             transport: m.transport,
             kv: None,
+            window_ns: self.sync.is_some().then_some(m.window).flatten(),
         }
     }
 }

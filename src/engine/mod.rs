@@ -79,6 +79,20 @@ pub struct SweepPlan {
     /// The initiator's memory.
     #[serde(default)]
     pub initiator_mem: crate::mem::MemSpec,
+    /// A TP run's barrier (`kvprobe tp`): None in ordinary sweeps.
+    #[serde(default)]
+    pub sync: Option<SyncSpec>,
+}
+
+/// Where a TP run's barrier is and who this initiator is in it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncSpec {
+    /// The orchestrator's barrier address (loopback).
+    pub addr: String,
+    /// Its token.
+    pub token: String,
+    /// This initiator's decode rank.
+    pub rank: u32,
 }
 
 /// What a KV-shaped sweep measures: one geometry per block size, rows per
@@ -338,4 +352,9 @@ pub fn ucx_tls_env() -> Option<String> {
 pub fn seed_for(row: usize, check: u64) -> u64 {
     let x = (row as u64).wrapping_mul(0x2545_F491_4F6C_DD1D) ^ check.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     x | 1
+}
+
+/// The initiator's NIXL agent name (one agent per initiator process).
+pub fn initiator_agent_name() -> String {
+    format!("kvprobe-initiator-{}", std::process::id())
 }

@@ -1,17 +1,24 @@
-//! The target side: serves one initiator session.
+//! The target side: serves one initiator session, or several over one NIXL
+//! agent (a prefill rank read by several decode ranks, `kvprobe tp`).
 //!
 //! It owns one buffer, exposed through NIXL (an agent with a registration)
 //! and/or raw UCX (a context, a worker and a memory map whose remote key the
 //! initiator gets). It never starts a transfer. With a UCX side it keeps its
 //! worker progressing while it waits for the next control request, since some
 //! transports (TCP, emulated RMA) need the target to make progress.
+//!
+//! Shared sessions ([`serve_sessions`]) have one agent, one backend and one
+//! KV cache between them (the prefill rank's), and a plain buffer each. Each
+//! session fills, poisons and checks only its own decode rank's head slice,
+//! so sessions whose slices are disjoint never disturb each other's checks.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::kv::{Side, SideLayout};
-use crate::mem::{Buffer, Region, Verify};
+use crate::mem::{Buffer, Chunk, Content, Region};
 use crate::nixl::{Agent, Backend, MemType, Nixl, NotifMap, RegDescList, Registration};
 use crate::peer::{
     BackendKind, Channel, KvSetup, NixlReady, PROTOCOL, PeerError, Request, Response, TargetReady, TargetSetup,
@@ -21,15 +28,81 @@ use crate::ucx::{Context, Endpoint, MemHandle, Ucx, Worker};
 
 use super::{EngineError, ucx_tls_env};
 
-/// The NIXL side. Field order is drop order: the registration goes before the
-/// backend and agent it belongs to.
+/// The NIXL side of one session: its buffer's registration and the agent
+/// (shared between the sessions of a shared target). Field order is drop
+/// order: the registration goes before the agent it belongs to.
 struct NixlSide {
-    _kv_reg: Option<Registration>,
     _reg: Registration,
-    notifs: NotifMap,
-    counts: HashMap<String, u64>,
-    _backend: Backend,
+    core: Rc<NixlCore>,
+}
+
+/// The agent, its backend, the KV registration and the notifications seen,
+/// counted per (sending agent, tag).
+struct NixlCore {
+    _kv_reg: Option<Registration>,
+    notifs: RefCell<NotifMap>,
+    counts: RefCell<HashMap<(String, String), u64>>,
+    backend: Backend,
     agent: Agent,
+}
+
+impl NixlCore {
+    /// Takes every notification NIXL holds into the counts; returns messages
+    /// no kvprobe transfer sent (at most 16).
+    fn collect(&self) -> Result<Vec<String>, EngineError> {
+        let mut unexpected = Vec::new();
+        let got = self.notifs.borrow_mut().fetch(&self.agent)?;
+        let mut counts = self.counts.borrow_mut();
+        for (agent, msgs) in got {
+            for m in msgs {
+                let m = String::from_utf8_lossy(&m).into_owned();
+                if m.starts_with("kvprobe:") {
+                    *counts.entry((agent.clone(), m)).or_default() += 1;
+                } else if unexpected.len() < 16 {
+                    unexpected.push(m);
+                }
+            }
+        }
+        Ok(unexpected)
+    }
+
+    /// Notifications counted for `tag`: from `from` only, or from anyone.
+    fn count(&self, from: Option<&str>, tag: &str) -> u64 {
+        self.counts.borrow().iter().filter(|((a, t), _)| t == tag && from.is_none_or(|f| f == a)).map(|(_, n)| *n).sum()
+    }
+}
+
+/// What the sessions of a shared target have in common: the first setup
+/// builds it, later ones must ask for the same and reuse it.
+#[derive(Default)]
+struct Shared {
+    /// The setup's target-side terms (backend, parameters, memory, the
+    /// prefill rank's KV layout), as JSON: every session's must match.
+    key: Option<String>,
+    nixl: Option<Rc<NixlCore>>,
+    kv: Option<(Rc<Buffer>, SideLayout)>,
+}
+
+impl Shared {
+    /// The part of a setup the sessions share, as a comparable string.
+    fn key_of(setup: &TargetSetup) -> String {
+        let kv = setup.kv.as_ref().map(|k| {
+            let g = &k.geometry;
+            // where the decode rank's slice starts is the session's own
+            let layout = SideLayout { desc_offset: 0, ..g.side(Side::Prefill, k.pool_blocks) };
+            (layout, g.p_rank, g.p_tp, g.d_tp, &g.model, &k.layer_kinds)
+        });
+        serde_json::json!({
+            "agent": setup.agent,
+            "backend": setup.backend,
+            "params": setup.backend_params,
+            "backends": setup.backends,
+            "mem": setup.target_mem,
+            "hugepages": setup.hugepages,
+            "kv": kv,
+        })
+        .to_string()
+    }
 }
 
 /// The raw UCX side (endpoint back to the initiator, memory map, then
@@ -56,6 +129,11 @@ struct State {
     ucx: Option<UcxSide>,
     kv: Option<KvSide>,
     buf: Rc<Buffer>,
+    /// The initiator's NIXL agent (its notifications are this session's).
+    initiator_agent: Option<String>,
+    /// One of several sessions over one KV cache: touch only this decode
+    /// rank's head slice.
+    shared: bool,
 }
 
 /// Checks an initiator's hello: the session token and the protocol version.
@@ -116,31 +194,115 @@ pub fn serve_greeted(
             Err(PeerError::Closed { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        match req {
-            Request::KeepAlive => continue,
-            Request::LinkProbe { to_target, duration_ms } => {
-                let resp = match link_probe(ch, to_target, Duration::from_millis(duration_ms)) {
-                    Ok((bytes, seconds)) => Response::ProbeDone { bytes, seconds },
-                    Err(e) => Response::Error { message: format!("link probe: {e}") },
-                };
-                ch.send(&resp, "the link probe's result")?;
-                continue;
-            }
-            Request::Bye => {
-                drop(state.take());
-                let mut drop_errors = crate::nixl::error::take_drop_errors();
-                drop_errors.extend(crate::ucx::error::take_drop_errors());
-                ch.send(&Response::Bye { drop_errors }, "bye")?;
-                return Ok(());
-            }
-            _ => {}
+        if step(ch, req, &mut state, nixl, own_ucx, None)? {
+            return Ok(());
         }
-        let resp = match handle(req, &mut state, nixl, own_ucx) {
-            Ok(r) => r,
-            Err(e) => Response::Error { message: e.to_string() },
-        };
-        ch.send(&resp, "a response")?;
     }
+}
+
+/// Answers one request of a session; true when the session has ended (bye).
+fn step(
+    ch: &mut Channel,
+    req: Request,
+    state: &mut Option<State>,
+    nixl: &Nixl,
+    own_ucx: Option<&std::path::Path>,
+    shared: Option<&mut Shared>,
+) -> Result<bool, EngineError> {
+    match req {
+        Request::KeepAlive => return Ok(false),
+        Request::LinkProbe { to_target, duration_ms } => {
+            let resp = match link_probe(ch, to_target, Duration::from_millis(duration_ms)) {
+                Ok((bytes, seconds)) => Response::ProbeDone { bytes, seconds },
+                Err(e) => Response::Error { message: format!("link probe: {e}") },
+            };
+            ch.send(&resp, "the link probe's result")?;
+            return Ok(false);
+        }
+        Request::Bye => {
+            drop(state.take());
+            let mut drop_errors = crate::nixl::error::take_drop_errors();
+            drop_errors.extend(crate::ucx::error::take_drop_errors());
+            ch.send(&Response::Bye { drop_errors }, "bye")?;
+            return Ok(true);
+        }
+        _ => {}
+    }
+    let resp = match handle(req, state, nixl, own_ucx, shared) {
+        Ok(r) => r,
+        Err(e) => Response::Error { message: e.to_string() },
+    };
+    ch.send(&resp, "a response")?;
+    Ok(false)
+}
+
+/// Serves several sessions whose hellos were checked, in one thread, over
+/// one NIXL agent and one KV cache (see [`Shared`]): a prefill rank that
+/// several decode ranks read. Returns when every session has ended; a
+/// session that fails or goes quiet for `idle` ends alone and is reported
+/// at the end. Raw UCX is not served here (it needs an endpoint and
+/// progress per session).
+pub fn serve_sessions(chs: Vec<Channel>, nixl: &Nixl, idle: Duration) -> Result<(), EngineError> {
+    struct Live {
+        ch: Channel,
+        state: Option<State>,
+        last: Instant,
+    }
+    let mut live: Vec<Option<Live>> = Vec::new();
+    for mut ch in chs {
+        ch.send(
+            &Response::Hello {
+                kvprobe: crate::version().to_string(),
+                host: crate::hostinfo::hostname(),
+                pid: std::process::id(),
+            },
+            "hello",
+        )?;
+        live.push(Some(Live { ch, state: None, last: Instant::now() }));
+    }
+    let mut shared = Shared::default();
+    let mut failures = Vec::new();
+    while live.iter().any(Option::is_some) {
+        let mut busy = false;
+        for (i, slot) in live.iter_mut().enumerate() {
+            let Some(l) = slot.as_mut() else { continue };
+            let ended = match l.ch.readable(Duration::ZERO) {
+                Ok(false) if l.last.elapsed() > idle => {
+                    Err(EngineError::Peer(PeerError::Timeout { what: "the next request".into(), timeout: idle }))
+                }
+                Ok(false) => Ok(false),
+                Ok(true) => {
+                    busy = true;
+                    l.last = Instant::now();
+                    match l.ch.recv::<Request>(Some(idle), "the next request") {
+                        Ok(Request::Setup(s)) if s.backends.contains(&BackendKind::Ucx) => {
+                            let message = "the raw ucx backend cannot be shared between sessions: measure it with one initiator per target".to_string();
+                            l.ch.send(&Response::Error { message }, "a refusal")
+                                .map(|_| false)
+                                .map_err(EngineError::from)
+                        }
+                        Ok(req) => step(&mut l.ch, req, &mut l.state, nixl, None, Some(&mut shared)),
+                        Err(PeerError::Closed { .. }) => Ok(true),
+                        Err(e) => Err(e.into()),
+                    }
+                }
+                Err(e) => Err(e.into()),
+            };
+            match ended {
+                Ok(false) => {}
+                Ok(true) => *slot = None,
+                Err(e) => {
+                    failures.push(format!("session {i}: {e}"));
+                    *slot = None;
+                }
+            }
+        }
+        if !busy {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    drop(shared);
+    if failures.is_empty() { Ok(()) } else { Err(EngineError::Invalid(failures.join("; "))) }
 }
 
 /// The next control request. Without a UCX worker this blocks in the read;
@@ -199,10 +361,11 @@ fn handle(
     state: &mut Option<State>,
     nixl: &Nixl,
     own_ucx: Option<&std::path::Path>,
+    shared: Option<&mut Shared>,
 ) -> Result<Response, EngineError> {
     if let Request::Setup(setup) = &req {
         *state = None;
-        let (st, ready) = setup_target(setup, nixl, own_ucx)?;
+        let (st, ready) = setup_target(setup, nixl, own_ucx, shared)?;
         *state = Some(st);
         return Ok(Response::SetupDone(Box::new(ready)));
     }
@@ -229,37 +392,39 @@ fn handle(
         Request::KvFill { isl, ids, seed, poison } => {
             let kv = s.kv.as_ref().ok_or_else(|| EngineError::Invalid("no KV cache on the target".into()))?;
             let g = &kv.setup.geometry;
-            let chunks = g.request_chunks(&kv.setup.layer_kinds, &kv.layout, isl, &ids, false, seed).map_err(bad_kv)?;
-            for (off, len, chunk_seed, _) in chunks {
-                // SAFETY: see above (no transfer in flight during control requests).
-                unsafe {
-                    if poison {
-                        kv.buf.poison(off as usize, len as usize)
-                    } else {
-                        kv.buf.fill_as(off as usize, len as usize, 0, chunk_seed)
-                    }
-                }?;
-            }
+            // Shared: only this decode rank's heads (its siblings own the rest).
+            let chunks =
+                g.request_chunks(&kv.setup.layer_kinds, &kv.layout, isl, &ids, s.shared, seed).map_err(bad_kv)?;
+            let batch: Vec<Chunk> = chunks
+                .into_iter()
+                .map(|(off, len, chunk_seed, _)| Chunk {
+                    off,
+                    len,
+                    content: if poison { Content::Poison } else { Content::Pattern(chunk_seed) },
+                })
+                .collect();
+            // SAFETY: see above (no transfer in flight during control requests).
+            unsafe { kv.buf.write_chunks(&batch) }?;
             Ok(Response::Ok)
         }
         Request::KvVerify { isl, ids, seed } => {
             let kv = s.kv.as_ref().ok_or_else(|| EngineError::Invalid("no KV cache on the target".into()))?;
             let g = &kv.setup.geometry;
-            let mut v = Verify::clean();
             // The decode slice carries the pattern; the prefill block's other
-            // heads were poisoned and must still be (nothing spilled over).
-            let chunks = g.request_chunks(&kv.setup.layer_kinds, &kv.layout, isl, &ids, false, seed).map_err(bad_kv)?;
-            for (off, len, chunk_seed, in_slice) in chunks {
-                // SAFETY: see above.
-                v.merge(unsafe {
-                    if in_slice {
-                        kv.buf.verify_as(off as usize, len as usize, 0, chunk_seed)
-                    } else {
-                        kv.buf.verify_poison(off as usize, len as usize)
-                    }
-                }?);
-            }
-            Ok(Response::Verified(v))
+            // heads were poisoned and must still be (nothing spilled over);
+            // shared, the other heads are the sibling decode ranks' to write.
+            let chunks =
+                g.request_chunks(&kv.setup.layer_kinds, &kv.layout, isl, &ids, s.shared, seed).map_err(bad_kv)?;
+            let batch: Vec<Chunk> = chunks
+                .into_iter()
+                .map(|(off, len, chunk_seed, in_slice)| Chunk {
+                    off,
+                    len,
+                    content: if in_slice { Content::Pattern(chunk_seed) } else { Content::Poison },
+                })
+                .collect();
+            // SAFETY: see above.
+            Ok(Response::Verified(unsafe { kv.buf.check_chunks(&batch) }?))
         }
         Request::UcxConnect { worker_address_hex } => {
             let u = s.ucx.as_mut().ok_or_else(|| EngineError::Invalid("no raw UCX side to connect".into()))?;
@@ -285,22 +450,18 @@ fn handle(
         }
         Request::WaitNotifs { tag, count, timeout_ms, settle_ms } => {
             let n =
-                s.nixl.as_mut().ok_or_else(|| EngineError::Invalid("no NIXL side to count notifications on".into()))?;
+                s.nixl.as_ref().ok_or_else(|| EngineError::Invalid("no NIXL side to count notifications on".into()))?;
+            let from = s.initiator_agent.as_deref();
             let deadline = Instant::now() + Duration::from_millis(timeout_ms);
             let mut unexpected = Vec::new();
             let mut settled = false;
             loop {
-                for (_agent, msgs) in n.notifs.fetch(&n.agent)? {
-                    for m in msgs {
-                        let m = String::from_utf8_lossy(&m).into_owned();
-                        if m.starts_with("kvprobe:") {
-                            *n.counts.entry(m).or_default() += 1;
-                        } else if unexpected.len() < 16 {
-                            unexpected.push(m);
-                        }
+                for m in n.core.collect()? {
+                    if unexpected.len() < 16 {
+                        unexpected.push(m);
                     }
                 }
-                let got = n.counts.get(&tag).copied().unwrap_or(0);
+                let got = n.core.count(from, &tag);
                 if got >= count && !settled && settle_ms > 0 {
                     // Look once more after a pause: late duplicates count too.
                     settled = true;
@@ -321,7 +482,20 @@ fn setup_target(
     setup: &TargetSetup,
     nixl: &Nixl,
     own_ucx: Option<&std::path::Path>,
+    mut shared: Option<&mut Shared>,
 ) -> Result<(State, TargetReady), EngineError> {
+    if let Some(sh) = shared.as_deref_mut() {
+        let key = Shared::key_of(setup);
+        match &sh.key {
+            Some(k) if *k != key => {
+                return Err(EngineError::Invalid(
+                    "this target is shared by several decode ranks and this session asked for another setup than the first (backend, parameters, memory or the prefill rank's KV layout differ): every session of a shared target must measure the same prefill rank".into(),
+                ));
+            }
+            Some(_) => {}
+            None => sh.key = Some(key),
+        }
+    }
     let len = usize::try_from(setup.buffer_bytes).map_err(|_| EngineError::Invalid("buffer too large".into()))?;
     let buf = Rc::new(Buffer::alloc(len, &setup.target_mem, setup.hugepages)?);
     let mut ready = TargetReady {
@@ -336,39 +510,71 @@ fn setup_target(
     let kv = match &setup.kv {
         Some(k) => {
             let layout = k.geometry.side(Side::Prefill, k.pool_blocks);
-            let len = usize::try_from(layout.total_bytes())
-                .map_err(|_| EngineError::Invalid("KV cache too large for this host".into()))?;
-            let kbuf = Rc::new(Buffer::alloc(len, &setup.target_mem, setup.hugepages)?);
+            let existing = shared.as_deref().and_then(|sh| sh.kv.as_ref()).map(|(b, _)| Rc::clone(b));
+            let kbuf = match existing {
+                Some(b) => b,
+                None => {
+                    let len = usize::try_from(layout.total_bytes())
+                        .map_err(|_| EngineError::Invalid("KV cache too large for this host".into()))?;
+                    let b = Rc::new(Buffer::alloc(len, &setup.target_mem, setup.hugepages)?);
+                    if let Some(sh) = shared.as_deref_mut() {
+                        sh.kv = Some((Rc::clone(&b), layout));
+                    }
+                    b
+                }
+            };
             ready.kv_addr = Some(kbuf.addr() as u64);
             Some(KvSide { buf: kbuf, layout, setup: k.clone() })
         }
         None => None,
     };
-    let mut state = State { nixl: None, ucx: None, kv: None, buf: Rc::clone(&buf) };
+    let mut state = State {
+        nixl: None,
+        ucx: None,
+        kv: None,
+        buf: Rc::clone(&buf),
+        initiator_agent: setup.initiator_agent.clone(),
+        shared: shared.is_some(),
+    };
     if setup.backends.iter().any(|b| b.is_nixl()) {
-        let name = format!("kvprobe-target-{}", std::process::id());
-        // before the agent exists: NIXL may load its plugins as it discovers them
-        crate::fabric_plugin::prepare_backend(&setup.backend).map_err(EngineError::Invalid)?;
-        let agent = Agent::new(nixl, &name, &setup.agent)?;
-        let backend = agent.create_backend(&setup.backend, &setup.backend_params).map_err(|e| {
-            match crate::fabric_plugin::backend_failure_hint(&setup.backend) {
-                Some(h) => EngineError::Invalid(format!("{e}: {h}")),
-                None => e.into(),
+        let existing = shared.as_deref().and_then(|sh| sh.nixl.clone());
+        let core = match existing {
+            Some(c) => c,
+            None => {
+                let name = format!("kvprobe-target-{}", std::process::id());
+                // before the agent exists: NIXL may load its plugins as it discovers them
+                crate::fabric_plugin::prepare_backend(&setup.backend).map_err(EngineError::Invalid)?;
+                let agent = Agent::new(nixl, &name, &setup.agent)?;
+                let backend = agent.create_backend(&setup.backend, &setup.backend_params).map_err(|e| {
+                    match crate::fabric_plugin::backend_failure_hint(&setup.backend) {
+                        Some(h) => EngineError::Invalid(format!("{e}: {h}")),
+                        None => e.into(),
+                    }
+                })?;
+                let kv_reg = match &kv {
+                    Some(k) => Some(register_kv(&agent, &backend, nixl, &k.buf, &k.layout)?),
+                    None => None,
+                };
+                let notifs = RefCell::new(NotifMap::new(nixl)?);
+                let c = Rc::new(NixlCore { _kv_reg: kv_reg, notifs, counts: RefCell::default(), backend, agent });
+                if let Some(sh) = shared {
+                    sh.nixl = Some(Rc::clone(&c));
+                }
+                c
             }
-        })?;
-        let effective = agent.backend_params(&backend).map(|p| p.params).unwrap_or_default();
+        };
+        let effective = core.agent.backend_params(&core.backend).map(|p| p.params).unwrap_or_default();
         let mut dl = RegDescList::new(nixl, MemType::from(buf.kind()))?;
         dl.add(buf.addr(), buf.len(), buf.dev_id())?;
-        let reg = agent.register_owned(Rc::clone(&buf), dl, Some(&backend))?;
-        let kv_reg = match &kv {
-            Some(k) => Some(register_kv(&agent, &backend, nixl, &k.buf, &k.layout)?),
-            None => None,
-        };
-        let md = agent.local_metadata()?;
-        let notifs = NotifMap::new(nixl)?;
-        ready.nixl = Some(NixlReady { agent_name: name, metadata_hex: to_hex(&md), backend_params: effective });
-        state.nixl =
-            Some(NixlSide { _kv_reg: kv_reg, _reg: reg, notifs, counts: HashMap::new(), _backend: backend, agent });
+        let reg = core.agent.register_owned(Rc::clone(&buf), dl, Some(&core.backend))?;
+        // after this session's registration, so its metadata holds it
+        let md = core.agent.local_metadata()?;
+        ready.nixl = Some(NixlReady {
+            agent_name: core.agent.name().to_string(),
+            metadata_hex: to_hex(&md),
+            backend_params: effective,
+        });
+        state.nixl = Some(NixlSide { _reg: reg, core });
     }
     if setup.backends.contains(&BackendKind::Ucx) {
         let u = setup.ucx.as_ref().ok_or_else(|| EngineError::Invalid("the ucx backend needs its settings".into()))?;

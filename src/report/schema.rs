@@ -379,6 +379,11 @@ pub struct Row {
     /// rate over the timed loop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv: Option<KvRow>,
+    /// A TP run's rank (`kvprobe tp`): CLOCK_MONOTONIC nanoseconds at the
+    /// timed loop's start and end, the same clock on every process of the
+    /// host, so the concurrent ranks' loops can be lined up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_ns: Option<[u64; 2]>,
 }
 
 impl Row {

@@ -7,6 +7,7 @@
 
 use super::*;
 use crate::kv::Geometry;
+use crate::mem::{Chunk, Content};
 use crate::report::schema::{BlockPattern, KvRow};
 use crate::rng::SplitMix64;
 use crate::ucx::Request as UcxRequest;
@@ -169,6 +170,7 @@ impl Session<'_> {
         let mut make: Vec<u64> = Vec::new();
         let mut post: Vec<u64> = Vec::new();
         let (mut warm, mut elapsed) = (0u64, Duration::ZERO);
+        let mut window = [0u64; 2];
         if checks[0].ok {
             // Warm-up, then the timed loop: `inflight` requests in flight,
             // a new one posted as soon as one completes.
@@ -180,6 +182,8 @@ impl Session<'_> {
             };
             warm = self.kv_window(&mut issuer, &ctx, &mut ids, u64::from(inflight), &mut more, None)?;
             notifs_expected += if notifs { warm } else { 0 };
+            self.sync_point(index as u64)?;
+            window[0] = monotonic_ns();
             let start = Instant::now();
             let mut rec = Recorder { lat: &mut lat, make: &mut make, post: &mut post };
             let mut more = |posted: u64| {
@@ -188,6 +192,7 @@ impl Session<'_> {
             };
             self.kv_window(&mut issuer, &ctx, &mut ids, u64::from(inflight), &mut more, Some(&mut rec))?;
             elapsed = start.elapsed();
+            window[1] = monotonic_ns();
             notifs_expected += if notifs { lat.len() as u64 } else { 0 };
             // Last checked request, on fresh blocks, with a new pattern.
             let last_ids = ids.next(0);
@@ -224,6 +229,7 @@ impl Session<'_> {
             timed_checked: 0,
             timed_corrupt: 0,
             timed_bad_blocks: 0,
+            window: (window[1] > 0).then_some(window),
             notifs_expected,
             notifs_received,
             unexpected,
@@ -367,23 +373,18 @@ impl Session<'_> {
                     Request::KvFill { isl: ctx.isl, ids: ids.remote.clone(), seed, poison: false },
                     "the target's KV fill",
                 )?;
-                for &(off, len, _, _) in &local_chunks {
-                    // SAFETY: no transfer is in flight (every earlier request completed).
-                    unsafe { kv_buf.poison(off as usize, len as usize) }?;
-                }
+                let poison: Vec<Chunk> =
+                    local_chunks.iter().map(|&(off, len, _, _)| Chunk { off, len, content: Content::Poison }).collect();
+                // SAFETY: no transfer is in flight (every earlier request completed).
+                unsafe { kv_buf.write_chunks(&poison) }?;
                 let d = run(self, issuer)?;
-                let mut v = Verify::clean();
-                for &(off, len, s, _) in &local_chunks {
-                    // SAFETY: the request completed; nothing is in flight.
-                    v.merge(unsafe { kv_buf.verify_as(off as usize, len as usize, 0, s) }?);
-                }
+                // SAFETY: the request completed; nothing is in flight.
+                let v = unsafe { kv_buf.check_chunks(&pattern_chunks(&local_chunks)) }?;
                 Ok((check(when, "initiator", v), d))
             }
             XferOp::Write => {
-                for &(off, len, s, _) in &local_chunks {
-                    // SAFETY: no transfer is in flight.
-                    unsafe { kv_buf.fill_as(off as usize, len as usize, 0, s) }?;
-                }
+                // SAFETY: no transfer is in flight.
+                unsafe { kv_buf.write_chunks(&pattern_chunks(&local_chunks)) }?;
                 self.call(
                     Request::KvFill { isl: ctx.isl, ids: ids.remote.clone(), seed, poison: true },
                     "the target's KV poison",
@@ -410,6 +411,11 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// A request's chunks, each with its pattern.
+fn pattern_chunks(chunks: &[(u64, u64, u64, bool)]) -> Vec<Chunk> {
+    chunks.iter().map(|&(off, len, seed, _)| Chunk { off, len, content: Content::Pattern(seed) }).collect()
 }
 
 /// What a row's requests share.
