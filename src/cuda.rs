@@ -46,6 +46,8 @@ pub mod raw {
     pub const POINTER_ATTRIBUTE_SYNC_MEMOPS: c_int = 6;
     /// `CU_MEMHOSTREGISTER_PORTABLE`.
     pub const MEMHOSTREGISTER_PORTABLE: c_uint = 1;
+    /// `CU_DEVICE_ATTRIBUTE_MAX_PITCH`.
+    pub const ATTR_MAX_PITCH: c_int = 11;
     /// `CU_DEVICE_ATTRIBUTE_PCI_BUS_ID`.
     pub const ATTR_PCI_BUS_ID: c_int = 33;
     /// `CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID`.
@@ -495,6 +497,11 @@ impl Gpu {
         &self.0.name
     }
 
+    /// The largest pitch a 2D copy may use, bytes (at least 1 MiB assumed).
+    fn max_pitch(&self) -> usize {
+        self.0.cuda.attribute(self.0.dev, raw::ATTR_MAX_PITCH).map_or(1 << 20, |v| (v.max(1 << 20)) as usize)
+    }
+
     /// Allocates `len` bytes of device memory, with synchronous memory
     /// operations (see below).
     pub fn alloc(&self, len: usize) -> Result<DeviceBuffer, CudaError> {
@@ -773,7 +780,19 @@ impl DeviceBuffer {
     /// copy per chunk: a KV request's head chunks are thousands of 4 KiB
     /// pieces, and GPUs time-slice the copies of processes sharing them.
     pub fn write_chunks(&self, chunks: &[crate::mem::Chunk]) -> Result<(), MemError> {
-        for b in crate::mem::batches(chunks, STAGE) {
+        for b in crate::mem::batches(chunks, STAGE, self.gpu.max_pitch()) {
+            if b.width > STAGE {
+                // one chunk larger than a staging piece: through the plain path
+                for c in &chunks[b.rows[0].chunks.clone()] {
+                    match c.content {
+                        crate::mem::Content::Pattern(seed) => self.fill_as(c.off as usize, c.len as usize, 0, seed)?,
+                        crate::mem::Content::Poison => {
+                            self.memset(c.off as usize, c.len as usize, crate::mem::POISON)?
+                        }
+                    }
+                }
+                continue;
+            }
             let mut stage = vec![0u8; b.width * b.rows.len()];
             for (j, row) in b.rows.iter().enumerate() {
                 for c in &chunks[row.chunks.clone()] {
@@ -792,7 +811,23 @@ impl DeviceBuffer {
     /// Checks every chunk against its content, one strided copy per batch.
     pub fn check_chunks(&self, chunks: &[crate::mem::Chunk]) -> Result<Verify, MemError> {
         let mut v = Verify::clean();
-        for b in crate::mem::batches(chunks, STAGE) {
+        for b in crate::mem::batches(chunks, STAGE, self.gpu.max_pitch()) {
+            if b.width > STAGE {
+                for c in &chunks[b.rows[0].chunks.clone()] {
+                    let content = c.content;
+                    let off = c.off;
+                    v.merge(self.check_with(c.off as usize, c.len as usize, |s, done| match content {
+                        // the chunk's pattern continues at the piece's offset in it
+                        crate::mem::Content::Pattern(seed) => {
+                            let mut x = crate::mem::verify_pattern(s, done as u64, seed);
+                            x.first_bad_offset = x.first_bad_offset.map(|p| p + off);
+                            x
+                        }
+                        crate::mem::Content::Poison => content.check(s, off + done as u64),
+                    })?);
+                }
+                continue;
+            }
             let mut stage = vec![0u8; b.width * b.rows.len()];
             self.copy_2d(b.rows[0].off as usize, b.width, b.pitch, b.rows.len(), stage.as_mut_ptr(), false)?;
             for (j, row) in b.rows.iter().enumerate() {

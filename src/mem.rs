@@ -677,15 +677,16 @@ pub struct Batch {
 }
 
 /// Groups `chunks` (in their order) into batches of strided copies: adjacent
-/// chunks merge into rows, and consecutive rows of one width at a constant
-/// distance form a batch of at most `max_bytes`. A KV request's head chunks
-/// (heads adjacent in a block, blocks a stride apart) become one batch per
-/// region and run of block ids.
-pub fn batches(chunks: &[Chunk], max_bytes: usize) -> Vec<Batch> {
+/// chunks merge into rows of at most `max_bytes` (a longer chunk is a row of
+/// its own), and consecutive rows of one width at a constant distance of at
+/// most `max_pitch` form a batch of at most `max_bytes`. A KV request's head
+/// chunks (heads adjacent in a block, blocks a stride apart) become one
+/// batch per region and run of block ids.
+pub fn batches(chunks: &[Chunk], max_bytes: usize, max_pitch: usize) -> Vec<Batch> {
     let mut rows: Vec<(u64, u64, std::ops::Range<usize>)> = Vec::new();
     for (i, c) in chunks.iter().enumerate() {
         match rows.last_mut() {
-            Some((off, len, r)) if *off + *len == c.off && r.end == i => {
+            Some((off, len, r)) if *off + *len == c.off && r.end == i && (*len + c.len) as usize <= max_bytes => {
                 *len += c.len;
                 r.end = i + 1;
             }
@@ -701,7 +702,7 @@ pub fn batches(chunks: &[Chunk], max_bytes: usize) -> Vec<Batch> {
             let fits = (b.rows.len() + 1) * b.width <= max_bytes;
             if b.width == width && fits && off > last {
                 let gap = (off - last) as usize;
-                if gap >= width && (b.rows.len() == 1 || gap == b.pitch) {
+                if gap >= width && gap <= max_pitch && (b.rows.len() == 1 || gap == b.pitch) {
                     b.pitch = gap;
                     b.rows.push(row);
                     continue;
@@ -872,7 +873,7 @@ mod tests {
     /// What the strided copies of `batches` do, on a host "device": each
     /// batch's dense staging written row by row at its pitch.
     fn write_batched(dev: &mut [u8], chunks: &[Chunk], max: usize) -> usize {
-        let bs = batches(chunks, max);
+        let bs = batches(chunks, max, 1 << 30);
         for b in &bs {
             let mut stage = vec![0u8; b.width * b.rows.len()];
             for (j, row) in b.rows.iter().enumerate() {
@@ -901,7 +902,7 @@ mod tests {
                 }
             }
         }
-        let bs = batches(&chunks, 1 << 20);
+        let bs = batches(&chunks, 1 << 20, 1 << 30);
         assert_eq!(bs.len(), 3, "one per region");
         assert!(bs.iter().all(|b| b.width == 128 && b.pitch == 1000 && b.rows.len() == 5));
         let mut want = vec![7u8; 30_000];
@@ -916,8 +917,14 @@ mod tests {
         assert_eq!(write_batched(&mut got, &chunks, 128 * 2), 8);
         assert_eq!(got, want);
         let odd = [0u64, 100, 300, 400].map(|off| Chunk { off, len: 10, content: Content::Poison });
-        let bs = batches(&odd, 1 << 20);
+        let bs = batches(&odd, 1 << 20, 1 << 30);
         assert_eq!(bs.iter().map(|b| b.rows.len()).collect::<Vec<_>>(), vec![2, 2]);
+        // rows stop at the size limit; no copy's pitch passes the device's limit
+        let long = [0u64, 10, 20, 30].map(|off| Chunk { off, len: 10, content: Content::Poison });
+        assert_eq!(batches(&long, 20, 1 << 30).iter().map(|b| b.width).collect::<Vec<_>>(), vec![20, 20]);
+        let far: Vec<Chunk> = (0..3u64).map(|i| Chunk { off: i * 5000, len: 64, content: Content::Poison }).collect();
+        assert_eq!(batches(&far, 1 << 20, 4096).len(), 3);
+        assert_eq!(batches(&far, 1 << 20, 5000).len(), 1);
         // a check finds a wrong byte at its absolute offset
         got[10_000 + 3 * 1000 + 128 + 64 + 5] ^= 1;
         let c = chunks[3 * 2 + 5 * 2 + 1];

@@ -217,6 +217,12 @@ pub struct KvSetup {
     pub layer_kinds: Vec<crate::kv::LayerKind>,
     /// Blocks per region.
     pub pool_blocks: u64,
+    /// Blocks per region the timed requests use (0: all of them).
+    #[serde(default)]
+    pub timed_blocks: u64,
+    /// First block of the checked requests' area (0: the timed requests' blocks).
+    #[serde(default)]
+    pub check_base: u64,
 }
 
 /// `true`, for serde defaults.

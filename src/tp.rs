@@ -36,44 +36,29 @@ pub struct RankPair {
 }
 
 /// Every decode rank's geometry for `spec` (its `d_rank` is ignored), and
-/// the pairs. Refuses layouts whose decode ranks would read the same bytes
-/// of one prefill rank (replicated heads, MLA with D_tp > P_tp): their
-/// concurrent data checks would overwrite each other's patterns.
+/// the pairs. Decode ranks may read the same bytes of a prefill rank
+/// (replicated heads; MLA with D_tp > P_tp): their timed requests do so, as
+/// in vLLM, and their checked requests use an area of the cache each.
 pub fn rank_map(spec: &KvSpec) -> Result<(Vec<Geometry>, Vec<RankPair>), KvError> {
     let mut geos = Vec::new();
-    let mut pairs: Vec<RankPair> = Vec::new();
+    let mut pairs = Vec::new();
     for d in 0..spec.d_tp {
         let g = KvSpec { d_rank: d, ..spec.clone() }.geometry()?;
-        let pair = RankPair {
+        pairs.push(RankPair {
             d_rank: d,
             p_rank: g.p_rank,
             heads: (g.d_first_head, g.d_local_heads),
             slice_bytes: g.d_block_bytes,
             slice_offset_bytes: g.slice_offset_bytes,
-        };
-        if let Some(o) = pairs.iter().find(|o| {
-            o.p_rank == pair.p_rank && o.heads.0 < pair.heads.0 + pair.heads.1 && pair.heads.0 < o.heads.0 + o.heads.1
-        }) {
-            return Err(KvError::Invalid(format!(
-                "decode ranks {} and {d} both read KV heads of prefill rank {} ({} {}..{} and {}..{}): {}; kvprobe tp needs every decode rank's slice of a prefill rank to be its own, so that the ranks' concurrent data checks cannot overwrite each other (measure one rank pair with `sweep --d-rank`)",
-                o.d_rank,
-                pair.p_rank,
-                g.attention,
-                o.heads.0,
-                o.heads.0 + o.heads.1,
-                pair.heads.0,
-                pair.heads.0 + pair.heads.1,
-                if g.attention == "mla" {
-                    "MLA's latent is replicated, so with D_tp > P_tp several decode ranks read the same one"
-                } else {
-                    "the model has fewer KV heads than decode ranks, so heads are replicated"
-                }
-            )));
-        }
-        pairs.push(pair);
+        });
         geos.push(g);
     }
     Ok((geos, pairs))
+}
+
+/// Decode ranks per prefill rank (0 for a prefill rank nobody reads).
+pub fn sessions_per_prefill(p_tp: u32, pairs: &[RankPair]) -> Vec<u32> {
+    (0..p_tp).map(|p| pairs.iter().filter(|x| x.p_rank == p).count() as u32).collect()
 }
 
 /// The whole run (`tp.json`, rewritten as it goes).
@@ -103,7 +88,7 @@ pub struct TpResult {
     pub prefill_gpus: Vec<Option<u32>>,
     /// Decode rank -> GPU (None: host memory).
     pub decode_gpus: Vec<Option<u32>>,
-    /// Who reads from whom.
+    /// Who reads from whom (at the first block size; each round has its own).
     pub pairs: Vec<RankPair>,
     /// The arguments every rank's sweep got (besides its own rank, GPUs, peer and folder).
     pub sweep_args: Vec<String>,
@@ -124,6 +109,8 @@ pub struct TpRound {
     pub backend: String,
     /// Tokens per KV block.
     pub block_tokens: u32,
+    /// Who reads from whom at this block size.
+    pub pairs: Vec<RankPair>,
     /// Folder of this round, relative to tp.json.
     pub dir: String,
     /// Per decode rank.
@@ -595,15 +582,18 @@ mod tests {
     }
 
     #[test]
-    fn layouts_whose_ranks_share_bytes_are_refused_with_the_reason() {
-        // 8 KV heads over 16 decode ranks: heads replicated
-        let e = rank_map(&spec("Llama-3.1-8B", 8, 16)).unwrap_err().to_string();
-        assert!(e.contains("both read KV heads") && e.contains("replicated"), "{e}");
-        // MLA with D_tp > P_tp: the latent is read by two decode ranks
-        let e = rank_map(&spec("DeepSeek-V3", 1, 2)).unwrap_err().to_string();
-        assert!(e.contains("MLA"), "{e}");
-        // MLA with P_tp = D_tp: rank to rank
-        assert!(rank_map(&spec("DeepSeek-V3", 2, 2)).is_ok());
+    fn ranks_that_share_bytes_are_mapped_as_vllm_maps_them() {
+        // 8 KV heads over 16 decode ranks: each head read by two decode ranks
+        let (_, pairs) = rank_map(&spec("Llama-3.1-8B", 8, 16)).unwrap();
+        assert_eq!(pairs[0].heads, pairs[1].heads);
+        assert_eq!(sessions_per_prefill(8, &pairs), vec![2; 8]);
+        // MLA, D_tp > P_tp: decode rank d reads prefill rank d % P_tp, the whole latent
+        let (_, pairs) = rank_map(&spec("DeepSeek-V3", 2, 4)).unwrap();
+        let got: Vec<u32> = pairs.iter().map(|p| p.p_rank).collect();
+        assert_eq!(got, vec![0, 1, 0, 1]);
+        // MLA, P_tp > D_tp: prefill ranks nobody reads
+        let (_, pairs) = rank_map(&spec("DeepSeek-V3", 4, 2)).unwrap();
+        assert_eq!(sessions_per_prefill(4, &pairs), vec![1, 1, 0, 0]);
         // and what vLLM refuses is refused
         assert!(rank_map(&spec("Llama-3.1-8B", 4, 2)).is_err());
     }
@@ -673,6 +663,7 @@ mod tests {
             rounds: vec![TpRound {
                 backend: "nixl-ucx".into(),
                 block_tokens: 16,
+                pairs: vec![],
                 dir: String::new(),
                 ranks: vec![rank(0), rank(1)],
                 points,

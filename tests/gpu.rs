@@ -173,7 +173,11 @@ fn local_gpu_matrix_measures_every_pair_over_cuda_ipc() {
         assert!(p["gbps"].as_f64().unwrap() > 0.0, "{p:#}");
         assert!(p["carried_by"].as_str().unwrap().contains("cuda_ipc"), "transport truth: {p:#}");
     }
-    assert!(m.join("heatmap.svg").is_file());
+    assert!(
+        m.join("heatmap.svg").is_file(),
+        "no heatmap (a host without fonts needs KVPROBE_FONT, as debug/gpu-tp.sh sets): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("NVLink (NVML)"), "the topology beside the matrix: {stdout}");
 }
 

@@ -323,6 +323,24 @@ fn kv_plan(a: &SweepArgs) -> Result<Option<crate::engine::KvPlan>, CliError> {
         geometries.push(spec.geometry().map_err(CliError::usage)?);
         kinds = spec.model.layer_kinds;
     }
+    // A TP rank (`kvprobe tp`): its checked requests get an area of the
+    // cache of their own among the decode ranks reading its prefill rank.
+    let (check_areas, check_area) = match &a.sync {
+        Some(_) => {
+            let spec = a.kv.spec(a.p_tp, a.d_tp, block_sizes[0])?;
+            let mine = spec.geometry().map_err(CliError::usage)?.p_rank;
+            let mut siblings = Vec::new();
+            for d in 0..a.d_tp {
+                let g = crate::kv::KvSpec { d_rank: d, ..spec.clone() }.geometry().map_err(CliError::usage)?;
+                if g.p_rank == mine {
+                    siblings.push(d);
+                }
+            }
+            let at = siblings.iter().position(|&d| d == a.kv.d_rank).unwrap_or(0);
+            (siblings.len() as u32, at as u32)
+        }
+        None => (0, 0),
+    };
     let plan = crate::engine::KvPlan {
         geometries,
         layer_kinds: kinds,
@@ -330,6 +348,8 @@ fn kv_plan(a: &SweepArgs) -> Result<Option<crate::engine::KvPlan>, CliError> {
         pattern,
         inflight: a.inflight,
         no_desc_merge: a.no_desc_merge,
+        check_areas,
+        check_area,
     };
     // Descriptor ids are C ints: region x blocks per region must fit.
     for (gi, g) in plan.geometries.iter().enumerate() {

@@ -129,16 +129,16 @@ pub fn run(a: TpArgs) -> Result<ExitCode, CliError> {
         )));
     }
     let _: crate::report::schema::BlockPattern = a.block_pattern.parse().map_err(|e: String| usage(e))?;
-    let mut block_sizes = a.kv_block_size.clone();
-    block_sizes.dedup();
-    let mut pairs = Vec::new();
+    let block_sizes = dedup(&a.kv_block_size);
+    let mut pairs_of = Vec::new();
     let mut model = String::new();
     for &bt in &block_sizes {
         let spec = a.kv.spec(a.p_tp, a.d_tp, bt)?;
         let (geos, p) = tp::rank_map(&spec).map_err(CliError::usage)?;
         model = geos.first().map(|g| g.model.clone()).unwrap_or_default();
-        pairs = p;
+        pairs_of.push(p);
     }
+    let pairs = pairs_of.first().cloned().unwrap_or_default();
     let ops: Vec<XferOp> = {
         let mut v = a.ops.clone();
         v.dedup();
@@ -188,7 +188,7 @@ pub fn run(a: TpArgs) -> Result<ExitCode, CliError> {
     save(&path, &mut r);
     let mut failed = false;
     'rounds: for &backend in &dedup(&a.backends) {
-        for &bt in &block_sizes {
+        for (&bt, pairs) in block_sizes.iter().zip(&pairs_of) {
             if child::interrupted() {
                 break 'rounds;
             }
@@ -201,7 +201,7 @@ pub fn run(a: TpArgs) -> Result<ExitCode, CliError> {
                     out.join(&name).display()
                 );
             }
-            let round = run_round(&a, &r, &loc, backend, bt, &out, &name, &sweep_args);
+            let round = run_round(&a, &r, pairs, &loc, backend, bt, &out, &name, &sweep_args);
             let round = match round {
                 Ok(x) => x,
                 Err(e) => {
@@ -243,6 +243,11 @@ pub fn run(a: TpArgs) -> Result<ExitCode, CliError> {
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The control address of prefill rank `p`'s target.
+fn peer_of(targets: &[Option<(Child, String)>], p: u32) -> String {
+    targets.get(p as usize).and_then(|t| t.as_ref()).map(|t| t.1.clone()).unwrap_or_default()
 }
 
 /// Whether some pair has its two ends on different GPUs.
@@ -339,11 +344,11 @@ fn sweep_args(a: &TpArgs, ops: &[XferOp], lib: &Path) -> Vec<String> {
     if let Some(t) = &a.ucx_tls {
         push("--ucx-tls", t.clone());
     }
-    push("--duration", format!("{}ms", a.duration.as_millis()));
-    push("--warmup", format!("{}ms", a.warmup.as_millis()));
+    push("--duration", format!("{:.6}s", a.duration.as_secs_f64()));
+    push("--warmup", format!("{:.6}s", a.warmup.as_secs_f64()));
     push("--min-iters", a.min_iters.to_string());
-    push("--xfer-timeout", format!("{}ms", a.xfer_timeout.as_millis()));
-    push("--peer-timeout", format!("{}ms", a.peer_timeout.as_millis()));
+    push("--xfer-timeout", format!("{:.6}s", a.xfer_timeout.as_secs_f64()));
+    push("--peer-timeout", format!("{:.6}s", a.peer_timeout.as_secs_f64()));
     push("--link-probe", "0s".into());
     push("--nixl-lib", lib.display().to_string());
     v
@@ -375,6 +380,7 @@ struct RankRun {
 fn run_round(
     a: &TpArgs,
     r: &TpResult,
+    pairs: &[RankPair],
     loc: &crate::locate::NixlLocation,
     backend: BackendKind,
     bt: u32,
@@ -393,12 +399,19 @@ fn run_round(
         super::sweep::log_libfabric_rails(&mut env);
     }
     let idle = format!("{}s", a.peer_timeout.max(a.xfer_timeout).as_secs_f64().ceil() + 30.0);
-    let per_prefill = (a.d_tp / a.p_tp).max(1);
+    let sessions = tp::sessions_per_prefill(a.p_tp, pairs);
     let mut tenv = env.clone();
     tenv.push(("KVPROBE_TOKEN".into(), token.clone()));
     let lib = loc.lib.display().to_string();
-    let mut targets: Vec<(Child, String)> = Vec::new();
+    // one target per prefill rank that some decode rank reads (MLA with
+    // P_tp > D_tp leaves some unread)
+    let mut targets: Vec<Option<(Child, String)>> = Vec::new();
     for p in 0..a.p_tp {
+        let n = sessions[p as usize];
+        if n == 0 {
+            targets.push(None);
+            continue;
+        }
         let args: Vec<String> = [
             "__target",
             "--listen",
@@ -408,7 +421,7 @@ fn run_round(
             "--idle-timeout",
             &idle,
             "--sessions",
-            &per_prefill.to_string(),
+            &n.to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -417,7 +430,7 @@ fn run_round(
         let mut t = child::spawn("target", &args, &tenv, false, Some(&log)).context("cannot start a prefill target")?;
         let lines = t.stdout_lines().ok_or_else(|| anyhow!("no stdout from prefill target {p}"))?;
         match super::sweep::wait_listening(&mut t, &lines, Duration::from_secs(60))? {
-            Some(addr) => targets.push((t, addr)),
+            Some(addr) => targets.push(Some((t, addr))),
             None => return Err(anyhow!("interrupted while prefill target {p} was starting")),
         }
     }
@@ -427,7 +440,7 @@ fn run_round(
     let exe = std::env::current_exe().context("cannot find this binary")?;
     let mut ranks: Vec<RankRun> = Vec::new();
     let read = a.ops.contains(&XferOp::Read);
-    for pair in &r.pairs {
+    for pair in pairs {
         let rdir = dir.join(format!("rank{}", pair.d_rank));
         let log = std::fs::File::create(dir.join(format!("rank{}.log", pair.d_rank)))
             .with_context(|| format!("cannot create the log of rank {}", pair.d_rank))?;
@@ -435,7 +448,7 @@ fn run_round(
         cmd.arg("sweep")
             .args(sweep_args)
             .args(["--backend", &backend.to_string(), "--kv-block-size", &bt.to_string()])
-            .args(["--d-rank", &pair.d_rank.to_string(), "--peer", &targets[pair.p_rank as usize].1])
+            .args(["--d-rank", &pair.d_rank.to_string(), "--peer", &peer_of(&targets, pair.p_rank)])
             .args(["--sync", &sync_addr, "-q", "--no-fail", "--out"])
             .arg(&rdir)
             .env("KVPROBE_TOKEN", &token)
@@ -459,12 +472,27 @@ fn run_round(
             }
         }
         child::dies_with_parent(&mut cmd);
-        let c = cmd.spawn().context("cannot start a decode rank's sweep")?;
-        ranks.push(RankRun { pair: pair.clone(), child: c, status: None, sync: None, ready: None, dir: rdir });
+        match cmd.spawn() {
+            Ok(c) => {
+                ranks.push(RankRun { pair: pair.clone(), child: c, status: None, sync: None, ready: None, dir: rdir })
+            }
+            Err(e) => {
+                // what started before ends now, not when this process does
+                for k in &mut ranks {
+                    // SAFETY: kill has no memory-safety preconditions; the group is this rank's sweep's own.
+                    unsafe { libc::kill(-(k.child.id() as i32), libc::SIGKILL) };
+                    let _ = k.child.wait();
+                }
+                for (t, _) in targets.iter_mut().flatten() {
+                    t.kill();
+                }
+                return Err(anyhow!("cannot start decode rank {}'s sweep: {e}", pair.d_rank));
+            }
+        }
     }
     let (barriers, error) = drive_barrier(a, &listener, &sync_token, &mut ranks);
     // the targets end when their last session does
-    for (t, _) in &mut targets {
+    for (t, _) in targets.iter_mut().flatten() {
         if t.wait_timeout(Duration::from_secs(15)).is_none() {
             t.kill();
         }
@@ -482,6 +510,7 @@ fn run_round(
     Ok(TpRound {
         backend: backend.to_string(),
         block_tokens: bt,
+        pairs: pairs.to_vec(),
         dir: name.to_string(),
         ranks: out_ranks,
         points: tp::points(&rows),
@@ -500,8 +529,13 @@ fn drive_barrier(a: &TpArgs, listener: &TcpListener, token: &str, ranks: &mut [R
     let mut barriers = 0u64;
     let mut stopping = false;
     let mut stop_at: Option<Instant> = None;
-    let limit = a.peer_timeout + Duration::from_secs(60);
-    let mut last_progress = Instant::now();
+    // a backstop only (a hung rank's own sweep notices first): how long the
+    // first rank at a barrier may wait for the last
+    let limit = a.peer_timeout
+        + a.xfer_timeout.saturating_mul(a.min_iters.saturating_add(4).min(1000) as u32)
+        + a.duration
+        + a.warmup;
+    let mut waiting_since: Option<Instant> = None;
     let mut killed = false;
     loop {
         // new connections: hello with the token and a rank not yet seen
@@ -510,7 +544,8 @@ fn drive_barrier(a: &TpArgs, listener: &TcpListener, token: &str, ranks: &mut [R
             let Ok(mut ch) = Channel::new(s) else { continue };
             match ch.recv::<SyncMsg>(Some(Duration::from_secs(10)), "a rank's hello") {
                 Ok(SyncMsg::Hello { token: t, rank })
-                    if crate::peer::tokens_match(&t, token)
+                    if !stopping
+                        && crate::peer::tokens_match(&t, token)
                         && ranks.iter().any(|k| k.pair.d_rank == rank && k.sync.is_none()) =>
                 {
                     if ch.send(&SyncMsg::Welcome, "welcome").is_ok() {
@@ -520,7 +555,8 @@ fn drive_barrier(a: &TpArgs, listener: &TcpListener, token: &str, ranks: &mut [R
                     }
                 }
                 _ => {
-                    let _ = ch.send(&SyncMsg::Stop { reason: "not a rank of this run".into() }, "refusal");
+                    let reason = if stopping { "the run is stopping" } else { "not a rank of this run" };
+                    let _ = ch.send(&SyncMsg::Stop { reason: reason.into() }, "refusal");
                 }
             }
         }
@@ -569,7 +605,12 @@ fn drive_barrier(a: &TpArgs, listener: &TcpListener, token: &str, ranks: &mut [R
                 gone.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
             ));
         }
-        if error.is_none() && last_progress.elapsed() > limit {
+        if !waiting {
+            waiting_since = None;
+        } else if waiting_since.is_none() {
+            waiting_since = Some(Instant::now());
+        }
+        if error.is_none() && waiting_since.is_some_and(|t| t.elapsed() > limit) {
             error = Some(format!(
                 "no barrier completed within {limit:?}: ranks ready {:?}",
                 ranks.iter().map(|k| (k.pair.d_rank, k.ready)).collect::<Vec<_>>()
@@ -604,7 +645,7 @@ fn drive_barrier(a: &TpArgs, listener: &TcpListener, token: &str, ranks: &mut [R
                 let first = live[0].ready;
                 if live.iter().all(|k| k.ready == first) {
                     barriers += 1;
-                    last_progress = Instant::now();
+                    waiting_since = None;
                     for k in ranks.iter_mut() {
                         k.ready = None;
                         if let Some(ch) = k.sync.as_mut() {

@@ -112,12 +112,28 @@ pub struct KvPlan {
     /// NIXL: keep make_xfer_req from merging adjacent descriptors.
     #[serde(default)]
     pub no_desc_merge: bool,
+    /// A TP run: the decode ranks reading one prefill rank (0: not a TP run).
+    /// The cache then holds one extra area per such rank, and each rank's
+    /// checked requests use its own area, so no sibling's transfers touch the
+    /// blocks it checks (its timed requests share the blocks, as in vLLM).
+    #[serde(default)]
+    pub check_areas: u32,
+    /// This rank's area among them (0-based).
+    #[serde(default)]
+    pub check_area: u32,
 }
 
 impl KvPlan {
-    /// Blocks per region for geometry `gi`: room for `inflight` requests of
-    /// the longest input, twice that for random ids (so they scatter).
+    /// Blocks per region for geometry `gi`: the timed requests' blocks, and
+    /// one more area as large per rank of a TP run's check areas.
     pub fn pool_blocks(&self, gi: usize) -> u64 {
+        self.timed_blocks(gi) * (1 + u64::from(self.check_areas))
+    }
+
+    /// Blocks per region the timed requests use (the start of the cache):
+    /// room for `inflight` requests of the longest input, twice that for
+    /// random ids (so they scatter).
+    pub fn timed_blocks(&self, gi: usize) -> u64 {
         let g = &self.geometries[gi];
         let most = self.isls.iter().map(|&n| g.blocks_of(n, false).1).max().unwrap_or(1).max(1);
         let spread = match self.pattern {
@@ -127,12 +143,20 @@ impl KvPlan {
         most * u64::from(self.inflight.max(1)) * spread
     }
 
+    /// The first block of this rank's checked requests (0: they share the
+    /// timed requests' blocks).
+    pub fn check_base(&self, gi: usize) -> u64 {
+        if self.check_areas == 0 { 0 } else { self.timed_blocks(gi) * (1 + u64::from(self.check_area)) }
+    }
+
     /// What the sides build for geometry `gi`.
     pub fn setup(&self, gi: usize) -> crate::peer::KvSetup {
         crate::peer::KvSetup {
             geometry: self.geometries[gi].clone(),
             layer_kinds: self.layer_kinds.clone(),
             pool_blocks: self.pool_blocks(gi),
+            timed_blocks: self.timed_blocks(gi),
+            check_base: self.check_base(gi),
         }
     }
 

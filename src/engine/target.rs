@@ -8,9 +8,11 @@
 //! transports (TCP, emulated RMA) need the target to make progress.
 //!
 //! Shared sessions ([`serve_sessions`]) have one agent, one backend and one
-//! KV cache between them (the prefill rank's), and a plain buffer each. Each
-//! session fills, poisons and checks only its own decode rank's head slice,
-//! so sessions whose slices are disjoint never disturb each other's checks.
+//! KV cache between them (the prefill rank's), and a plain buffer each. The
+//! sessions' timed requests share blocks, as vLLM's decode ranks do; their
+//! checked requests use an area of the cache each (`KvPlan::check_areas`),
+//! so a check never meets a sibling's transfer and still covers whole
+//! prefill blocks (the heads outside the slice must stay poison).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -131,9 +133,6 @@ struct State {
     buf: Rc<Buffer>,
     /// The initiator's NIXL agent (its notifications are this session's).
     initiator_agent: Option<String>,
-    /// One of several sessions over one KV cache: touch only this decode
-    /// rank's head slice.
-    shared: bool,
 }
 
 /// Checks an initiator's hello: the session token and the protocol version.
@@ -392,9 +391,7 @@ fn handle(
         Request::KvFill { isl, ids, seed, poison } => {
             let kv = s.kv.as_ref().ok_or_else(|| EngineError::Invalid("no KV cache on the target".into()))?;
             let g = &kv.setup.geometry;
-            // Shared: only this decode rank's heads (its siblings own the rest).
-            let chunks =
-                g.request_chunks(&kv.setup.layer_kinds, &kv.layout, isl, &ids, s.shared, seed).map_err(bad_kv)?;
+            let chunks = g.request_chunks(&kv.setup.layer_kinds, &kv.layout, isl, &ids, false, seed).map_err(bad_kv)?;
             let batch: Vec<Chunk> = chunks
                 .into_iter()
                 .map(|(off, len, chunk_seed, _)| Chunk {
@@ -411,10 +408,8 @@ fn handle(
             let kv = s.kv.as_ref().ok_or_else(|| EngineError::Invalid("no KV cache on the target".into()))?;
             let g = &kv.setup.geometry;
             // The decode slice carries the pattern; the prefill block's other
-            // heads were poisoned and must still be (nothing spilled over);
-            // shared, the other heads are the sibling decode ranks' to write.
-            let chunks =
-                g.request_chunks(&kv.setup.layer_kinds, &kv.layout, isl, &ids, s.shared, seed).map_err(bad_kv)?;
+            // heads were poisoned and must still be (nothing spilled over).
+            let chunks = g.request_chunks(&kv.setup.layer_kinds, &kv.layout, isl, &ids, false, seed).map_err(bad_kv)?;
             let batch: Vec<Chunk> = chunks
                 .into_iter()
                 .map(|(off, len, chunk_seed, in_slice)| Chunk {
@@ -528,14 +523,8 @@ fn setup_target(
         }
         None => None,
     };
-    let mut state = State {
-        nixl: None,
-        ucx: None,
-        kv: None,
-        buf: Rc::clone(&buf),
-        initiator_agent: setup.initiator_agent.clone(),
-        shared: shared.is_some(),
-    };
+    let mut state =
+        State { nixl: None, ucx: None, kv: None, buf: Rc::clone(&buf), initiator_agent: setup.initiator_agent.clone() };
     if setup.backends.iter().any(|b| b.is_nixl()) {
         let existing = shared.as_deref().and_then(|sh| sh.nixl.clone());
         let core = match existing {

@@ -37,6 +37,16 @@ struct IdSource {
     rng: SplitMix64,
 }
 
+impl ReqIds {
+    /// The same request `by` blocks further on, on both sides.
+    fn shifted(self, by: u64) -> ReqIds {
+        ReqIds {
+            local: self.local.iter().map(|b| b + by).collect(),
+            remote: self.remote.iter().map(|b| b + by).collect(),
+        }
+    }
+}
+
 impl IdSource {
     fn next(&mut self, slot: u64) -> ReqIds {
         let base = slot * self.part;
@@ -88,9 +98,11 @@ impl Session<'_> {
     ) -> Result<Row, EngineError> {
         let plan = self.plan;
         let kvp = plan.kv.as_ref().ok_or_else(|| EngineError::Invalid("not a KV plan".into()))?;
-        let (g, kinds, pool, layout, remote_layout) = {
+        let (g, kinds, pool, layout, remote_layout, timed, check_base) = {
             let kv = self.conn.kv.as_ref().ok_or_else(|| EngineError::Invalid("no KV cache set up".into()))?;
-            (kv.setup.geometry.clone(), kv.setup.layer_kinds.clone(), kv.setup.pool_blocks, kv.layout, kv.remote)
+            let k = &kv.setup;
+            let timed = if k.timed_blocks == 0 { k.pool_blocks } else { k.timed_blocks };
+            (k.geometry.clone(), k.layer_kinds.clone(), k.pool_blocks, kv.layout, kv.remote, timed, k.check_base)
         };
         let shape = g.request(&kinds, isl);
         if shape.descs > MAX_DESCS {
@@ -148,7 +160,7 @@ impl Session<'_> {
         let mut ids = IdSource {
             pattern: kvp.pattern,
             blocks: shape.blocks,
-            part: pool / u64::from(inflight),
+            part: timed / u64::from(inflight),
             rng: SplitMix64::new(seed_for(index, 7)),
         };
         let ctx = KvCtx { g: &g, kinds: &kinds, layout: &layout, remote: &remote_layout, pos: &pos, op, isl, pool };
@@ -157,8 +169,8 @@ impl Session<'_> {
         let mut checks = Vec::new();
         let mut described = None;
 
-        // First checked request.
-        let first_ids = ids.next(0);
+        // First checked request (a TP rank's: in its own area of the cache).
+        let first_ids = ids.next(0).shifted(check_base);
         let inject = first_point && plan.inject == Some(Inject::KvMisplaced);
         notifs_expected += u64::from(notifs);
         let expect = notifs.then_some((tag.as_str(), notifs_expected));
@@ -195,7 +207,7 @@ impl Session<'_> {
             window[1] = monotonic_ns();
             notifs_expected += if notifs { lat.len() as u64 } else { 0 };
             // Last checked request, on fresh blocks, with a new pattern.
-            let last_ids = ids.next(0);
+            let last_ids = ids.next(0).shifted(check_base);
             notifs_expected += u64::from(notifs);
             let expect = notifs.then_some((tag.as_str(), notifs_expected));
             let req = CheckReq { seed: seed_for(index, 2), when: "last", misplace: false, notifs: expect };
