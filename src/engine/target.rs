@@ -176,14 +176,7 @@ pub fn serve_greeted(
     idle: Duration,
     own_ucx: Option<&std::path::Path>,
 ) -> Result<(), EngineError> {
-    ch.send(
-        &Response::Hello {
-            kvprobe: crate::version().to_string(),
-            host: crate::hostinfo::hostname(),
-            pid: std::process::id(),
-        },
-        "hello",
-    )?;
+    send_hello(ch)?;
     let mut state: Option<State> = None;
     loop {
         let worker = state.as_ref().and_then(|s| s.ucx.as_ref()).map(|u| u.worker.clone());
@@ -197,6 +190,18 @@ pub fn serve_greeted(
             return Ok(());
         }
     }
+}
+
+/// The target's answer to an accepted hello: who and where it is.
+fn send_hello(ch: &mut Channel) -> Result<(), PeerError> {
+    ch.send(
+        &Response::Hello {
+            kvprobe: crate::version().to_string(),
+            host: crate::hostinfo::hostname(),
+            pid: std::process::id(),
+        },
+        "hello",
+    )
 }
 
 /// Answers one request of a session; true when the session has ended (bye).
@@ -249,14 +254,7 @@ pub fn serve_sessions(chs: Vec<Channel>, nixl: &Nixl, idle: Duration) -> Result<
     }
     let mut live: Vec<Option<Live>> = Vec::new();
     for mut ch in chs {
-        ch.send(
-            &Response::Hello {
-                kvprobe: crate::version().to_string(),
-                host: crate::hostinfo::hostname(),
-                pid: std::process::id(),
-            },
-            "hello",
-        )?;
+        send_hello(&mut ch)?;
         live.push(Some(Live { ch, state: None, last: Instant::now() }));
     }
     let mut shared = Shared::default();
