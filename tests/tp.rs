@@ -184,6 +184,7 @@ fn layouts_kvprobe_tp_cannot_run_are_refused_before_anything_starts() {
         (&["--p-tp", "1", "--d-tp", "2", "--prefill-mem", "vram", "--decode-gpus", "0"], "lists 1 GPUs for 2 ranks"),
         (&["--p-tp", "1", "--d-tp", "2", "--isl", "0"], "--isl"),
         (&["--p-tp", "0", "--d-tp", "2"], "TP sizes"),
+        (&["--p-tp", "1", "--d-tp", "2", "--backend-param", "nokey"], "KEY=VALUE"),
     ];
     for (args, want) in cases {
         let out = tp(dir.path(), args);

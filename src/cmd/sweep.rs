@@ -37,7 +37,7 @@ fn parse_sizes(s: &str) -> Result<SizeList, SizeError> {
     units::parse_size_list(s).map(SizeList)
 }
 
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+pub(super) fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => {
             let k = k.trim();

@@ -67,8 +67,8 @@ pub struct TpArgs {
     #[arg(long = "backend", value_name = "LIST", value_delimiter = ',', default_value = "nixl-ucx")]
     pub backends: Vec<BackendKind>,
     /// NIXL backend parameter, repeatable (as sweep's)
-    #[arg(long = "backend-param", value_name = "KEY=VALUE")]
-    pub backend_params: Vec<String>,
+    #[arg(long = "backend-param", value_name = "KEY=VALUE", value_parser = super::sweep::parse_kv)]
+    pub backend_params: Vec<(String, String)>,
     /// Set UCX_TLS for every process [default: as in the environment]
     #[arg(long, value_name = "LIST")]
     pub ucx_tls: Option<String>,
@@ -338,8 +338,8 @@ fn sweep_args(a: &TpArgs, ops: &[XferOp], lib: &Path) -> Vec<String> {
     push("--block-pattern", a.block_pattern.clone());
     push("--inflight", a.inflight.to_string());
     push("--ops", ops.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(","));
-    for p in &a.backend_params {
-        push("--backend-param", p.clone());
+    for (k, v) in &a.backend_params {
+        push("--backend-param", format!("{k}={v}"));
     }
     if let Some(t) = &a.ucx_tls {
         push("--ucx-tls", t.clone());
