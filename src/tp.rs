@@ -306,6 +306,9 @@ pub fn judge(r: &TpResult) -> TpVerdict {
     if r.rounds.is_empty() {
         worse(Grade::Fail, "nothing was measured".into(), &mut grade);
     }
+    if let Some(why) = shared_gpus(r) {
+        worse(Grade::Warn, why, &mut grade);
+    }
     for round in &r.rounds {
         let what = format!("{} block {}", round.backend, round.block_tokens);
         let mut shared: Vec<(String, Grade, Vec<u32>)> = Vec::new();
@@ -394,6 +397,30 @@ pub fn judge(r: &TpResult) -> TpVerdict {
         reasons.push("PASS: every rank pair measured, checked and concurrent, none far behind the others".into());
     }
     TpVerdict { grade, reasons }
+}
+
+/// Ranks that share a GPU, said as a finding: the GPU time-slices the
+/// processes' copies, so the figures are not those of a layout with a GPU
+/// per rank (vLLM's). None when every rank has a GPU of its own (or host memory).
+pub fn shared_gpus(r: &TpResult) -> Option<String> {
+    let mut count: std::collections::BTreeMap<u32, u32> = std::collections::BTreeMap::new();
+    let used: Vec<u32> = r.pairs.iter().map(|p| p.p_rank).collect();
+    for (p, g) in r.prefill_gpus.iter().enumerate() {
+        if let Some(g) = g.filter(|_| used.contains(&(p as u32))) {
+            *count.entry(g).or_default() += 1;
+        }
+    }
+    for g in r.decode_gpus.iter().flatten() {
+        *count.entry(*g).or_default() += 1;
+    }
+    let shared: Vec<String> =
+        count.iter().filter(|(_, n)| **n > 1).map(|(g, n)| format!("GPU {g} holds {n} ranks")).collect();
+    (!shared.is_empty()).then(|| {
+        format!(
+            "{}: a GPU time-slices the copies of the processes sharing it, so these figures are not those of a layout with a GPU per rank (vLLM's); they show function and per-descriptor costs",
+            shared.join(", ")
+        )
+    })
 }
 
 /// A rank's summary from its sweep's results.
@@ -695,6 +722,19 @@ mod tests {
         assert_eq!(v.grade, Grade::Fail);
         assert!(v.reasons.iter().any(|x| x.contains("decode rank 1 ended failed")), "{:?}", v.reasons);
         assert!(v.reasons.iter().any(|x| x.contains("1 rows failed their data checks")));
+        // ranks sharing a GPU are said (WARN), ranks on GPUs of their own are not
+        let mut g = result(vec![point_of(XferOp::Read, 1000, vec![pair(0, 1.0, together), pair(1, 0.9, together)])]);
+        g.pairs = vec![
+            RankPair { d_rank: 0, p_rank: 0, heads: (0, 4), slice_bytes: 1, slice_offset_bytes: 0 },
+            RankPair { d_rank: 1, p_rank: 0, heads: (4, 4), slice_bytes: 1, slice_offset_bytes: 1 },
+        ];
+        g.prefill_gpus = vec![Some(0)];
+        g.decode_gpus = vec![Some(1), Some(2)];
+        assert_eq!(judge(&g).grade, Grade::Pass);
+        g.decode_gpus = vec![Some(0), Some(0)];
+        let v = judge(&g);
+        assert_eq!(v.grade, Grade::Warn);
+        assert!(v.reasons.iter().any(|x| x.contains("GPU 0 holds 3 ranks")), "{:?}", v.reasons);
         // a point only one rank reached
         let half = point_of(XferOp::Read, 1000, vec![pair(0, 1.0, together)]);
         assert_eq!(judge(&result(vec![half])).grade, Grade::Fail);
