@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # kvprobe tp on the GPU test machine (issue 10, point 2), in one go: TP-sharded KV transfers in GPU
-# memory as concurrent rank pairs, every rank a process on GPU 0 (the machine has one GPU), over
+# memory as concurrent rank pairs, a GPU per rank where the machine has enough, else every rank a
+# process on GPU 0, over
 # cuda_ipc; 1->1 (one pair alone), 2->2, 4->4 and 2->4 (decode reads half a prefill rank's heads),
 # READ with UCX's cuda_ipc GET zero-copy on, 2->4 WRITE, and 2->4 READ without GET zero-copy (what
 # the verdict says when the bytes fall back to TCP). Then the GPU integration test of tp. Results go
@@ -23,6 +24,8 @@ bundle=${BUNDLE:-$root/.bundle/libfabric-cu13.tar.xz}
 opt=/opt/nixl-lf
 rm -rf "$opt" && mkdir -p "$opt" && tar -xJf "$bundle" -C "$opt"
 export KVPROBE_NIXL_LIB=$opt/nixl
+# multi-GPU machines: NVLink multicast stays off (kvprobe never calls cuMulticastCreate)
+export NCCL_NVLS_ENABLE=0
 [ -f "$root/.gpu/DejaVuSans.ttf" ] && export KVPROBE_FONT="$root/.gpu/DejaVuSans.ttf"
 t0=$(date +%s)
 pack() { if [ -n "${OUT:-}" ]; then tar -C "$out" -czf "$OUT/tp-results.tar.gz" . 2>/dev/null; fi; }
@@ -31,11 +34,18 @@ stamp() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
 { cat /etc/os-release 2>/dev/null | head -3; ldd --version 2>&1 | head -1; uname -r; nproc
   nvidia-smi --query-gpu=name,driver_version,pci.bus_id --format=csv,noheader; cat "$opt/VERSIONS"; } >"$out/machine.txt" 2>&1
 
+ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 tp() { # name, P, D, extra args...
   local name=$1 p=$2 d=$3; shift 3
   local pg dg
-  pg=$(printf '0%.0s,' $(seq "$p")); pg=${pg%,}
-  dg=$(printf '0%.0s,' $(seq "$d")); dg=${dg%,}
+  if [ "$ngpu" -ge $((p + d)) ]; then
+    # a GPU per rank, as vLLM places them: prefill 0..P-1, decode P..P+D-1
+    pg=$(seq -s, 0 $((p - 1))); dg=$(seq -s, "$p" $((p + d - 1)))
+  else
+    # fewer GPUs than ranks: every rank on GPU 0 (checks function, not a layout's bandwidth)
+    pg=$(printf '0%.0s,' $(seq "$p")); pg=${pg%,}
+    dg=$(printf '0%.0s,' $(seq "$d")); dg=${dg%,}
+  fi
   timeout -s INT "${TP_LIMIT:-150}" "$kv" tp --model Llama-3.1-8B --p-tp "$p" --d-tp "$d" --prefill-mem vram --decode-mem vram \
     --prefill-gpus "$pg" --decode-gpus "$dg" --no-fail --duration "${DUR:-500ms}" --out "$out/$name" "$@" >"$out/$name.txt" 2>&1
   echo "exit $?" >>"$out/$name.txt"
