@@ -12,27 +12,11 @@
 # here:  debug/libfabric-bundle.sh  (.bundle/libfabric-cu13.tar.xz: NIXL 1.5.0 cu13 with UCX)
 #        debug/gpu-build.sh         (.gpu/kvprobe, .gpu/gpu-tests)
 # there: debug/gpu-tp.sh            (carry .gpu and .bundle)
-set -u
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-out=${GPU_OUT:-$root/gpu-out}
-mkdir -p "$out"
-kv=${KVPROBE:-$root/.gpu/kvprobe}
-[ -x "$kv" ] || kv="$root/target/release/kvprobe"
-bundle=${BUNDLE:-$root/.bundle/libfabric-cu13.tar.xz}
-[ -x "$kv" ] || { echo "no kvprobe binary: run debug/gpu-build.sh and carry .gpu" >&2; exit 2; }
-[ -f "$bundle" ] || { echo "no bundle at $bundle: run debug/libfabric-bundle.sh" >&2; exit 2; }
-opt=/opt/nixl-lf
-rm -rf "$opt" && mkdir -p "$opt" && tar -xJf "$bundle" -C "$opt"
-export KVPROBE_NIXL_LIB=$opt/nixl
+. "$(dirname "${BASH_SOURCE[0]}")/gpu-env.sh"
 # multi-GPU machines: NVLink multicast stays off (kvprobe never calls cuMulticastCreate)
 export NCCL_NVLS_ENABLE=0
-[ -f "$root/.gpu/DejaVuSans.ttf" ] && export KVPROBE_FONT="$root/.gpu/DejaVuSans.ttf"
-t0=$(date +%s)
-pack() { if [ -n "${OUT:-}" ]; then tar -C "$out" -czf "$OUT/tp-results.tar.gz" . 2>/dev/null; fi; }
-trap pack EXIT
-stamp() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
-{ cat /etc/os-release 2>/dev/null | head -3; ldd --version 2>&1 | head -1; uname -r; nproc
-  nvidia-smi --query-gpu=name,driver_version,pci.bus_id --format=csv,noheader; cat "$opt/VERSIONS"; } >"$out/machine.txt" 2>&1
+pack_at_exit tp-results
+machine_facts
 
 ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 tp() { # name, P, D, extra args...

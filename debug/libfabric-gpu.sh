@@ -10,29 +10,11 @@
 # there: debug/libfabric-gpu.sh        (carry .gpu and .bundle)
 #   ONLY="vram-both compare"   only these steps (doctor always runs): dram-both dram-both-blocks
 #     vram-both zero-blocks-libfabric kv-both fi-provider-shm dram-libfabric-<second> compare
-set -u
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-out=${GPU_OUT:-$root/gpu-out}
-mkdir -p "$out"
-kv=${KVPROBE:-$root/.gpu/kvprobe}
-[ -x "$kv" ] || kv="$root/target/release/kvprobe"
-bundle=${BUNDLE:-$root/.bundle/libfabric-cu13.tar.xz}
-[ -x "$kv" ] || { echo "no kvprobe binary: run debug/gpu-build.sh and carry .gpu" >&2; exit 2; }
-[ -f "$bundle" ] || { echo "no bundle at $bundle: run debug/libfabric-bundle.sh" >&2; exit 2; }
-opt=/opt/nixl-lf
-rm -rf "$opt" && mkdir -p "$opt" && tar -xJf "$bundle" -C "$opt"
-export KVPROBE_NIXL_LIB=$opt/nixl
+. "$(dirname "${BASH_SOURCE[0]}")/gpu-env.sh"
 # the plugin's CUDA runtime and hwloc; libcuda.so.1 is the driver's
 export LD_LIBRARY_PATH=$opt/lf/deps${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-[ -f "$root/.gpu/DejaVuSans.ttf" ] && export KVPROBE_FONT="$root/.gpu/DejaVuSans.ttf"
-t0=$(date +%s)
-pack() { if [ -n "${OUT:-}" ]; then tar -C "$out" -czf "$OUT/libfabric-results.tar.gz" . 2>/dev/null; fi; }
-trap pack EXIT
-stamp() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
-
-{ cat /etc/os-release 2>/dev/null | head -3; ldd --version 2>&1 | head -1; uname -r; nproc
-  nvidia-smi --query-gpu=name,driver_version,pci.bus_id --format=csv,noheader; cat "$opt/VERSIONS"
-  ls /opt/amazon/efa/lib 2>&1 | head -3; ls /sys/class/infiniband 2>&1; } >"$out/machine.txt" 2>&1
+pack_at_exit libfabric-results
+machine_facts "ls /opt/amazon/efa/lib | head -3" "ls /sys/class/infiniband"
 
 # how each libfabric carried is used: Debian's needs its rdma-core libraries on the loader path;
 # mpich's has none (its efa/verbs providers are modules beside it)

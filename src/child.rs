@@ -50,6 +50,16 @@ pub fn dies_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Sends `sig` to the process group `child` leads (a child started with
+/// [`dies_with_parent`] or [`spawn`]: a group of its own), so whatever it
+/// started gets the signal too. Call it only while `child` has not been
+/// waited for, so its id still names it.
+pub fn signal_group(child: &std::process::Child, sig: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions; the group is the
+    // child's own (process_group(0) before exec), not waited for yet.
+    unsafe { libc::kill(-(child.id() as i32), sig) };
+}
+
 /// Starts this same binary with `args`, extra environment `env`, stdout piped,
 /// stdin piped when `stdin`, stderr appended to `log` (or inherited).
 pub fn spawn(

@@ -132,10 +132,7 @@ pub fn run(a: CompareArgs) -> Result<ExitCode, CliError> {
             )));
         }
     }
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("results").join(format!("compare-{}", crate::hostinfo::stamp_utc(started))));
+    let out = super::out_dir(a.out.as_deref(), "compare", started);
     std::fs::create_dir_all(&out)
         .with_context(|| format!("cannot create the output folder {}", out.display()))
         .map_err(CliError::usage)?;

@@ -270,9 +270,7 @@ pub fn run(a: MatrixArgs) -> Result<ExitCode, CliError> {
             );
         }
     }
-    let out = a.out.clone().unwrap_or_else(|| {
-        PathBuf::from("results").join(format!("matrix-{}", crate::hostinfo::stamp_utc(SystemTime::now())))
-    });
+    let out = super::out_dir(a.out.as_deref(), "matrix", SystemTime::now());
     std::fs::create_dir_all(out.join("pairs"))
         .with_context(|| format!("cannot create {}", out.display()))
         .map_err(CliError::usage)?;
@@ -706,9 +704,7 @@ fn run_local(a: &MatrixArgs, headline: &str, sweep_args: Vec<String>) -> Result<
         Ok(rep) => (matrix::gpu_links(&pcis, &rep), None),
         Err(e) => (vec![], Some(format!("NVML: {e} (no NVLink topology beside the matrix)"))),
     };
-    let out = a.out.clone().unwrap_or_else(|| {
-        PathBuf::from("results").join(format!("matrix-local-{}", crate::hostinfo::stamp_utc(SystemTime::now())))
-    });
+    let out = super::out_dir(a.out.as_deref(), "matrix-local", SystemTime::now());
     std::fs::create_dir_all(out.join("pairs"))
         .with_context(|| format!("cannot create {}", out.display()))
         .map_err(CliError::usage)?;
@@ -807,14 +803,12 @@ fn run_local(a: &MatrixArgs, headline: &str, sweep_args: Vec<String>) -> Result<
                 interrupted |= crate::child::interrupted();
                 stop_at = Some(Instant::now());
                 for x in running.iter().filter(|x| x.status.is_none()) {
-                    // SAFETY: kill has no memory-safety preconditions; the group is the pair sweep's own.
-                    unsafe { libc::kill(-(x.child.id() as i32), libc::SIGINT) };
+                    crate::child::signal_group(&x.child, libc::SIGINT);
                 }
             }
             if stop_at.is_some_and(|t| t.elapsed() > Duration::from_secs(15)) {
                 for x in running.iter_mut().filter(|x| x.status.is_none()) {
-                    // SAFETY: as above; SIGKILL to a sweep that did not stop on SIGINT.
-                    unsafe { libc::kill(-(x.child.id() as i32), libc::SIGKILL) };
+                    crate::child::signal_group(&x.child, libc::SIGKILL);
                     x.status = x.child.wait().ok();
                     x.seconds = Some(tr.elapsed().as_secs_f64());
                 }

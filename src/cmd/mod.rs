@@ -71,6 +71,14 @@ pub enum Cmd {
     Initiator(initiator::InitiatorArgs),
 }
 
+/// The folder a command writes to: the one given, or
+/// `results/<kind>-<UTC time of when>` (every command's default).
+pub(crate) fn out_dir(given: Option<&std::path::Path>, kind: &str, when: std::time::SystemTime) -> std::path::PathBuf {
+    given.map(std::path::Path::to_path_buf).unwrap_or_else(|| {
+        std::path::PathBuf::from("results").join(format!("{kind}-{}", crate::hostinfo::stamp_utc(when)))
+    })
+}
+
 /// An error with the exit code it should produce.
 #[derive(Debug)]
 pub struct CliError {

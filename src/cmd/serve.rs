@@ -100,9 +100,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode, CliError> {
     let nixl = Nixl::open(&loc.lib).map_err(CliError::usage)?;
     let version = nixl.version().or_else(|| loc.version.clone()).unwrap_or_else(|| "unknown version".into());
     drop(nixl);
-    let log_dir = a.log_dir.clone().unwrap_or_else(|| {
-        PathBuf::from("results").join(format!("serve-{}", crate::hostinfo::stamp_utc(SystemTime::now())))
-    });
+    let log_dir = super::out_dir(a.log_dir.as_deref(), "serve", SystemTime::now());
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create the log folder {}", log_dir.display()))
         .map_err(CliError::usage)?;

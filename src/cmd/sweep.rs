@@ -548,10 +548,7 @@ pub fn run(a: SweepArgs) -> Result<ExitCode, CliError> {
             .is_none_or(|m| m != "none"),
     });
 
-    let out_dir = a
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("results").join(format!("sweep-{}", crate::hostinfo::stamp_utc(started))));
+    let out_dir = super::out_dir(a.out.as_deref(), "sweep", started);
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create the output folder {}", out_dir.display()))
         .map_err(CliError::usage)?;

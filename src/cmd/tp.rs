@@ -139,14 +139,10 @@ pub fn run(a: TpArgs) -> Result<ExitCode, CliError> {
         pairs_of.push(p);
     }
     let pairs = pairs_of.first().cloned().unwrap_or_default();
-    let ops: Vec<XferOp> = {
-        let mut v = a.ops.clone();
-        v.dedup();
-        v
-    };
+    let ops = dedup(&a.ops);
     let (prefill_gpus, decode_gpus) = gpus_of(&a)?;
     // sweep's rule: READ and WRITE in one run need the same memory at both ends
-    if ops.len() > 1 && (a.prefill_mem != a.decode_mem || r_pairs_cross_gpus(&pairs, &prefill_gpus, &decode_gpus)) {
+    if ops.len() > 1 && (a.prefill_mem != a.decode_mem || pairs_cross_gpus(&pairs, &prefill_gpus, &decode_gpus)) {
         return Err(usage(
             "READ and WRITE in one run need the same memory on both ends of every pair (READ moves prefill -> decode, WRITE decode -> prefill): give one direction (--ops read or --ops write)".into(),
         ));
@@ -155,9 +151,7 @@ pub fn run(a: TpArgs) -> Result<ExitCode, CliError> {
     if a.backends.contains(&BackendKind::NixlLibfabric) {
         super::sweep::libfabric_preflight(&loc).map_err(CliError::usage)?;
     }
-    let out = a.out.clone().unwrap_or_else(|| {
-        PathBuf::from("results").join(format!("tp-{}", crate::hostinfo::stamp_utc(SystemTime::now())))
-    });
+    let out = super::out_dir(a.out.as_deref(), "tp", SystemTime::now());
     std::fs::create_dir_all(&out)
         .with_context(|| format!("cannot create the output folder {}", out.display()))
         .map_err(CliError::usage)?;
@@ -251,7 +245,7 @@ fn peer_of(targets: &[Option<(Child, String)>], p: u32) -> String {
 }
 
 /// Whether some pair has its two ends on different GPUs.
-fn r_pairs_cross_gpus(pairs: &[RankPair], pg: &[Option<u32>], dg: &[Option<u32>]) -> bool {
+fn pairs_cross_gpus(pairs: &[RankPair], pg: &[Option<u32>], dg: &[Option<u32>]) -> bool {
     pairs.iter().any(|p| pg.get(p.p_rank as usize) != dg.get(p.d_rank as usize))
 }
 
@@ -356,11 +350,13 @@ fn sweep_args(a: &TpArgs, ops: &[XferOp], lib: &Path) -> Vec<String> {
 
 fn save(path: &Path, r: &mut TpResult) {
     r.updated_at = crate::hostinfo::rfc3339_utc(SystemTime::now());
-    if let Ok(s) = serde_json::to_string_pretty(r) {
-        let tmp = path.with_extension("json.tmp");
-        if std::fs::write(&tmp, s).is_ok() {
-            let _ = std::fs::rename(&tmp, path);
+    match serde_json::to_vec_pretty(r) {
+        Ok(d) => {
+            if let Err(e) = crate::report::write_atomic(path, &d) {
+                eprintln!("tp: cannot write {}: {e}", path.display());
+            }
         }
+        Err(e) => eprintln!("tp: cannot encode tp.json: {e}"),
     }
 }
 
@@ -479,8 +475,7 @@ fn run_round(
             Err(e) => {
                 // what started before ends now, not when this process does
                 for k in &mut ranks {
-                    // SAFETY: kill has no memory-safety preconditions; the group is this rank's sweep's own.
-                    unsafe { libc::kill(-(k.child.id() as i32), libc::SIGKILL) };
+                    crate::child::signal_group(&k.child, libc::SIGKILL);
                     let _ = k.child.wait();
                 }
                 for (t, _) in targets.iter_mut().flatten() {
@@ -582,8 +577,7 @@ fn drive_barrier(a: &TpArgs, listener: &TcpListener, token: &str, ranks: &mut [R
         }
         if a.kill_rank.is_some() && barriers >= 3 && !killed {
             if let Some(k) = ranks.iter_mut().find(|k| Some(k.pair.d_rank) == a.kill_rank && k.status.is_none()) {
-                // SAFETY: kill has no memory-safety preconditions; the group is this rank's sweep's own.
-                unsafe { libc::kill(-(k.child.id() as i32), libc::SIGKILL) };
+                crate::child::signal_group(&k.child, libc::SIGKILL);
                 killed = true;
             }
         }
@@ -625,15 +619,13 @@ fn drive_barrier(a: &TpArgs, listener: &TcpListener, token: &str, ranks: &mut [R
                         let _ = ch.send(&SyncMsg::Stop { reason: e.clone() }, "stop");
                     }
                     if child::interrupted() && k.status.is_none() {
-                        // SAFETY: as above; SIGINT lets the sweep keep its rows.
-                        unsafe { libc::kill(-(k.child.id() as i32), libc::SIGINT) };
+                        crate::child::signal_group(&k.child, libc::SIGINT);
                     }
                 }
             }
             if stop_at.is_some_and(|t| t.elapsed() > Duration::from_secs(30)) {
                 for k in ranks.iter_mut().filter(|k| k.status.is_none()) {
-                    // SAFETY: as above; a sweep that did not stop in 30 s.
-                    unsafe { libc::kill(-(k.child.id() as i32), libc::SIGKILL) };
+                    crate::child::signal_group(&k.child, libc::SIGKILL);
                     k.status = k.child.wait().ok();
                 }
             }

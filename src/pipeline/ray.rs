@@ -174,8 +174,7 @@ pub fn run_captured(
         if stop || t0.elapsed() > limit {
             interrupted = stop;
             timed_out = !interrupted;
-            // SAFETY: kill has no memory-safety preconditions; the group is our child's own (process_group(0)).
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            crate::child::signal_group(&child, libc::SIGKILL);
             let _ = child.wait();
             break None;
         }
